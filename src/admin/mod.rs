@@ -1,0 +1,272 @@
+//! The Admin API, compatible with APISIX 3 (`/apisix/admin`).
+//!
+//! Request pipeline, in APISIX's order: `allow_admin` (socket address only;
+//! forwarding headers never count), CORS preflight, the key check (constant
+//! time over SHA-256 digests), then the resource handlers of [`handlers`].
+//! The two checks wrap the whole router, so no route can bypass them.
+
+pub mod error;
+pub mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::config::{AdminRole, Config};
+use crate::store::Store;
+pub use error::AdminError;
+
+/// Largest accepted request body (APISIX allows 1.5 MiB).
+pub const BODY_LIMIT: usize = 1536 * 1024;
+
+/// One configured admin key, kept only as a digest.
+struct KeyDigest {
+    digest: [u8; 32],
+    role: AdminRole,
+}
+
+/// Everything the handlers need; built once from the config.
+pub struct AdminState {
+    /// Where objects are stored.
+    pub store: Arc<dyn Store>,
+    keys: Vec<KeyDigest>,
+    key_required: bool,
+    allow: Option<Vec<IpNet>>,
+    cors: bool,
+    /// Whether stream routes may be managed (`proxy_mode` and `stream_proxy`).
+    pub stream_enabled: bool,
+    /// Key prefix in answers (`/apisix`).
+    pub prefix: String,
+    /// Stream plugins enabled in config.yaml.
+    pub stream_plugins: Vec<String>,
+    /// Revision of the data-plane snapshot in force, when a data plane runs:
+    /// writes answer only once their revision is published.
+    pub published: Option<watch::Receiver<u64>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("keys", &self.keys.len())
+            .field("stream_enabled", &self.stream_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+impl AdminState {
+    /// Build the state from the validated config and an opened store.
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> AdminState {
+        let admin = &config.deployment.admin;
+        AdminState {
+            store,
+            keys: admin
+                .admin_key
+                .iter()
+                .filter(|k| !k.key.is_empty())
+                .map(|k| KeyDigest {
+                    digest: digest(k.key.expose()),
+                    role: k.role,
+                })
+                .collect(),
+            key_required: admin.admin_key_required,
+            allow: admin.allow_admin.clone(),
+            cors: admin.enable_admin_cors,
+            stream_enabled: config.stream_enabled(),
+            prefix: config
+                .deployment
+                .etcd
+                .prefix
+                .trim_end_matches('/')
+                .to_string(),
+            stream_plugins: config.stream_plugins.clone(),
+            published: None,
+        }
+    }
+
+    /// Role of a presented token; every key is compared so timing reveals nothing.
+    fn role_of(&self, token: &str) -> Option<AdminRole> {
+        let presented = digest(token);
+        let mut found = None;
+        for k in &self.keys {
+            let diff = k
+                .digest
+                .iter()
+                .zip(presented.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 && found.is_none() {
+                found = Some(k.role);
+            }
+        }
+        found
+    }
+
+    /// Wait (bounded) until the data plane has published `rev`, so that a
+    /// connection made right after a 2xx sees the change.
+    pub async fn wait_published(&self, rev: u64) {
+        let Some(rx) = &self.published else { return };
+        let mut rx = rx.clone();
+        let wait = rx.wait_for(|published| *published >= rev);
+        if tokio::time::timeout(Duration::from_secs(2), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                revision = rev,
+                "data plane did not publish the change within 2s"
+            );
+        }
+    }
+}
+
+/// The Admin API router (serve it with `into_make_service_with_connect_info::<SocketAddr>()`).
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/apisix/admin", any(handlers::admin_root))
+        .route("/apisix/admin/{*rest}", any(handlers::dispatch))
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::map_response_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+fn token_from(req: &Request) -> Option<String> {
+    if let Some(q) = req.uri().query() {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("api_key=") {
+                return Some(percent_decode(v));
+            }
+        }
+    }
+    if let Some(v) = req.headers().get("x-api-key") {
+        return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    cookie(req.headers(), "x_api_key")
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Decode `%XX` and `+` in a query value.
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `allow_admin`, preflight and key check, before any handler runs.
+async fn guard(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if let Some(allow) = &state.allow {
+        if !allow.iter().any(|net| net.contains(&ip)) {
+            tracing::info!(%peer, "admin request refused by allow_admin");
+            return AdminError::Forbidden(format!("access from {ip} is not allowed (allow_admin)"))
+                .into_response();
+        }
+    }
+    if req.method() == Method::OPTIONS && state.cors {
+        return StatusCode::OK.into_response();
+    }
+    if state.key_required && !state.keys.is_empty() {
+        let role = match token_from(&req) {
+            None => return AdminError::Unauthorized("missing apikey").into_response(),
+            Some(t) => match state.role_of(&t) {
+                None => return AdminError::Unauthorized("wrong apikey").into_response(),
+                Some(r) => r,
+            },
+        };
+        if role == AdminRole::Viewer && req.method() != Method::GET && req.method() != Method::HEAD
+        {
+            return AdminError::Unauthorized("invalid method for role viewer").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn common_headers(State(state): State<Arc<AdminState>>, mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert("x-api-version", HeaderValue::from_static("v3"));
+    if state.cors {
+        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        h.insert(
+            "access-control-allow-credentials",
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            "access-control-expose-headers",
+            HeaderValue::from_static("*"),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("3600"));
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("POST, GET, PUT, OPTIONS, DELETE, PATCH"),
+        );
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("upstream_id%3D1"), "upstream_id=1");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%2"), "end%2");
+    }
+}

@@ -1,0 +1,173 @@
+//! The object model of the Admin API resources (`stream_routes`, `upstreams`, `ssls`):
+//! APISIX's validation with its exact error texts, ids, PATCH merging, secret stripping, and
+//! typed views for the data plane.
+//!
+//! Bodies stay `serde_json::Value` on the control path, because APISIX stores and echoes the
+//! client's JSON untouched (defaults are never written back); the data plane builds the typed
+//! views in [`types`] from validated values.
+
+mod certs;
+mod defs;
+mod patch;
+mod plugins;
+mod schema;
+pub mod types;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use serde_json::Value;
+
+pub use patch::{merge_patch, patch_sub_path};
+pub use types::{LbType, Node, Ssl, SslType, StreamRoute, Timeout, Upstream, UpstreamTls};
+
+/// The three Admin API resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `/apisix/admin/stream_routes`.
+    StreamRoute,
+    /// `/apisix/admin/upstreams`.
+    Upstream,
+    /// `/apisix/admin/ssls`.
+    Ssl,
+}
+
+impl Kind {
+    /// Every kind, in URL order.
+    pub const ALL: [Kind; 3] = [Kind::StreamRoute, Kind::Upstream, Kind::Ssl];
+
+    /// The kind named by a URL/etcd segment (`stream_routes`, `upstreams`, `ssls`).
+    pub fn from_segment(s: &str) -> Option<Kind> {
+        match s {
+            "stream_routes" => Some(Kind::StreamRoute),
+            "upstreams" => Some(Kind::Upstream),
+            "ssls" => Some(Kind::Ssl),
+            _ => None,
+        }
+    }
+
+    /// The URL/etcd segment of this kind.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::StreamRoute => "stream_routes",
+            Kind::Upstream => "upstreams",
+            Kind::Ssl => "ssls",
+        }
+    }
+
+    /// The noun used in messages (`missing stream route id`).
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::StreamRoute => "stream route",
+            Kind::Upstream => "upstream",
+            Kind::Ssl => "ssl",
+        }
+    }
+}
+
+/// Id rule: string 1–64 chars of `[a-zA-Z0-9-_.]` or integer >= 1.
+pub fn is_valid_id(v: &Value) -> bool {
+    defs::id_schema().check(v).is_ok()
+}
+
+/// The id as the stored string (`"1"` for `1` and `"1"`); `None` if not a valid id.
+pub fn id_string(v: &Value) -> Option<String> {
+    if !is_valid_id(v) {
+        return None;
+    }
+    match v {
+        Value::String(s) => Some(s.clone()),
+        n => schema::as_int(n).map(|i| i.to_string()),
+    }
+}
+
+/// Refuses client-set `create_time`/`update_time` at top level and in `upstream`/`plugins`,
+/// with APISIX's text (`the property is forbidden:  create_time`, two spaces).
+pub fn check_forbidden_times(v: &Value) -> Result<(), String> {
+    const FIELDS: [&str; 2] = ["create_time", "update_time"];
+    let present = |obj: &Value, f: &str| {
+        obj.get(f)
+            .is_some_and(|x| !x.is_null() && *x != Value::Bool(false))
+    };
+    for f in FIELDS {
+        if present(v, f) {
+            return Err(format!("the property is forbidden:  {f}"));
+        }
+    }
+    for parent in ["upstream", "plugins"] {
+        if let Some(obj) = v.get(parent).filter(|o| o.is_object()) {
+            for f in FIELDS {
+                if present(obj, f) {
+                    return Err(format!("the property is forbidden:  {parent}.{f}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything APISIX checks without other stored objects, in APISIX's order, returning the
+/// exact `error_msg`. `stream_plugins` lists the plugin names enabled by config. Private keys
+/// must be given in clear (PEM) or as secret references.
+pub fn validate(kind: Kind, v: &Value, stream_plugins: &[String]) -> Result<(), String> {
+    match kind {
+        Kind::StreamRoute => validate::stream_route(v, stream_plugins),
+        Kind::Upstream => validate::upstream(v),
+        Kind::Ssl => validate::ssl(v),
+    }
+}
+
+/// Stored objects `v` refers to and that must exist: a stream route's `upstream_id`, an
+/// upstream's `tls.client_cert_id` (which must also be an ssl of `type: client`).
+pub fn references(kind: Kind, v: &Value) -> Vec<(Kind, String)> {
+    let mut out = Vec::new();
+    match kind {
+        Kind::StreamRoute => {
+            if let Some(id) = v.get("upstream_id").and_then(id_string) {
+                out.push((Kind::Upstream, id));
+            }
+        }
+        Kind::Upstream => {
+            if let Some(id) = v
+                .get("tls")
+                .and_then(|t| t.get("client_cert_id"))
+                .and_then(id_string)
+            {
+                out.push((Kind::Ssl, id));
+            }
+        }
+        Kind::Ssl => {}
+    }
+    out
+}
+
+/// Removes what must never leave the server: ssl `key`/`keys`, upstream `tls.client_key`, a
+/// route's inline `upstream.tls.client_key`.
+pub fn strip_secrets(kind: Kind, v: &mut Value) {
+    fn strip_tls_key(up: Option<&mut Value>) {
+        if let Some(Value::Object(tls)) = up.and_then(|u| u.get_mut("tls")) {
+            tls.remove("client_key");
+        }
+    }
+    match kind {
+        Kind::Ssl => {
+            if let Value::Object(map) = v {
+                map.remove("key");
+                map.remove("keys");
+            }
+        }
+        Kind::Upstream => strip_tls_key(Some(v)),
+        Kind::StreamRoute => strip_tls_key(v.get_mut("upstream")),
+    }
+}
+
+/// SNIs (DNS SANs, else the subject CN) of the first certificate in a PEM string, lower-cased.
+pub fn snis_from_cert(pem: &str) -> Result<Vec<String>, String> {
+    certs::snis_from_cert(pem)
+}
+
+/// Whether `s` is an IP address or a CIDR with a valid mask (≤32 for v4, ≤128 for v6).
+pub(crate) fn is_ip_or_cidr(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
+}

@@ -1,0 +1,170 @@
+//! Checks of a stream route's `plugins` block, as APISIX's `stream_check_schema`
+//! (apisix/plugin.lua): conf type, plugin enabled, plugin schema, plugin-specific checks.
+
+use serde_json::{Map, Value};
+
+use super::defs;
+
+/// Operators a resty.expr rule may use.
+const EXPR_OPS: &[&str] = &[
+    "==", "~=", ">", "<", ">=", "<=", "~~", "~*", "in", "has", "!", "ipmatch",
+];
+
+/// Checks every plugin of a `plugins` object in order, returning APISIX's message for the first
+/// failure. `stream_plugins` lists the plugins enabled by config.
+pub(crate) fn check_plugins(
+    plugins: &Map<String, Value>,
+    stream_plugins: &[String],
+) -> Result<(), String> {
+    for (name, conf) in plugins {
+        let Some(conf_obj) = conf.as_object() else {
+            let json = serde_json::to_string(conf).unwrap_or_default();
+            return Err(format!("invalid plugin conf {json} for plugin [{name}]"));
+        };
+        if !stream_plugins.iter().any(|p| p == name) {
+            return Err(format!("unknown plugin [{name}]"));
+        }
+        let disabled = conf_obj
+            .get("_meta")
+            .and_then(|m| m.get("disable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if let Err(e) = check_plugin_conf(name, conf) {
+            if !disabled {
+                return Err(format!(
+                    "failed to check the configuration of stream plugin [{name}]: {e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Schema plus plugin-specific checks of one plugin conf. Plugins this crate does not know
+/// (enabled by config but without a built-in schema) are accepted as any object.
+fn check_plugin_conf(name: &str, conf: &Value) -> Result<(), String> {
+    if let Some(schema) = defs::plugin(name) {
+        schema.check(conf)?;
+    }
+    match name {
+        "ip-restriction" => check_ip_lists(conf),
+        "traffic-split" => check_traffic_split(conf),
+        _ => Ok(()),
+    }
+}
+
+/// ip-restriction: every list entry must be an IP or CIDR.
+fn check_ip_lists(conf: &Value) -> Result<(), String> {
+    for list in ["whitelist", "blacklist"] {
+        for entry in conf
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let s = entry.as_str().unwrap_or_default();
+            if !super::is_ip_or_cidr(s) {
+                return Err(format!("invalid ip address: {s}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// traffic-split: each `match[].vars` must be a valid expression.
+fn check_traffic_split(conf: &Value) -> Result<(), String> {
+    let rules = conf.get("rules").and_then(Value::as_array);
+    for rule in rules.into_iter().flatten() {
+        let matches = rule.get("match").and_then(Value::as_array);
+        for m in matches.into_iter().flatten() {
+            if let Some(vars) = m.get("vars") {
+                check_expr(vars)
+                    .map_err(|e| format!("failed to validate the 'vars' expression: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a resty.expr expression: an array of rules `[var, op, value]` (or
+/// `[var, "!", op, value]`), optionally led by a logical operator `AND`/`OR`/`!AND`/`!OR`
+/// whose operands are nested expressions.
+pub(crate) fn check_expr(expr: &Value) -> Result<(), String> {
+    let Some(items) = expr.as_array() else {
+        return Err("rule should be wrapped inside brackets".to_string());
+    };
+    let mut rest = items.as_slice();
+    if let Some(Value::String(op)) = rest.first() {
+        if matches!(op.as_str(), "AND" | "OR" | "!AND" | "!OR") {
+            rest = &rest[1..];
+        } else {
+            return Err("rule should be wrapped inside brackets".to_string());
+        }
+    }
+    for item in rest {
+        let Some(rule) = item.as_array() else {
+            return Err("rule should be wrapped inside brackets".to_string());
+        };
+        if let Some(Value::String(op)) = rule.first() {
+            if matches!(op.as_str(), "AND" | "OR" | "!AND" | "!OR") {
+                check_expr(item)?;
+                continue;
+            }
+        }
+        check_rule(rule)?;
+    }
+    Ok(())
+}
+
+/// One `[var, op, value]` rule.
+fn check_rule(rule: &[Value]) -> Result<(), String> {
+    if rule.len() < 3 {
+        return Err("rule too short".to_string());
+    }
+    if !rule[0].is_string() {
+        return Err(format!("invalid var name: {}", rule[0]));
+    }
+    let mut op_idx = 1;
+    let first = rule[1].as_str().unwrap_or_default();
+    if first == "!" {
+        if rule.len() < 4 {
+            return Err("rule too short".to_string());
+        }
+        op_idx = 2;
+    }
+    let op = &rule[op_idx];
+    let op_str = op.as_str().unwrap_or_default();
+    if !op.is_string() || !EXPR_OPS.contains(&op_str) || (op_idx == 2 && op_str == "!") {
+        let shown = op
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| op.to_string());
+        return Err(format!("invalid operator '{shown}'"));
+    }
+    if rule.len() > op_idx + 2 {
+        return Err("rule too long".to_string());
+    }
+    let value = &rule[op_idx + 1];
+    match op_str {
+        "in" if !value.is_array() => {
+            Err("invalid argument for operator 'in': expected an array".to_string())
+        }
+        "~~" | "~*" => match value.as_str() {
+            Some(p) if regex::Regex::new(p).is_ok() => Ok(()),
+            _ => Err(format!("invalid regex: {value}")),
+        },
+        "ipmatch" => {
+            let list: Vec<&Value> = match value {
+                Value::Array(a) => a.iter().collect(),
+                v => vec![v],
+            };
+            for ip in list {
+                if !ip.as_str().is_some_and(super::is_ip_or_cidr) {
+                    return Err(format!("invalid ip address: {ip}"));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}

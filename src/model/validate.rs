@@ -1,0 +1,184 @@
+//! Resource checks in APISIX's order: schema first (`invalid configuration: ...`), then the
+//! checks of apisix/admin/stream_routes.lua + apisix/stream/router/ip_port.lua, apisix/upstream.lua
+//! `check_upstream_conf` and apisix/ssl.lua `check_ssl_conf`.
+//!
+//! Deliberate differences from APISIX, all stricter:
+//! - a certificate's key must match it (`the private key does not match the certificate`);
+//! - a route's inline `upstream` also gets the cheap upstream checks (IPv6 brackets, map-key
+//!   ports, `pass_host: rewrite`, chash `key`, client cert/key), with the same messages
+//!   `/upstreams` gives (APISIX only applies the schema there);
+//! - map-form node keys with an unbracketed IPv6 host or a non-numeric port are refused.
+
+use serde_json::Value;
+
+use super::certs;
+use super::defs;
+use super::plugins;
+use super::schema::quote;
+
+/// Known xRPC protocol names.
+const XRPC_PROTOCOLS: &[&str] = &["redis", "dubbo", "pingpong"];
+
+/// Stream route checks (schema, plugins, addresses, protocol).
+pub(crate) fn stream_route(v: &Value, stream_plugins: &[String]) -> Result<(), String> {
+    defs::stream_route()
+        .check(v)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    if let Some(up) = v.get("upstream") {
+        upstream_checks(up)?;
+    }
+    if let Some(p) = v.get("plugins").and_then(Value::as_object) {
+        plugins::check_plugins(p, stream_plugins)?;
+    }
+    for field in ["remote_addr", "server_addr"] {
+        if let Some(addr) = v.get(field).and_then(Value::as_str) {
+            if !super::is_ip_or_cidr(addr) {
+                return Err(format!("invalid {field}: {addr}"));
+            }
+        }
+    }
+    if let Some(name) = v
+        .get("protocol")
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+    {
+        if !XRPC_PROTOCOLS.contains(&name) {
+            return Err(format!("unknown protocol [{name}]"));
+        }
+    }
+    Ok(())
+}
+
+/// Upstream checks: IPv6 brackets, schema, then the upstream-specific checks.
+pub(crate) fn upstream(v: &Value) -> Result<(), String> {
+    check_ipv6_brackets(v)?;
+    defs::upstream()
+        .check(v)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    upstream_checks(v)
+}
+
+/// `IPv6 address must be enclosed with '[' and ']'` for a bare IPv6 host in array nodes.
+fn check_ipv6_brackets(v: &Value) -> Result<(), String> {
+    let nodes = v.get("nodes").and_then(Value::as_array);
+    for node in nodes.into_iter().flatten() {
+        if let Some(host) = node.get("host").and_then(Value::as_str) {
+            if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                return Err(
+                    "invalid configuration: IPv6 address must be enclosed with '[' and ']'".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks after the schema, on a schema-valid upstream.
+fn upstream_checks(v: &Value) -> Result<(), String> {
+    check_ipv6_brackets(v)?;
+    if let Some(map) = v.get("nodes").and_then(Value::as_object) {
+        for addr in map.keys() {
+            check_map_key(addr)?;
+        }
+    }
+    if v.get("pass_host").and_then(Value::as_str) == Some("rewrite")
+        && v.get("upstream_host").is_none()
+    {
+        return Err("`upstream_host` can't be empty when `pass_host` is `rewrite`".to_string());
+    }
+    if let Some(tls) = v.get("tls") {
+        if let (Some(cert), Some(key)) = (tls.get("client_cert"), tls.get("client_key")) {
+            if !defs::is_secret_ref(cert) && !defs::is_secret_ref(key) {
+                let (cert, key) = (cert.as_str().unwrap_or(""), key.as_str().unwrap_or(""));
+                certs::validate_pair(cert, key).map_err(|e| {
+                    if e == certs::KEY_MISMATCH {
+                        format!("failed to handle cert-key pair: {e}")
+                    } else {
+                        e
+                    }
+                })?;
+            }
+        }
+    }
+    if v.get("type").and_then(Value::as_str) != Some("chash") {
+        return Ok(());
+    }
+    let hash_on = v.get("hash_on").and_then(Value::as_str).unwrap_or("vars");
+    let key = v.get("key").and_then(Value::as_str);
+    if hash_on == "consumer" {
+        return Ok(());
+    }
+    let Some(key) = key else {
+        return Err("missing key".to_string());
+    };
+    if hash_on == "vars" {
+        let re = regex::Regex::new(defs::HASH_VARS_PATTERN).map_err(|e| e.to_string())?;
+        if !re.is_match(key) {
+            return Err(format!(
+                "invalid configuration: failed to match pattern {} with {}",
+                quote(defs::HASH_VARS_PATTERN),
+                quote(key)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A map-form node key `host:port` / `[v6]:port`: the port must be 1..65535.
+fn check_map_key(addr: &str) -> Result<(), String> {
+    let (host, port) = super::types::split_host_port(addr);
+    if !host.starts_with('[') && host.contains(':') {
+        return Err("invalid configuration: IPv6 address must be enclosed with '[' and ']'".into());
+    }
+    let Some(port) = port else { return Ok(()) };
+    match port.parse::<i64>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(()),
+        Ok(n) => Err(format!("invalid port {n}")),
+        Err(_) => Err(format!("invalid port {port}")),
+    }
+}
+
+/// SSL checks: schema, main pair, extra pairs, client CA.
+pub(crate) fn ssl(v: &Value) -> Result<(), String> {
+    defs::ssl()
+        .check(v)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    let cert = v.get("cert");
+    let key = v.get("key");
+    let is_ref = |x: Option<&Value>| x.is_some_and(defs::is_secret_ref);
+    if !is_ref(cert) && !is_ref(key) {
+        let cert = cert.and_then(Value::as_str).unwrap_or("");
+        let key = key.and_then(Value::as_str).unwrap_or("");
+        certs::validate_pair(cert, key).map_err(|e| {
+            if e == certs::KEY_MISMATCH {
+                format!("failed to handle cert-key pair: {e}")
+            } else {
+                e
+            }
+        })?;
+    }
+    if v.get("type").and_then(Value::as_str) == Some("client") {
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let cert_list = v.get("certs").and_then(Value::as_array).unwrap_or(&empty);
+    let key_list = v.get("keys").and_then(Value::as_array).unwrap_or(&empty);
+    if cert_list.len() != key_list.len() {
+        return Err("mismatched number of certs and keys".to_string());
+    }
+    for (i, (c, k)) in cert_list.iter().zip(key_list).enumerate() {
+        if defs::is_secret_ref(c) || defs::is_secret_ref(k) {
+            continue;
+        }
+        certs::validate_pair(c.as_str().unwrap_or(""), k.as_str().unwrap_or(""))
+            .map_err(|e| format!("failed to handle cert-key pair[{}]: {e}", i + 1))?;
+    }
+    if let Some(ca) = v
+        .get("client")
+        .and_then(|c| c.get("ca"))
+        .and_then(Value::as_str)
+    {
+        certs::parse_certs(ca).map_err(|e| format!("failed to validate client_cert: {e}"))?;
+    }
+    Ok(())
+}

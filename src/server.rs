@@ -1,0 +1,168 @@
+//! `serve`: open the store, bind every listener, run until SIGINT/SIGTERM.
+//!
+//! Start-up is all-or-nothing: the store is opened and every socket bound
+//! before anything serves, so a bad data directory or a busy port stops the
+//! process with one line naming it. [`start`] returns a [`Server`] handle with
+//! the addresses actually bound (port 0 in the config picks a free port, which
+//! is how tests run the real server side by side).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigProvider};
+use crate::store::local::LocalStore;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which listener (config key).
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configuration this build cannot serve.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A running server.
+pub struct Server {
+    admin_addr: Option<SocketAddr>,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Address the Admin API is bound to (None when `enable_admin` is off).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The store in use.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Stop accepting and wait for the API servers to finish.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match config.deployment.config_provider {
+        ConfigProvider::Local => Ok(Arc::new(LocalStore::open(
+            &config.deployment.local.data_dir,
+        )?)),
+        other => Err(ServerError::Unsupported(format!(
+            "deployment.role_traditional.config_provider: {other:?} is not available in this \
+             version; use local"
+        ))),
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Open the store, bind every listener and start serving.
+pub async fn start(config: Config) -> Result<Server, ServerError> {
+    let store = open_store(&config)?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let mut admin_addr = None;
+    if config.apisix.enable_admin {
+        let listener = bind(
+            "deployment.admin.admin_listen",
+            config.deployment.admin.admin_listen.socket_addr(),
+        )
+        .await?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            what: "deployment.admin.admin_listen",
+            addr: config.deployment.admin.admin_listen.socket_addr(),
+            source,
+        })?;
+        admin_addr = Some(local);
+        let state = Arc::new(AdminState::new(&config, store.clone()));
+        let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin API server failed");
+            }
+        });
+        tracing::info!(addr = %local, "admin API listening");
+    }
+    tracing::info!(store = %store.describe(), "apisix-stream started");
+    Ok(Server {
+        admin_addr,
+        store,
+        cancel,
+        tasks,
+    })
+}
+
+/// Resolve when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

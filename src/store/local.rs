@@ -1,0 +1,757 @@
+//! The embedded, crash-safe store (`config_provider: local`, the default).
+//!
+//! Layout in `data_dir`:
+//! - `store.log`: an 8-byte magic followed by records
+//!   `[len: u32 LE][crc32: u32 LE][payload: len bytes of JSON]`. Every write
+//!   appends one record and `fsync`s it before the Admin API answers, so an
+//!   acknowledged write survives `kill -9` and power loss.
+//! - `LOCK`: an exclusive lock so two processes never share one directory.
+//!
+//! Why this shape: appends make each write O(size of the object), and the
+//! checksum tells a torn last record (a crash while writing a write that was
+//! never acknowledged: it is dropped) from damage in the middle of the file
+//! (start-up stops with an error instead of silently starting empty). When the
+//! log grows well past the live data it is compacted by writing a new file,
+//! `fsync`, `rename` over the old one and `fsync` of the directory, so at any
+//! instant one complete log is on disk.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
+use crate::model::Kind;
+
+const MAGIC: &[u8; 8] = b"APXSTRM1";
+const LOG_NAME: &str = "store.log";
+const TMP_NAME: &str = "store.log.tmp";
+const LOCK_NAME: &str = "LOCK";
+/// Largest record accepted when reading (bodies are limited far below this).
+const MAX_RECORD: u32 = 64 << 20;
+/// Compact once the log is past this size and mostly dead records.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+/// One log record.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    rev: u64,
+    #[serde(flatten)]
+    op: Op,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Put {
+        kind: String,
+        id: String,
+        create_rev: u64,
+        value: Value,
+    },
+    Delete {
+        kind: String,
+        id: String,
+    },
+    /// Advances the revision only (POST id minting; compaction's marker).
+    Bump,
+}
+
+struct Inner {
+    entries: BTreeMap<(Kind, String), Entry>,
+    revision: u64,
+    file: File,
+    log_len: u64,
+    /// Encoded size of each live object's record, to know when to compact.
+    sizes: BTreeMap<(Kind, String), u64>,
+}
+
+impl Inner {
+    fn live_bytes(&self) -> u64 {
+        self.sizes.values().sum()
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    tx: watch::Sender<u64>,
+    /// Held for the store's lifetime: the directory's exclusive lock.
+    _lock: File,
+}
+
+/// The embedded store; cheap to clone.
+#[derive(Clone)]
+pub struct LocalStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+fn corrupt(path: &Path, offset: u64, why: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "store {} is damaged at byte {offset}: {why}; refusing to start with missing data \
+         (restore the data directory from a backup or move it away to start empty)",
+        path.display()
+    ))
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn encode(rec: &Record) -> Result<Vec<u8>, StoreError> {
+    let payload = serde_json::to_vec(rec)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode record: {e}")))?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| *l <= MAX_RECORD)
+        .ok_or_else(|| StoreError::Unavailable("object too large to store".into()))?;
+    let mut buf = Vec::with_capacity(payload.len() + 8);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    buf.extend_from_slice(&payload);
+    Ok(buf)
+}
+
+/// Result of scanning a log file.
+struct Loaded {
+    entries: BTreeMap<(Kind, String), Entry>,
+    revision: u64,
+    /// Length of the valid prefix (a torn tail after it is cut off).
+    valid_len: u64,
+    sizes: BTreeMap<(Kind, String), u64>,
+}
+
+fn parse_log(path: &Path, data: &[u8]) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded {
+        entries: BTreeMap::new(),
+        revision: 0,
+        valid_len: MAGIC.len() as u64,
+        sizes: BTreeMap::new(),
+    };
+    if data.len() < MAGIC.len() {
+        if MAGIC.starts_with(data) {
+            // A crash while the file was being created: nothing was acknowledged.
+            loaded.valid_len = 0;
+            return Ok(loaded);
+        }
+        return Err(corrupt(path, 0, "not an apisix-stream store file"));
+    }
+    if &data[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(path, 0, "not an apisix-stream store file"));
+    }
+    let mut pos = MAGIC.len();
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let torn_tail = |needed: usize| needed >= rest.len();
+        if rest.len() < 8 {
+            break; // torn header of the last, unacknowledged write
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let end = 8 + len;
+        if end > rest.len() {
+            break; // torn body
+        }
+        let payload = &rest[8..end];
+        let bad = |why: &str| {
+            if torn_tail(end) {
+                None
+            } else {
+                Some(corrupt(path, pos as u64, why))
+            }
+        };
+        if len as u32 > MAX_RECORD || crc32fast::hash(payload) != crc {
+            match bad("checksum mismatch") {
+                None => break,
+                Some(e) => return Err(e),
+            }
+        }
+        let rec: Record = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => match bad(&format!("unreadable record: {e}")) {
+                None => break,
+                Some(err) => return Err(err),
+            },
+        };
+        if rec.rev < loaded.revision {
+            return Err(corrupt(path, pos as u64, "revision went backwards"));
+        }
+        loaded.revision = rec.rev;
+        match rec.op {
+            Op::Put {
+                kind,
+                id,
+                create_rev,
+                value,
+            } => {
+                let kind = Kind::from_segment(&kind)
+                    .ok_or_else(|| corrupt(path, pos as u64, "unknown resource type"))?;
+                loaded.sizes.insert((kind, id.clone()), len as u64 + 8);
+                loaded.entries.insert(
+                    (kind, id.clone()),
+                    Entry {
+                        kind,
+                        id,
+                        value: Arc::new(value),
+                        create_rev,
+                        mod_rev: rec.rev,
+                    },
+                );
+            }
+            Op::Delete { kind, id } => {
+                let kind = Kind::from_segment(&kind)
+                    .ok_or_else(|| corrupt(path, pos as u64, "unknown resource type"))?;
+                loaded.sizes.remove(&(kind, id.clone()));
+                loaded.entries.remove(&(kind, id));
+            }
+            Op::Bump => {}
+        }
+        pos += end;
+        loaded.valid_len = pos as u64;
+    }
+    Ok(loaded)
+}
+
+impl LocalStore {
+    /// Open (or create) the store in `dir`. A damaged log is an error, never
+    /// an empty store; a torn last record (a write that was not acknowledged)
+    /// is cut off.
+    pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
+        create_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
+        let lock_path = dir.join(LOCK_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("cannot open", &lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Unavailable(format!(
+                "data directory {} is in use by another apisix-stream process",
+                dir.display()
+            )));
+        }
+        // A compaction that crashed before its rename left only a temp file.
+        let _ = fs::remove_file(dir.join(TMP_NAME));
+
+        let path = dir.join(LOG_NAME);
+        let mut data = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data).map_err(|e| {
+                    StoreError::Corrupt(format!("cannot read {}: {e}", path.display()))
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Corrupt(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        let loaded = parse_log(&path, &data)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err("cannot open", &path, e))?;
+        if loaded.valid_len < data.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = data.len() as u64 - loaded.valid_len,
+                "dropping a torn last record left by an interrupted write"
+            );
+        }
+        if loaded.valid_len != data.len() as u64 || data.is_empty() {
+            file.set_len(loaded.valid_len)
+                .map_err(|e| io_err("cannot repair", &path, e))?;
+            if loaded.valid_len == 0 {
+                file.write_all(MAGIC)
+                    .map_err(|e| io_err("cannot write", &path, e))?;
+            }
+            file.sync_all()
+                .map_err(|e| io_err("cannot sync", &path, e))?;
+            sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
+        }
+        let log_len = loaded.valid_len.max(MAGIC.len() as u64);
+        let (tx, _) = watch::channel(loaded.revision);
+        tracing::info!(
+            path = %path.display(),
+            objects = loaded.entries.len(),
+            revision = loaded.revision,
+            "opened local store"
+        );
+        Ok(LocalStore {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                inner: Mutex::new(Inner {
+                    entries: loaded.entries,
+                    revision: loaded.revision,
+                    file,
+                    log_len,
+                    sizes: loaded.sizes,
+                }),
+                tx,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Directory holding the store files.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated:
+        // the map is changed only after the record is durable, in one step.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append one record durably; on failure the file is cut back so the
+    /// log never keeps a partial record in the middle.
+    fn append(&self, inner: &mut Inner, rec: &Record) -> Result<u64, StoreError> {
+        let buf = encode(rec)?;
+        let path = self.dir.join(LOG_NAME);
+        let res = inner
+            .file
+            .write_all(&buf)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(e) = res {
+            let _ = inner.file.set_len(inner.log_len);
+            let _ = inner.file.sync_data();
+            return Err(io_err("cannot write", &path, e));
+        }
+        inner.log_len += buf.len() as u64;
+        Ok(buf.len() as u64)
+    }
+
+    fn publish(&self, rev: u64) {
+        self.tx.send_replace(rev);
+    }
+
+    fn maybe_compact(&self, inner: &mut Inner) {
+        if inner.log_len < COMPACT_MIN_BYTES || inner.log_len < inner.live_bytes() * 4 {
+            return;
+        }
+        match self.compact(inner) {
+            Ok(()) => tracing::debug!(bytes = inner.log_len, "compacted local store"),
+            Err(e) => tracing::warn!(error = %e, "store compaction failed; keeping the old log"),
+        }
+    }
+
+    fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let tmp = self.dir.join(TMP_NAME);
+        let path = self.dir.join(LOG_NAME);
+        // Records must stay in revision order for the reader's checks.
+        let mut live_entries: Vec<&Entry> = inner.entries.values().collect();
+        live_entries.sort_by_key(|e| e.mod_rev);
+        let mut buf = MAGIC.to_vec();
+        for e in live_entries {
+            buf.extend_from_slice(&encode(&Record {
+                rev: e.mod_rev,
+                op: Op::Put {
+                    kind: e.kind.segment().to_string(),
+                    id: e.id.clone(),
+                    create_rev: e.create_rev,
+                    value: (*e.value).clone(),
+                },
+            })?);
+        }
+        buf.extend_from_slice(&encode(&Record {
+            rev: inner.revision,
+            op: Op::Bump,
+        })?);
+        let write = || -> std::io::Result<File> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&self.dir)?;
+            OpenOptions::new().append(true).open(&path)
+        };
+        match write() {
+            Ok(file) => {
+                inner.file = file;
+                inner.log_len = buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io_err("cannot compact", &path, e))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
+        let inner = self.shared.lock();
+        Ok(inner.entries.get(&(kind, id.to_string())).cloned())
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
+        let inner = self.shared.lock();
+        Ok(inner
+            .entries
+            .range((kind, String::new())..)
+            .take_while(|((k, _), _)| *k == kind)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: Value,
+        expect: Expect,
+    ) -> Result<PutOutcome, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |shared| {
+            let mut inner = shared.lock();
+            let key = (kind, id.clone());
+            let prev = inner.entries.get(&key);
+            if let Expect::ModRev(rev) = expect {
+                if prev.map(|p| p.mod_rev) != Some(rev) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            let rev = inner.revision + 1;
+            let create_rev = prev.map_or(rev, |p| p.create_rev);
+            let created = prev.is_none();
+            let rec = Record {
+                rev,
+                op: Op::Put {
+                    kind: kind.segment().to_string(),
+                    id: id.clone(),
+                    create_rev,
+                    value,
+                },
+            };
+            let size = shared.append(&mut inner, &rec)?;
+            let Op::Put { value, .. } = rec.op else {
+                return Err(StoreError::Unavailable("internal error: bad record".into()));
+            };
+            inner.sizes.insert(key.clone(), size);
+            let entry = Entry {
+                kind,
+                id,
+                value: Arc::new(value),
+                create_rev,
+                mod_rev: rev,
+            };
+            inner.entries.insert(key, entry.clone());
+            inner.revision = rev;
+            shared.maybe_compact(&mut inner);
+            drop(inner);
+            shared.publish(rev);
+            Ok(PutOutcome { created, entry })
+        })
+        .await
+    }
+
+    async fn delete(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |shared| {
+            let mut inner = shared.lock();
+            let key = (kind, id.clone());
+            if !inner.entries.contains_key(&key) {
+                return Ok(None);
+            }
+            let rev = inner.revision + 1;
+            let rec = Record {
+                rev,
+                op: Op::Delete {
+                    kind: kind.segment().to_string(),
+                    id,
+                },
+            };
+            shared.append(&mut inner, &rec)?;
+            let old = inner.entries.remove(&key);
+            inner.sizes.remove(&key);
+            inner.revision = rev;
+            shared.maybe_compact(&mut inner);
+            drop(inner);
+            shared.publish(rev);
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn next_id(&self) -> Result<String, StoreError> {
+        self.blocking(|shared| {
+            let mut inner = shared.lock();
+            let rev = inner.revision + 1;
+            shared.append(&mut inner, &Record { rev, op: Op::Bump })?;
+            inner.revision = rev;
+            Ok(format_generated_id(rev))
+        })
+        .await
+    }
+
+    async fn dump(&self) -> Result<Dump, StoreError> {
+        let inner = self.shared.lock();
+        Ok(Dump {
+            revision: inner.revision,
+            entries: inner.entries.values().cloned().collect(),
+        })
+    }
+
+    fn revision(&self) -> u64 {
+        *self.shared.tx.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.tx.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.shared.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn put_get_delete_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            let out = s
+                .put(Kind::StreamRoute, "1", json!({"id": "1"}), Expect::Any)
+                .await
+                .expect("put");
+            assert!(out.created);
+            assert_eq!(out.entry.create_rev, 1);
+            let out = s
+                .put(
+                    Kind::StreamRoute,
+                    "1",
+                    json!({"id": "1", "x": 1}),
+                    Expect::Any,
+                )
+                .await
+                .expect("put");
+            assert!(!out.created);
+            assert_eq!((out.entry.create_rev, out.entry.mod_rev), (1, 2));
+            s.put(Kind::Upstream, "u", json!({"nodes": {}}), Expect::Any)
+                .await
+                .expect("put");
+            s.put(Kind::StreamRoute, "10", json!({}), Expect::Any)
+                .await
+                .expect("put");
+            s.put(Kind::StreamRoute, "2", json!({}), Expect::Any)
+                .await
+                .expect("put");
+            assert!(s
+                .delete(Kind::StreamRoute, "2")
+                .await
+                .expect("del")
+                .is_some());
+            assert!(s
+                .delete(Kind::StreamRoute, "2")
+                .await
+                .expect("del")
+                .is_none());
+            assert_eq!(s.next_id().await.expect("id"), "00000000000000000007");
+        });
+        let s = LocalStore::open(dir.path()).expect("reopen");
+        rt().block_on(async {
+            let ids: Vec<_> = s
+                .list(Kind::StreamRoute)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(ids, ["1", "10"]);
+            let e = s
+                .get(Kind::StreamRoute, "1")
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(*e.value, json!({"id": "1", "x": 1}));
+            assert_eq!((e.create_rev, e.mod_rev), (1, 2));
+            assert_eq!(s.revision(), 7);
+            assert_eq!(s.list(Kind::Upstream).await.expect("list").len(), 1);
+        });
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _a = LocalStore::open(dir.path()).expect("open");
+        let err = LocalStore::open(dir.path()).expect_err("locked");
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn torn_tail_is_dropped_but_middle_damage_stops_startup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            for i in 0..3 {
+                s.put(Kind::Upstream, &i.to_string(), json!({"n": i}), Expect::Any)
+                    .await
+                    .expect("put");
+            }
+        });
+        let path = dir.path().join(LOG_NAME);
+        let good = fs::read(&path).expect("read");
+        // A torn final record: half of it written.
+        let mut torn = good.clone();
+        torn.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+        fs::write(&path, &torn).expect("write");
+        {
+            let s = LocalStore::open(dir.path()).expect("torn tail is repaired");
+            rt().block_on(async {
+                assert_eq!(s.list(Kind::Upstream).await.expect("list").len(), 3);
+            });
+        }
+        assert_eq!(fs::read(&path).expect("read"), good);
+        // A flipped byte inside the first record: not a tail, must refuse.
+        let mut bad = good.clone();
+        bad[MAGIC.len() + 12] ^= 0xff;
+        fs::write(&path, &bad).expect("write");
+        let err = LocalStore::open(dir.path()).expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        // Not a store file at all.
+        fs::write(&path, b"hello world, not a store").expect("write");
+        assert!(matches!(
+            LocalStore::open(dir.path()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn expect_mod_rev_detects_concurrent_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            let e = s
+                .put(Kind::Ssl, "1", json!({}), Expect::Any)
+                .await
+                .expect("put")
+                .entry;
+            s.put(Kind::Ssl, "1", json!({"a": 1}), Expect::ModRev(e.mod_rev))
+                .await
+                .expect("first patch wins");
+            let err = s
+                .put(Kind::Ssl, "1", json!({"a": 2}), Expect::ModRev(e.mod_rev))
+                .await
+                .expect_err("stale");
+            assert!(matches!(err, StoreError::Conflict));
+        });
+    }
+
+    #[test]
+    fn compaction_keeps_data_and_revisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = "x".repeat(4096);
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            for i in 0..600u32 {
+                s.put(
+                    Kind::Upstream,
+                    "same",
+                    json!({"i": i, "pad": big}),
+                    Expect::Any,
+                )
+                .await
+                .expect("put");
+            }
+            s.put(Kind::StreamRoute, "r", json!({"k": 1}), Expect::Any)
+                .await
+                .expect("put");
+        });
+        let len = fs::metadata(dir.path().join(LOG_NAME)).expect("meta").len();
+        assert!(len < 1 << 20, "log was not compacted: {len} bytes");
+        let s = LocalStore::open(dir.path()).expect("reopen");
+        rt().block_on(async {
+            let e = s
+                .get(Kind::Upstream, "same")
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(e.value["i"], 599);
+            assert_eq!((e.create_rev, e.mod_rev), (1, 600));
+            assert_eq!(s.revision(), 601);
+            let r = s
+                .get(Kind::StreamRoute, "r")
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(r.mod_rev, 601);
+        });
+    }
+
+    #[test]
+    fn change_feed_reports_new_revisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            let mut rx = s.subscribe();
+            assert_eq!(*rx.borrow_and_update(), 0);
+            s.put(Kind::StreamRoute, "1", json!({}), Expect::Any)
+                .await
+                .expect("put");
+            rx.changed().await.expect("changed");
+            assert_eq!(*rx.borrow(), 1);
+        });
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real server on loopback with ephemeral ports, and
+//! real clients talking to it.
+
+mod admin;
+mod harness;
+mod persistence;
+mod startup;
