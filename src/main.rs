@@ -1,5 +1,6 @@
 //! The `apisix-stream` executable: parse arguments, set up logging, run.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +12,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match apisix_stream::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,18 @@ pub enum Command {
     ///
     /// Example: apisix-stream serve -c conf/config.yaml
     Serve(ServeArgs),
+    /// Print shell completions for SHELL to stdout.
+    ///
+    /// Example: apisix-stream completions bash > /etc/bash_completion.d/apisix-stream
+    Completions {
+        /// Shell to generate completions for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    ///
+    /// Example: apisix-stream man > /usr/local/share/man/man1/apisix-stream.1
+    Man,
 }
 
 /// Options of `serve`.

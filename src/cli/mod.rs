@@ -1,6 +1,7 @@
 //! The command line: argument types in [`args`], behaviour here.
 
 pub mod args;
+pub mod generate;
 
 use std::path::Path;
 
@@ -14,6 +15,8 @@ pub use args::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(opts) => serve(&opts.config),
+        Command::Completions { shell } => generate::completions(shell, &mut std::io::stdout()),
+        Command::Man => generate::man(&mut std::io::stdout()),
     }
 }
 

@@ -123,6 +123,17 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// Open options for store files: readable by the owner only.
+fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -248,7 +259,7 @@ impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
         create_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
         let lock_path = dir.join(LOCK_NAME);
-        let lock = OpenOptions::new()
+        let lock = private_file()
             .create(true)
             .truncate(false)
             .write(true)
@@ -280,7 +291,7 @@ impl LocalStore {
             }
         }
         let loaded = parse_log(&path, &data)?;
-        let mut file = OpenOptions::new()
+        let mut file = private_file()
             .create(true)
             .append(true)
             .open(&path)
@@ -406,7 +417,11 @@ impl Shared {
             op: Op::Bump,
         })?);
         let write = || -> std::io::Result<File> {
-            let mut f = File::create(&tmp)?;
+            let mut f = private_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;

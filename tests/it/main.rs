@@ -2,6 +2,7 @@
 //! real clients talking to it.
 
 mod admin;
+mod cli;
 mod harness;
 mod persistence;
 mod startup;
