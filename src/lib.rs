@@ -9,15 +9,27 @@
 //! - [`store`]: where those objects live (the embedded crash-safe store by
 //!   default) behind one trait with a change feed.
 //! - [`admin`]: the APISIX-3-compatible Admin API over the store.
+//! - [`snapshot`]: the compiled, immutable routes and upstreams the data
+//!   plane reads, rebuilt on every store change and swapped atomically.
+//! - [`balancer`]: node selection (roundrobin, chash, least_conn).
+//! - [`proxy`]: listeners, connection handling and the byte relay.
 //! - [`server`]: `serve`, wiring the pieces together and handling signals.
 //! - [`cli`]: the command line.
 //!
 //! Control path: an Admin API write is validated, made durable by the store,
-//! and announced on the store's change feed; readers rebuild from it.
+//! and announced on the store's change feed; the publisher compiles a new
+//! snapshot and swaps it in, and only then does the Admin API answer.
+//!
+//! Data path: accept -> load the snapshot once -> match a route -> pick a
+//! node (retrying others on connect failure) -> relay bytes both ways with
+//! half-close, counting them as they move.
 
 pub mod admin;
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod proxy;
 pub mod server;
+pub mod snapshot;
 pub mod store;

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigProvider};
+use crate::proxy::listener::{self, ListenerInfo};
+use crate::proxy::ProxyCtx;
+use crate::snapshot::publish;
 use crate::store::local::LocalStore;
 use crate::store::{Store, StoreError};
 
@@ -42,7 +46,10 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     admin_addr: Option<SocketAddr>,
+    tcp: Vec<Arc<ListenerInfo>>,
     store: Arc<dyn Store>,
+    proxy: ProxyCtx,
+    grace: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -61,16 +68,40 @@ impl Server {
         self.admin_addr
     }
 
+    /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
+    pub fn tcp_listeners(&self) -> &[Arc<ListenerInfo>] {
+        &self.tcp
+    }
+
     /// The store in use.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
-    /// Stop accepting and wait for the API servers to finish.
+    /// Connections being proxied right now.
+    pub fn active_connections(&self) -> usize {
+        self.proxy.active()
+    }
+
+    /// Graceful stop: stop accepting, let open connections finish for up to
+    /// `nginx_config.worker_shutdown_timeout`, then close the rest.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        let conns = &self.proxy.connections;
+        conns.close();
+        if !conns.is_empty() {
+            tracing::info!(open = conns.len(), grace = ?self.grace, "draining connections");
+        }
+        if tokio::time::timeout(self.grace, conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(open = conns.len(), "grace period over; closing connections");
+            self.proxy.force_close.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+        }
     }
 }
 
@@ -92,11 +123,45 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One `stream_proxy.tcp` entry and its sockets.
+type BoundTcp = (Arc<ListenerInfo>, Vec<TcpListener>);
+
+/// Bind every `stream_proxy.tcp` entry before anything serves.
+fn bind_stream_tcp(config: &Config) -> Result<Vec<BoundTcp>, ServerError> {
+    let Some(sp) = config
+        .apisix
+        .stream_proxy
+        .as_ref()
+        .filter(|_| config.stream_enabled())
+    else {
+        return Ok(Vec::new());
+    };
+    sp.tcp
+        .iter()
+        .map(|spec| {
+            listener::bind_tcp(spec, config.apisix.enable_reuseport, workers())
+                .map(|(info, socks)| (Arc::new(info), socks))
+                .map_err(|source| ServerError::Bind {
+                    what: "apisix.stream_proxy.tcp entry",
+                    addr: spec.addr,
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// Open the store, bind every listener and start serving.
 pub async fn start(config: Config) -> Result<Server, ServerError> {
     let store = open_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let bound_tcp = bind_stream_tcp(&config)?;
+    let publisher = publish::start(store.clone(), cancel.clone()).await?;
+    let proxy = ProxyCtx::new(publisher.current.clone());
 
     let mut admin_addr = None;
     if config.apisix.enable_admin {
@@ -111,7 +176,9 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
             source,
         })?;
         admin_addr = Some(local);
-        let state = Arc::new(AdminState::new(&config, store.clone()));
+        let mut state = AdminState::new(&config, store.clone());
+        state.published = Some(publisher.published.clone());
+        let state = Arc::new(state);
         let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -124,10 +191,26 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         });
         tracing::info!(addr = %local, "admin API listening");
     }
+    let mut tcp = Vec::new();
+    for (info, socks) in bound_tcp {
+        tracing::info!(listen = %info.label, addr = %info.local, "tcp proxy listening");
+        for sock in socks {
+            tasks.spawn(listener::accept_loop(
+                sock,
+                info.clone(),
+                proxy.clone(),
+                cancel.clone(),
+            ));
+        }
+        tcp.push(info);
+    }
     tracing::info!(store = %store.describe(), "apisix-stream started");
     Ok(Server {
         admin_addr,
+        tcp,
         store,
+        proxy,
+        grace: config.nginx_config.worker_shutdown_timeout,
         cancel,
         tasks,
     })

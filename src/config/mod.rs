@@ -466,10 +466,43 @@ impl Default for Prometheus {
 }
 
 /// `nginx_config` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxConfig {
     /// `stream`.
     pub stream: NginxStream,
+    /// `worker_shutdown_timeout`: how long SIGTERM/SIGINT lets open
+    /// connections finish before closing them (APISIX default 240s).
+    pub worker_shutdown_timeout: std::time::Duration,
+}
+
+impl Default for NginxConfig {
+    fn default() -> Self {
+        NginxConfig {
+            stream: NginxStream::default(),
+            worker_shutdown_timeout: std::time::Duration::from_secs(240),
+        }
+    }
+}
+
+/// Parse an nginx time value: a number of seconds, or `<n>ms|s|m|h`.
+pub fn parse_nginx_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `nginx_config.stream`.
@@ -817,9 +850,26 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
         }
     };
     let nginx_config = {
-        let sec = top.section("nginx_config")?.section("stream")?;
+        let nginx = top.section("nginx_config")?;
+        let shutdown = match nginx.get("worker_shutdown_timeout") {
+            None | Some(Value::Null) => NginxConfig::default().worker_shutdown_timeout,
+            Some(v) => {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                parse_nginx_duration(&text).ok_or_else(|| ConfigError::Invalid {
+                    key: "nginx_config.worker_shutdown_timeout".into(),
+                    value: text.clone(),
+                    reason: "expected a duration such as 30s, 500ms or 2m".into(),
+                })?
+            }
+        };
+        let sec = nginx.section("stream")?;
         let d = NginxStream::default();
         NginxConfig {
+            worker_shutdown_timeout: shutdown,
             stream: NginxStream {
                 real_ip_from: sec.cidr_list("real_ip_from")?.unwrap_or_default(),
                 enable_access_log: sec.bool_or("enable_access_log", d.enable_access_log)?,

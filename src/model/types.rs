@@ -195,7 +195,8 @@ fn parse_net(field: &str, s: &str) -> Result<IpNet, String> {
 impl StreamRoute {
     /// Builds the view from a validated stream route (with `id`).
     pub fn from_value(v: &Value) -> Result<Self, String> {
-        let id = id_field(v, "id").ok_or("missing stream route id")?;
+        // The store key is authoritative for the id; the body may lack it.
+        let id = id_field(v, "id").unwrap_or_default();
         let net = |field: &str| -> Result<Option<IpNet>, String> {
             v.get(field)
                 .and_then(Value::as_str)

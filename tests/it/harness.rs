@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apisix_stream::config::Config;
+use apisix_stream::config::{Config, ListenSpec};
 use apisix_stream::server::{self, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -56,6 +56,8 @@ deployment:
 pub struct TestServer {
     pub server: Option<Server>,
     pub admin: SocketAddr,
+    /// Bound TCP proxy listeners, in config order.
+    pub tcp: Vec<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
 }
@@ -83,15 +85,50 @@ impl TestServer {
         dir: tempfile::TempDir,
         edit: impl FnOnce(String) -> String,
     ) -> TestServer {
+        Self::start_full(dir, edit, |_| {}).await
+    }
+
+    /// Start with TCP proxy listeners on these addresses (port 0 = ephemeral).
+    pub async fn with_tcp(addrs: &[&str]) -> TestServer {
+        let specs: Vec<ListenSpec> = addrs
+            .iter()
+            .map(|a| ListenSpec::new(a.parse().expect("listen addr")))
+            .collect();
+        Self::start_full(
+            tempfile::tempdir().expect("tempdir"),
+            |y| y,
+            move |c| {
+                if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                    sp.tcp = specs;
+                }
+            },
+        )
+        .await
+    }
+
+    /// Start with both the YAML text and the parsed config adjusted.
+    pub async fn start_full(
+        dir: tempfile::TempDir,
+        edit: impl FnOnce(String) -> String,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let yaml = edit(test_yaml(&dir.path().join("data"), 0));
-        let config = Config::from_yaml(&yaml).expect("test config parses");
+        let mut config = Config::from_yaml(&yaml).expect("test config parses");
+        if let Some(sp) = config.apisix.stream_proxy.as_mut() {
+            // Tests bind ephemeral ports only; never the fixed ones of the text.
+            sp.tcp.clear();
+            sp.udp.clear();
+        }
+        adjust(&mut config);
         let server = within(10, server::start(config))
             .await
             .expect("server starts");
         let admin = server.admin_addr().expect("admin enabled");
+        let tcp = server.tcp_listeners().iter().map(|l| l.local).collect();
         TestServer {
             server: Some(server),
             admin,
+            tcp,
             dir,
             client: reqwest::Client::new(),
         }
@@ -107,6 +144,18 @@ impl TestServer {
     /// Full URL of an admin path like `/apisix/admin/stream_routes/1`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// PUT a stream route and insist it was accepted.
+    pub async fn put_route(&self, id: &str, body: &Value) {
+        let (st, v) = self
+            .call(
+                Method::PUT,
+                &format!("/apisix/admin/stream_routes/{id}"),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert!(st.is_success(), "PUT route {id}: {st} {v}");
     }
 
     /// An admin request with the admin key; returns status and parsed JSON

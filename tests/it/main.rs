@@ -2,7 +2,9 @@
 //! real clients talking to it.
 
 mod admin;
+mod backend;
 mod cli;
 mod harness;
 mod persistence;
 mod startup;
+mod tcp;

@@ -1,0 +1,281 @@
+//! Moving bytes between a client and its upstream, both directions at once.
+//!
+//! Each direction is a pump: read what is available, write all of it, count
+//! it as it moves (so `top` shows live rates), repeat. EOF on one side shuts
+//! down the write side of the other (half-close) and the other direction
+//! keeps going; a read or write error ends the whole session and the peer
+//! gets a reset instead of a clean FIN (a reset is never passed on as a
+//! clean finish). The session also ends after `idle` without traffic in
+//! either direction.
+//!
+//! On Linux, plain TCP to plain TCP moves data with `splice(2)` through a
+//! pipe, so it never enters user space. The pipe (and the user-space buffer
+//! of the fallback) is created only when data first arrives in that
+//! direction, so idle connections hold no buffers at all.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Size of one transfer (also the user-space buffer size).
+const CHUNK: usize = 64 * 1024;
+/// Buffer of the user-space fallback.
+const BUF: usize = 16 * 1024;
+
+/// How a relayed session ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions finished with EOF.
+    Clean,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+    /// Reading from or writing to the client failed.
+    Client(io::Error),
+    /// Reading from or writing to the upstream failed.
+    Upstream(io::Error),
+    /// The server closed it (shutdown grace period over, or an operator).
+    Closed,
+}
+
+impl End {
+    /// Short label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Clean => "closed",
+            End::IdleTimeout => "idle timeout",
+            End::Client(_) => "client error",
+            End::Upstream(_) => "upstream error",
+            End::Closed => "closed by server",
+        }
+    }
+}
+
+/// Counters a direction adds its bytes to as they move.
+#[derive(Clone, Copy)]
+pub struct Counters<'a>(pub &'a [&'a AtomicU64]);
+
+impl Counters<'_> {
+    fn add(&self, n: usize) {
+        for c in self.0 {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Time of the last byte moved, shared by both directions.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn deadline(&self, idle: Duration) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+}
+
+/// Which side a pump error came from.
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+#[cfg(target_os = "linux")]
+struct Pipe {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+}
+
+#[cfg(target_os = "linux")]
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        Ok(Pipe { r, w })
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn splice_flags() -> rustix::pipe::SpliceFlags {
+    rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK
+}
+
+/// Write all of `data` to `dst`.
+async fn write_all(
+    dst: &TcpStream,
+    mut data: &[u8],
+    counters: Counters<'_>,
+    act: &Activity,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                counters.add(n);
+                act.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copy `src` to `dst` until EOF on `src`.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counters: Counters<'_>,
+    act: &Activity,
+) -> Result<(), PumpError> {
+    #[cfg(target_os = "linux")]
+    let mut pipe: Option<Pipe> = None;
+    let mut buf: Option<Box<[u8]>> = None;
+    loop {
+        src.readable().await.map_err(PumpError::Read)?;
+        #[cfg(target_os = "linux")]
+        {
+            if pipe.is_none() && buf.is_none() {
+                match Pipe::new() {
+                    Ok(p) => pipe = Some(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipe for splice; copying in user space")
+                    }
+                }
+            }
+            if let Some(p) = &pipe {
+                // The pipe is empty here, so WouldBlock can only mean the
+                // socket has nothing to read (try_io then clears readiness).
+                let moved = src.try_io(Interest::READABLE, || {
+                    rustix::pipe::splice(src, None, &p.w, None, CHUNK, splice_flags())
+                        .map_err(io::Error::from)
+                });
+                let mut left = match moved {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(PumpError::Read(e)),
+                };
+                while left > 0 {
+                    dst.writable().await.map_err(PumpError::Write)?;
+                    let out = dst.try_io(Interest::WRITABLE, || {
+                        rustix::pipe::splice(&p.r, None, dst, None, left, splice_flags())
+                            .map_err(io::Error::from)
+                    });
+                    match out {
+                        Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => {
+                            left -= n;
+                            counters.add(n);
+                            act.touch();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(PumpError::Write(e)),
+                    }
+                }
+                continue;
+            }
+        }
+        let b = buf.get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
+        let n = match src.try_read(b) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        write_all(dst, &b[..n], counters, act)
+            .await
+            .map_err(PumpError::Write)?;
+    }
+}
+
+/// Make closing `s` send a reset rather than a FIN.
+pub fn set_reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+fn shutdown_write(s: &TcpStream) {
+    let _ = rustix::net::shutdown(s, rustix::net::Shutdown::Write);
+}
+
+/// Relay between `client` and `upstream` until both directions are done,
+/// an error, the idle timeout, or `close`.
+/// `up` counts client-to-upstream bytes, `down` upstream-to-client bytes.
+pub async fn relay_tcp(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    up: Counters<'_>,
+    down: Counters<'_>,
+    close: &CancellationToken,
+) -> End {
+    let act = Activity::new();
+    let to_up = pump(client, upstream, up, &act);
+    let to_down = pump(upstream, client, down, &act);
+    tokio::pin!(to_up, to_down);
+    let (mut up_done, mut down_done) = (false, false);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    loop {
+        tokio::select! {
+            r = &mut to_up, if !up_done => match r {
+                Ok(()) => {
+                    shutdown_write(upstream);
+                    up_done = true;
+                }
+                Err(PumpError::Read(e)) => {
+                    set_reset_on_close(upstream);
+                    return End::Client(e);
+                }
+                Err(PumpError::Write(e)) => {
+                    set_reset_on_close(client);
+                    return End::Upstream(e);
+                }
+            },
+            r = &mut to_down, if !down_done => match r {
+                Ok(()) => {
+                    shutdown_write(client);
+                    down_done = true;
+                }
+                Err(PumpError::Read(e)) => {
+                    set_reset_on_close(client);
+                    return End::Upstream(e);
+                }
+                Err(PumpError::Write(e)) => {
+                    set_reset_on_close(upstream);
+                    return End::Client(e);
+                }
+            },
+            () = &mut idle_timer => {
+                let deadline = act.deadline(idle);
+                if Instant::now() >= deadline {
+                    return End::IdleTimeout;
+                }
+                idle_timer.as_mut().reset(deadline);
+            }
+            () = close.cancelled() => return End::Closed,
+        }
+        if up_done && down_done {
+            return End::Clean;
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The TCP data plane: listeners, per-connection handling and the byte
+//! relay. It sees only the current [`Snapshot`](crate::snapshot::Snapshot),
+//! never the store or the Admin API.
+
+pub mod copy;
+pub mod listener;
+pub mod tcp;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::snapshot::publish::SharedSnapshot;
+
+/// What every connection handler shares.
+#[derive(Debug, Clone)]
+pub struct ProxyCtx {
+    /// The routes in force.
+    pub snapshot: SharedSnapshot,
+    /// Every live connection task (for draining at shutdown).
+    pub connections: TaskTracker,
+    /// Cancelled when open connections must close now (grace period over).
+    pub force_close: CancellationToken,
+}
+
+impl ProxyCtx {
+    /// A context over `snapshot`.
+    pub fn new(snapshot: SharedSnapshot) -> ProxyCtx {
+        ProxyCtx {
+            snapshot,
+            connections: TaskTracker::new(),
+            force_close: CancellationToken::new(),
+        }
+    }
+
+    /// Number of connections being handled right now.
+    pub fn active(&self) -> usize {
+        self.connections.len()
+    }
+}

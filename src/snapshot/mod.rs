@@ -1,0 +1,327 @@
+//! The data plane's view of the configuration: one immutable [`Snapshot`] of
+//! routes and upstreams, compiled from the store and swapped atomically.
+//!
+//! Why a snapshot: a connection loads the current `Arc<Snapshot>` once and
+//! keeps it, so it never sees half of an update, and established
+//! connections keep the upstream they started with while new connections
+//! see the change. Building happens off the traffic path ([`publish`]); a bad
+//! object is logged and left out, never taking the others down.
+
+pub mod matcher;
+pub mod publish;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::balancer::Balancer;
+use crate::model::{Kind, LbType, StreamRoute, Upstream};
+use crate::store::Dump;
+
+/// APISIX's default connect timeout (seconds).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// APISIX's default idle timeout: `max(send, read)` of 600 s each.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the chash key of an upstream is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `remote_addr` (also the fallback for unknown or empty keys).
+    RemoteAddr,
+    /// `remote_port`.
+    RemotePort,
+    /// `server_addr`.
+    ServerAddr,
+    /// `server_port`.
+    ServerPort,
+    /// `vars_combinations` template such as `$remote_addr$remote_port`.
+    Template(String),
+    /// A variable this proxy does not know yet (e.g. `mqtt_client_id`
+    /// without its plugin): falls back to `remote_addr`.
+    Unknown(String),
+}
+
+/// A compiled upstream, shared by every route using it.
+#[derive(Debug)]
+pub struct UpstreamRt {
+    /// Where it came from: `upstreams/<id>` or `stream_routes/<id>` (inline).
+    pub origin: String,
+    /// The `upstreams` id when it is a stored upstream.
+    pub upstream_id: Option<String>,
+    /// The source JSON, to reuse this object (and its balancer state)
+    /// when a rebuild finds it unchanged.
+    pub source: Value,
+    /// Node selection.
+    pub balancer: Balancer,
+    /// Per-try connect timeout.
+    pub connect_timeout: Duration,
+    /// Session idle timeout.
+    pub idle_timeout: Duration,
+    /// Extra tries after the first.
+    pub retries: usize,
+    /// Budget for retries, measured from the first pick.
+    pub retry_timeout: Option<Duration>,
+    /// chash key source.
+    pub hash_key: HashKey,
+    /// `scheme: tls`: speak TLS to the node.
+    pub tls: bool,
+}
+
+fn secs(v: f64) -> Option<Duration> {
+    (v.is_finite() && v > 0.0).then(|| Duration::from_secs_f64(v))
+}
+
+impl UpstreamRt {
+    /// Compile an upstream from its validated JSON.
+    pub fn build(
+        origin: String,
+        upstream_id: Option<String>,
+        source: &Value,
+    ) -> Result<Self, String> {
+        let up = Upstream::from_value(source)?;
+        Ok(Self::from_model(origin, upstream_id, source.clone(), &up))
+    }
+
+    fn from_model(
+        origin: String,
+        upstream_id: Option<String>,
+        source: Value,
+        up: &Upstream,
+    ) -> Self {
+        let (connect_timeout, idle_timeout) = match &up.timeout {
+            Some(t) => (
+                secs(t.connect).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                secs(t.send.max(t.read)).unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            ),
+            None => (DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT),
+        };
+        let hash_key = match (&up.lb, up.hash_on.as_str(), up.key.as_deref()) {
+            (LbType::Chash, "vars_combinations", Some(t)) => HashKey::Template(t.to_string()),
+            (_, _, Some("remote_addr") | None) => HashKey::RemoteAddr,
+            (_, _, Some("remote_port")) => HashKey::RemotePort,
+            (_, _, Some("server_addr")) => HashKey::ServerAddr,
+            (_, _, Some("server_port")) => HashKey::ServerPort,
+            (_, _, Some(other)) => HashKey::Unknown(other.to_string()),
+        };
+        UpstreamRt {
+            origin,
+            upstream_id,
+            source,
+            balancer: Balancer::new(&up.lb, &up.nodes),
+            connect_timeout,
+            idle_timeout,
+            retries: up
+                .retries
+                .map_or(up.nodes.len().saturating_sub(1), |r| r as usize),
+            retry_timeout: up.retry_timeout.and_then(secs),
+            hash_key,
+            tls: up.scheme == "tls",
+        }
+    }
+
+    /// The chash key for a connection.
+    pub fn key_for(&self, conn: &ConnInfo) -> String {
+        let var = |name: &str| -> Option<String> {
+            match name {
+                "remote_addr" => Some(conn.remote_addr.to_string()),
+                "remote_port" => Some(conn.remote_port.to_string()),
+                "server_addr" => Some(conn.server_addr.to_string()),
+                "server_port" => Some(conn.server_port.to_string()),
+                _ => None,
+            }
+        };
+        let key = match &self.hash_key {
+            HashKey::RemoteAddr | HashKey::Unknown(_) => None,
+            HashKey::RemotePort => var("remote_port"),
+            HashKey::ServerAddr => var("server_addr"),
+            HashKey::ServerPort => var("server_port"),
+            HashKey::Template(t) => Some(expand_template(t, &var)),
+        };
+        key.filter(|k| !k.is_empty())
+            .unwrap_or_else(|| conn.remote_addr.to_string())
+    }
+}
+
+/// Replace `$name` variables in a `vars_combinations` template.
+fn expand_template(t: &str, var: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = t;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        out.push_str(&var(&after[..end]).unwrap_or_default());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A compiled stream route.
+#[derive(Debug)]
+pub struct RouteRt {
+    /// Route id.
+    pub id: String,
+    /// `remote_addr` filter.
+    pub remote_addr: Option<IpNet>,
+    /// `server_addr` filter.
+    pub server_addr: Option<IpNet>,
+    /// `server_port` filter.
+    pub server_port: Option<u16>,
+    /// `sni` filter (lower-case).
+    pub sni: Option<String>,
+    /// The upstream in force (`upstream_id` wins over inline), or why none.
+    pub upstream: Result<Arc<UpstreamRt>, String>,
+    /// `plugins` as stored.
+    pub plugins: serde_json::Map<String, Value>,
+}
+
+/// What is known about a connection when it is routed.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address (IPv4-mapped IPv6 shown as IPv4).
+    pub remote_addr: IpAddr,
+    /// Client port.
+    pub remote_port: u16,
+    /// Local address the connection arrived on.
+    pub server_addr: IpAddr,
+    /// Local port the connection arrived on.
+    pub server_port: u16,
+    /// TLS SNI, lower-case without a trailing dot.
+    pub sni: Option<String>,
+}
+
+/// Undo IPv4-mapped IPv6 so filters written as IPv4 match dual-stack sockets.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One immutable, compiled configuration.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Store revision it was built from.
+    pub revision: u64,
+    routes: Vec<Arc<RouteRt>>,
+    index: matcher::RouteIndex,
+    upstreams: HashMap<String, Arc<UpstreamRt>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot (no routes: every connection is closed).
+    pub fn empty() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// Number of routes that can be matched.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// All routes, in id order.
+    pub fn routes(&self) -> &[Arc<RouteRt>] {
+        &self.routes
+    }
+
+    /// A stored upstream by id.
+    pub fn upstream(&self, id: &str) -> Option<&Arc<UpstreamRt>> {
+        self.upstreams.get(id)
+    }
+
+    /// Compile everything in `dump`. Objects that do not compile are logged
+    /// and skipped. Upstreams whose JSON is unchanged since `prev` are reused
+    /// with their balancer state (least_conn counts, round-robin position).
+    pub fn build(dump: &Dump, prev: Option<&Snapshot>) -> Snapshot {
+        let mut reuse: HashMap<&str, &Arc<UpstreamRt>> = HashMap::new();
+        if let Some(p) = prev {
+            for u in p.upstreams.values() {
+                reuse.insert(&u.origin, u);
+            }
+            for r in &p.routes {
+                if let Ok(u) = &r.upstream {
+                    reuse.insert(&u.origin, u);
+                }
+            }
+        }
+        let compile =
+            |origin: String, id: Option<String>, v: &Value| -> Result<Arc<UpstreamRt>, String> {
+                if let Some(old) = reuse.get(origin.as_str()) {
+                    if old.source == *v && old.upstream_id == id {
+                        return Ok(Arc::clone(old));
+                    }
+                }
+                UpstreamRt::build(origin, id, v).map(Arc::new)
+            };
+
+        let mut upstreams = HashMap::new();
+        for e in dump.entries.iter().filter(|e| e.kind == Kind::Upstream) {
+            match compile(format!("upstreams/{}", e.id), Some(e.id.clone()), &e.value) {
+                Ok(u) => {
+                    upstreams.insert(e.id.clone(), u);
+                }
+                Err(err) => {
+                    tracing::warn!(upstream_id = %e.id, error = %err, "upstream skipped")
+                }
+            }
+        }
+        let mut routes = Vec::new();
+        for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
+            let r = match StreamRoute::from_value(&e.value) {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped");
+                    continue;
+                }
+            };
+            if r.superior_id.is_some() {
+                continue; // xRPC subordinate routes are never matched directly
+            }
+            let upstream = match (&r.upstream_id, e.value.get("upstream")) {
+                (Some(uid), _) => upstreams
+                    .get(uid)
+                    .cloned()
+                    .ok_or_else(|| format!("upstream [{uid}] not found")),
+                (None, Some(inline)) => compile(format!("stream_routes/{}", e.id), None, inline),
+                (None, None) => Err("missing upstream configuration in Route or Service".into()),
+            };
+            routes.push(Arc::new(RouteRt {
+                id: e.id.clone(),
+                remote_addr: r.remote_addr,
+                server_addr: r.server_addr,
+                server_port: r.server_port,
+                sni: r.sni.map(|s| s.to_ascii_lowercase()),
+                upstream,
+                plugins: r.plugins,
+            }));
+        }
+        let index = matcher::RouteIndex::build(&routes);
+        Snapshot {
+            revision: dump.revision,
+            routes,
+            index,
+            upstreams,
+        }
+    }
+
+    /// The route a connection takes, by the precedence of INTERFACE.md.
+    pub fn match_route(&self, conn: &ConnInfo) -> Option<&Arc<RouteRt>> {
+        self.index.find(&self.routes, conn).map(|i| &self.routes[i])
+    }
+
+    /// Every route considered for `conn` with the reason it lost, the winner
+    /// first (for `route test`).
+    pub fn explain(&self, conn: &ConnInfo) -> Vec<(Arc<RouteRt>, Option<String>)> {
+        self.index.explain(&self.routes, conn)
+    }
+}
+
+#[cfg(test)]
+mod tests;

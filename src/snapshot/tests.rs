@@ -1,0 +1,281 @@
+//! Snapshot compilation and route precedence.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::store::{Dump, Entry};
+
+fn entry(kind: Kind, id: &str, v: Value) -> Entry {
+    Entry {
+        kind,
+        id: id.into(),
+        value: Arc::new(v),
+        create_rev: 1,
+        mod_rev: 1,
+    }
+}
+
+fn route(id: &str, mut v: Value) -> Entry {
+    v["upstream"] = json!({"nodes": {"127.0.0.1:1995": 1}});
+    entry(Kind::StreamRoute, id, v)
+}
+
+fn dump(mut entries: Vec<Entry>) -> Dump {
+    entries.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+    Dump {
+        revision: 1,
+        entries,
+    }
+}
+
+fn conn(remote: &str, server: &str, port: u16, sni: Option<&str>) -> ConnInfo {
+    ConnInfo {
+        remote_addr: remote.parse::<IpAddr>().expect("ip"),
+        remote_port: 40000,
+        server_addr: server.parse::<IpAddr>().expect("ip"),
+        server_port: port,
+        sni: sni.map(str::to_string),
+    }
+}
+
+fn winner(s: &Snapshot, c: &ConnInfo) -> Option<String> {
+    s.match_route(c).map(|r| r.id.clone())
+}
+
+#[test]
+fn filters_match_and_reject() {
+    let s = Snapshot::build(
+        &dump(vec![
+            route("1", json!({"remote_addr": "127.0.0.1"})),
+            route(
+                "2",
+                json!({"server_addr": "127.0.0.2", "server_port": 2000}),
+            ),
+            route("3", json!({"remote_addr": "::1"})),
+        ]),
+        None,
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.0.3", "127.0.0.1", 9100, None)),
+        None
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.0.3", "127.0.0.2", 2000, None)).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.0.3", "127.0.0.1", 2000, None)),
+        None
+    );
+    assert_eq!(
+        winner(&s, &conn("::1", "::1", 9100, None)).as_deref(),
+        Some("3")
+    );
+    assert_eq!(winner(&s, &conn("::2", "::1", 9100, None)), None);
+}
+
+#[test]
+fn precedence_is_specific_first_then_id_order() {
+    let s = Snapshot::build(
+        &dump(vec![
+            route("a", json!({})),
+            route("b", json!({"remote_addr": "127.0.0.0/8"})),
+            route("c", json!({"remote_addr": "127.0.0.1/32"})),
+            route("d", json!({"server_addr": "127.0.0.1"})),
+            route("e", json!({"server_port": 9100})),
+            route(
+                "f",
+                json!({"server_port": 9100, "remote_addr": "127.0.0.1"}),
+            ),
+            route(
+                "g",
+                json!({"server_port": 9100, "remote_addr": "127.0.0.1"}),
+            ),
+        ]),
+        None,
+    );
+    let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
+    assert_eq!(
+        winner(&s, &c).as_deref(),
+        Some("f"),
+        "port + longest remote, smaller id"
+    );
+    let c = conn("127.0.0.1", "127.0.0.1", 9101, None);
+    assert_eq!(
+        winner(&s, &c).as_deref(),
+        Some("d"),
+        "server_addr beats remote_addr"
+    );
+    let c = conn("127.0.0.1", "127.0.0.9", 9101, None);
+    assert_eq!(winner(&s, &c).as_deref(), Some("c"));
+    let c = conn("127.0.0.5", "127.0.0.9", 9101, None);
+    assert_eq!(winner(&s, &c).as_deref(), Some("b"));
+    let c = conn("10.0.0.5", "127.0.0.9", 9101, None);
+    assert_eq!(winner(&s, &c).as_deref(), Some("a"));
+    let why = s.explain(&conn("127.0.0.1", "127.0.0.1", 9100, None));
+    assert_eq!(why[0].0.id, "f");
+    assert!(why[0].1.is_none());
+    let g = why.iter().find(|(r, _)| r.id == "g").expect("g explained");
+    assert!(
+        g.1.as_deref().unwrap_or_default().contains("route f"),
+        "{g:?}"
+    );
+}
+
+#[test]
+fn sni_routes_exact_then_wildcard_then_plain() {
+    let s = Snapshot::build(
+        &dump(vec![
+            route("1", json!({"sni": "a.test.com"})),
+            route("2", json!({"sni": "*.test.com"})),
+            route("3", json!({})),
+            route("4", json!({"sni": "*"})),
+            route(
+                "5",
+                json!({"sni": "a.test.com", "remote_addr": "127.0.0.3"}),
+            ),
+        ]),
+        None,
+    );
+    let w = |sni| winner(&s, &conn("127.0.0.1", "127.0.0.1", 9100, sni));
+    assert_eq!(w(Some("a.test.com")).as_deref(), Some("1"));
+    assert_eq!(w(Some("b.test.com")).as_deref(), Some("2"));
+    assert_eq!(
+        w(Some("x.b.test.com")).as_deref(),
+        Some("2"),
+        "route wildcards span labels"
+    );
+    assert_eq!(w(Some("other.org")).as_deref(), Some("4"));
+    assert_eq!(
+        w(None).as_deref(),
+        Some("3"),
+        "plain connections skip SNI routes"
+    );
+    // An exact route whose address filter fails falls back to the wildcard.
+    let c = conn("127.0.0.3", "127.0.0.1", 9100, Some("a.test.com"));
+    assert_eq!(winner(&s, &c).as_deref(), Some("5"));
+}
+
+#[test]
+fn upstream_id_wins_and_missing_upstreams_are_reported() {
+    let s = Snapshot::build(
+        &dump(vec![
+            entry(
+                Kind::Upstream,
+                "u1",
+                json!({"nodes": {"127.0.0.1:3306": 1}}),
+            ),
+            entry(
+                Kind::StreamRoute,
+                "1",
+                json!({"upstream_id": "u1", "upstream": {"nodes": {"127.0.0.1:1": 1}}}),
+            ),
+            entry(Kind::StreamRoute, "2", json!({"upstream_id": "gone"})),
+            entry(Kind::StreamRoute, "3", json!({"server_port": 1})),
+        ]),
+        None,
+    );
+    let by_id = |id: &str| {
+        s.routes()
+            .iter()
+            .find(|r| r.id == id)
+            .expect("route")
+            .clone()
+    };
+    let up = by_id("1").upstream.clone().expect("upstream");
+    assert_eq!(up.balancer.backends()[0].port, 3306);
+    assert!(by_id("2")
+        .upstream
+        .as_ref()
+        .is_err_and(|e| e.contains("gone")));
+    assert!(by_id("3").upstream.is_err());
+}
+
+#[test]
+fn unchanged_upstreams_are_reused_across_builds() {
+    let d1 = dump(vec![
+        entry(
+            Kind::Upstream,
+            "u1",
+            json!({"nodes": {"127.0.0.1:3306": 1}}),
+        ),
+        route("1", json!({})),
+    ]);
+    let s1 = Snapshot::build(&d1, None);
+    let mut d2 = d1.clone();
+    d2.entries.push(route("2", json!({"server_port": 5})));
+    let s2 = Snapshot::build(&d2, Some(&s1));
+    assert!(Arc::ptr_eq(
+        s1.upstream("u1").expect("u1"),
+        s2.upstream("u1").expect("u1")
+    ));
+    let r1 = |s: &Snapshot| s.routes()[0].upstream.clone().expect("inline");
+    assert!(Arc::ptr_eq(&r1(&s1), &r1(&s2)));
+}
+
+#[test]
+fn timeouts_retries_and_hash_keys() {
+    let u = UpstreamRt::build(
+        "upstreams/1".into(),
+        Some("1".into()),
+        &json!({"nodes": {"127.0.0.1:1": 1, "127.0.0.1:2": 1, "127.0.0.1:3": 1},
+                "timeout": {"connect": 0.5, "send": 3, "read": 7},
+                "type": "chash", "hash_on": "vars_combinations", "key": "$remote_addr:$remote_port"}),
+    )
+    .expect("builds");
+    assert_eq!(u.connect_timeout, Duration::from_millis(500));
+    assert_eq!(u.idle_timeout, Duration::from_secs(7));
+    assert_eq!(u.retries, 2, "unset retries = nodes - 1");
+    let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
+    assert_eq!(u.key_for(&c), "127.0.0.1:40000");
+    let d = UpstreamRt::build(
+        "x".into(),
+        None,
+        &json!({"nodes": {"127.0.0.1:1": 1}, "retries": 0}),
+    )
+    .expect("builds");
+    assert_eq!(
+        (d.retries, d.connect_timeout, d.idle_timeout),
+        (0, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT)
+    );
+    assert_eq!(d.key_for(&c), "127.0.0.1");
+}
+
+#[test]
+fn ten_thousand_routes_index_by_port() {
+    let mut entries = Vec::new();
+    for i in 0..10_000u32 {
+        let port = 10_000 + (i % 5000) as u16;
+        entries.push(route(
+            &format!("r{i:05}"),
+            json!({"server_port": port, "remote_addr": format!("127.0.{}.0/24", i / 5000)}),
+        ));
+    }
+    let s = Snapshot::build(&dump(entries), None);
+    assert_eq!(s.route_count(), 10_000);
+    assert_eq!(
+        winner(&s, &conn("127.0.1.7", "127.0.0.1", 10_042, None)).as_deref(),
+        Some("r05042")
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.0.7", "127.0.0.1", 10_042, None)).as_deref(),
+        Some("r00042")
+    );
+    assert_eq!(
+        winner(&s, &conn("127.0.2.7", "127.0.0.1", 10_042, None)),
+        None
+    );
+    // Only the two routes of that port are considered.
+    assert_eq!(
+        s.explain(&conn("127.0.0.7", "127.0.0.1", 10_042, None))
+            .len(),
+        2
+    );
+}
