@@ -178,6 +178,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         admin_addr = Some(local);
         let mut state = AdminState::new(&config, store.clone());
         state.published = Some(publisher.published.clone());
+        state.snapshot = Some(publisher.current.clone());
         let state = Arc::new(state);
         let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();

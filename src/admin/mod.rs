@@ -52,6 +52,9 @@ pub struct AdminState {
     /// Revision of the data-plane snapshot in force, when a data plane runs:
     /// writes answer only once their revision is published.
     pub published: Option<watch::Receiver<u64>>,
+    /// The data plane's current snapshot, when a data plane runs (read-only
+    /// explain calls run the real router on it).
+    pub snapshot: Option<crate::snapshot::publish::SharedSnapshot>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -94,6 +97,7 @@ impl AdminState {
                 .to_string(),
             stream_plugins: config.stream_plugins.clone(),
             published: None,
+            snapshot: None,
         }
     }
 
