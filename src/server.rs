@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigProvider};
 use crate::proxy::listener::{self, ListenerInfo};
+use crate::proxy::udp::{self, UdpCounters};
 use crate::proxy::ProxyCtx;
 use crate::snapshot::publish;
 use crate::store::local::LocalStore;
@@ -47,6 +48,7 @@ pub enum ServerError {
 pub struct Server {
     admin_addr: Option<SocketAddr>,
     tcp: Vec<Arc<ListenerInfo>>,
+    udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
     store: Arc<dyn Store>,
     proxy: ProxyCtx,
     grace: Duration,
@@ -71,6 +73,11 @@ impl Server {
     /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
     pub fn tcp_listeners(&self) -> &[Arc<ListenerInfo>] {
         &self.tcp
+    }
+
+    /// The UDP listeners with their counters, one per `stream_proxy.udp` entry.
+    pub fn udp_listeners(&self) -> &[(Arc<ListenerInfo>, Arc<UdpCounters>)] {
+        &self.udp
     }
 
     /// The store in use.
@@ -123,6 +130,25 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
+/// Lift the soft open-file limit to the hard one: every proxied TCP
+/// connection needs two descriptors (plus two pipes while data flows).
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?lim.current, to = ?lim.maximum, "raised the open-file limit")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+}
+
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -154,12 +180,41 @@ fn bind_stream_tcp(config: &Config) -> Result<Vec<BoundTcp>, ServerError> {
         .collect()
 }
 
+/// One `stream_proxy.udp` entry and its sockets.
+type BoundUdp = (Arc<ListenerInfo>, Vec<tokio::net::UdpSocket>);
+
+/// Bind every `stream_proxy.udp` entry before anything serves.
+fn bind_stream_udp(config: &Config) -> Result<Vec<BoundUdp>, ServerError> {
+    let Some(sp) = config
+        .apisix
+        .stream_proxy
+        .as_ref()
+        .filter(|_| config.stream_enabled())
+    else {
+        return Ok(Vec::new());
+    };
+    sp.udp
+        .iter()
+        .map(|spec| {
+            udp::bind_udp(spec, config.apisix.enable_reuseport, workers())
+                .map(|(info, socks)| (Arc::new(info), socks))
+                .map_err(|source| ServerError::Bind {
+                    what: "apisix.stream_proxy.udp entry",
+                    addr: spec.addr,
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// Open the store, bind every listener and start serving.
 pub async fn start(config: Config) -> Result<Server, ServerError> {
+    raise_fd_limit();
     let store = open_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let bound_tcp = bind_stream_tcp(&config)?;
+    let bound_udp = bind_stream_udp(&config)?;
     let publisher = publish::start(store.clone(), cancel.clone()).await?;
     let proxy = ProxyCtx::new(publisher.current.clone());
 
@@ -205,10 +260,26 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         }
         tcp.push(info);
     }
+    let mut udp_listeners = Vec::new();
+    for (info, socks) in bound_udp {
+        tracing::info!(listen = %info.label, addr = %info.local, "udp proxy listening");
+        let counters = Arc::new(UdpCounters::default());
+        for sock in socks {
+            tasks.spawn(udp::serve(
+                sock,
+                info.clone(),
+                proxy.clone(),
+                counters.clone(),
+                cancel.clone(),
+            ));
+        }
+        udp_listeners.push((info, counters));
+    }
     tracing::info!(store = %store.describe(), "apisix-stream started");
     Ok(Server {
         admin_addr,
         tcp,
+        udp: udp_listeners,
         store,
         proxy,
         grace: config.nginx_config.worker_shutdown_timeout,

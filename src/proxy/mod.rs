@@ -1,10 +1,11 @@
-//! The TCP data plane: listeners, per-connection handling and the byte
-//! relay. It sees only the current [`Snapshot`](crate::snapshot::Snapshot),
+//! The data plane: TCP and UDP listeners, per-connection handling and the
+//! byte relay. It sees only the current [`Snapshot`](crate::snapshot::Snapshot),
 //! never the store or the Admin API.
 
 pub mod copy;
 pub mod listener;
 pub mod tcp;
+pub mod udp;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -58,6 +58,8 @@ pub struct TestServer {
     pub admin: SocketAddr,
     /// Bound TCP proxy listeners, in config order.
     pub tcp: Vec<SocketAddr>,
+    /// Bound UDP proxy listeners, in config order.
+    pub udp: Vec<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
 }
@@ -90,20 +92,25 @@ impl TestServer {
 
     /// Start with TCP proxy listeners on these addresses (port 0 = ephemeral).
     pub async fn with_tcp(addrs: &[&str]) -> TestServer {
-        let specs: Vec<ListenSpec> = addrs
-            .iter()
-            .map(|a| ListenSpec::new(a.parse().expect("listen addr")))
-            .collect();
-        Self::start_full(
-            tempfile::tempdir().expect("tempdir"),
-            |y| y,
-            move |c| {
-                if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                    sp.tcp = specs;
-                }
-            },
-        )
-        .await
+        Self::with_listeners(addrs, &[]).await
+    }
+
+    /// Start with TCP and UDP proxy listeners (port 0 = ephemeral).
+    pub async fn with_listeners(tcp: &[&str], udp: &[&str]) -> TestServer {
+        let specs = |addrs: &[&str]| -> Vec<ListenSpec> {
+            addrs
+                .iter()
+                .map(|a| ListenSpec::new(a.parse().expect("listen addr")))
+                .collect()
+        };
+        let (tcp, udp) = (specs(tcp), specs(udp));
+        let adjust = move |c: &mut Config| {
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = tcp;
+                sp.udp = udp;
+            }
+        };
+        Self::start_full(tempfile::tempdir().expect("tempdir"), |y| y, adjust).await
     }
 
     /// Start with both the YAML text and the parsed config adjusted.
@@ -125,10 +132,16 @@ impl TestServer {
             .expect("server starts");
         let admin = server.admin_addr().expect("admin enabled");
         let tcp = server.tcp_listeners().iter().map(|l| l.local).collect();
+        let udp = server
+            .udp_listeners()
+            .iter()
+            .map(|(l, _)| l.local)
+            .collect();
         TestServer {
             server: Some(server),
             admin,
             tcp,
+            udp,
             dir,
             client: reqwest::Client::new(),
         }

@@ -8,3 +8,4 @@ mod harness;
 mod persistence;
 mod startup;
 mod tcp;
+mod udp;
