@@ -8,10 +8,12 @@
 //! clean finish). The session also ends after `idle` without traffic in
 //! either direction.
 //!
-//! On Linux, plain TCP to plain TCP moves data with `splice(2)` through a
-//! pipe, so it never enters user space. The pipe (and the user-space buffer
-//! of the fallback) is created only when data first arrives in that
-//! direction, so idle connections hold no buffers at all.
+//! Each direction starts by copying through a small user-space buffer, which
+//! is cheapest for request/response traffic. Once a direction has carried
+//! [`SPLICE_AFTER`] bytes it is a bulk transfer, and on Linux it switches to
+//! `splice(2)` through a pipe so the data no longer enters user space. The
+//! buffer is allocated only when data first arrives, so idle connections
+//! hold no buffers at all.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Size of one transfer (also the user-space buffer size).
 const CHUNK: usize = 64 * 1024;
-/// Buffer of the user-space fallback.
+/// Buffer of the user-space copy.
 const BUF: usize = 16 * 1024;
+/// Bytes a direction moves in user space before it switches to splice.
+pub const SPLICE_AFTER: u64 = 256 * 1024;
 
 /// How a relayed session ended.
 #[derive(Debug)]
@@ -149,27 +153,34 @@ async fn pump(
 ) -> Result<(), PumpError> {
     #[cfg(target_os = "linux")]
     let mut pipe: Option<Pipe> = None;
+    #[cfg(target_os = "linux")]
+    let mut splice_ok = true;
+    let mut moved: u64 = 0;
     let mut buf: Option<Box<[u8]>> = None;
     loop {
         src.readable().await.map_err(PumpError::Read)?;
         #[cfg(target_os = "linux")]
         {
-            if pipe.is_none() && buf.is_none() {
+            if pipe.is_none() && splice_ok && moved >= SPLICE_AFTER {
                 match Pipe::new() {
-                    Ok(p) => pipe = Some(p),
+                    Ok(p) => {
+                        pipe = Some(p);
+                        buf = None;
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "no pipe for splice; copying in user space")
+                        splice_ok = false;
+                        tracing::debug!(error = %e, "no pipe for splice; staying in user space");
                     }
                 }
             }
             if let Some(p) = &pipe {
                 // The pipe is empty here, so WouldBlock can only mean the
                 // socket has nothing to read (try_io then clears readiness).
-                let moved = src.try_io(Interest::READABLE, || {
+                let got = src.try_io(Interest::READABLE, || {
                     rustix::pipe::splice(src, None, &p.w, None, CHUNK, splice_flags())
                         .map_err(io::Error::from)
                 });
-                let mut left = match moved {
+                let mut left = match got {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -205,6 +216,7 @@ async fn pump(
         write_all(dst, &b[..n], counters, act)
             .await
             .map_err(PumpError::Write)?;
+        moved += n as u64;
     }
 }
 

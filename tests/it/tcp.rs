@@ -383,3 +383,92 @@ async fn shutdown_drains_open_connections() {
     drop(open);
     within(5, stopping).await.expect("shutdown finished");
 }
+
+#[tokio::test]
+async fn sigterm_drains_then_exits() {
+    use crate::harness::{call, free_port, spawn_serve, test_yaml, wait_listening, KEY};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin_port, proxy_port) = (free_port(), free_port());
+    let yaml = test_yaml(&dir.path().join("data"), admin_port)
+        .replace(
+            "      - 9100\n",
+            &format!("      - \"127.0.0.1:{proxy_port}\"\n"),
+        )
+        .replace("    udp:\n      - 9200\n", "");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, yaml).expect("write config");
+    let mut child = spawn_serve(&cfg);
+    let admin = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
+    wait_listening(admin, &mut child);
+    let echo = Backend::start("echo", Mode::Echo).await;
+    let body = json!({"upstream": {"nodes": nodes(&[(&echo, 1)])}}).to_string();
+    let (st, _) = call(
+        &reqwest::Client::new(),
+        admin,
+        Some(KEY),
+        reqwest::Method::PUT,
+        "/apisix/admin/stream_routes/1",
+        Some(&body),
+    )
+    .await;
+    assert!(st.is_success());
+    let mut open = connect(proxy).await;
+    assert_eq!(roundtrip(&mut open, b"before").await, b"before");
+    let pid = child.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        TcpStream::connect(proxy).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    assert_eq!(roundtrip(&mut open, b"draining").await, b"draining");
+    assert!(
+        child.child.try_wait().expect("wait").is_none(),
+        "exited with a connection open"
+    );
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn grace_period_closes_lingering_connections() {
+    let mut s = TestServer::start_full(
+        tempfile::tempdir().expect("tempdir"),
+        |y| format!("{y}nginx_config:\n  worker_shutdown_timeout: 300ms\n"),
+        |c| {
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![apisix_stream::config::ListenSpec::new(
+                    "127.0.0.1:0".parse().expect("addr"),
+                )];
+            }
+        },
+    )
+    .await;
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route("1", &json!({"upstream": {"nodes": nodes(&[(&echo, 1)])}}))
+        .await;
+    let mut open = connect(s.tcp[0]).await;
+    assert_eq!(roundtrip(&mut open, b"x").await, b"x");
+    let started = Instant::now();
+    within(5, s.server.take().expect("running").shutdown()).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let mut b = [0u8; 4];
+    let n = within(5, open.read(&mut b)).await.unwrap_or(0);
+    assert_eq!(n, 0, "connection closed after the grace period");
+}
