@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_apisix_stream_global_optspecs
-    string join \n h/help V/version
+    string join \n c/config= admin-url= api-key= h/help V/version
 end
 
 function __fish_apisix_stream_needs_command
@@ -24,17 +24,198 @@ function __fish_apisix_stream_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s h -l help -d 'Print help'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s V -l version -d 'Print version'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
-complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -s c -l config -d 'Path of config.yaml (APISIX\'s format)' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "get" -d 'Print one stream route as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "delete" -d 'Delete a stream route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l id -d 'Route id (PUT); without it the server picks one (POST)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l server-addr -d 'Match connections arriving on this local address (IP or CIDR)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l server-port -d 'Match connections arriving on this local port' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l remote-addr -d 'Match clients in this address or network' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l sni -d 'Match TLS connections with this SNI (exact or *.wildcard)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l node -d 'Upstream node (repeatable); IPv6 as [::1]:80; weight defaults to 1' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l type -d 'Load balancing [default: roundrobin]' -r -f -a "roundrobin\t'Weighted round robin'
+chash\t'Consistent hashing on --key'
+least_conn\t'Fewest active connections'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l key -d 'chash key, e.g. remote_addr' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l scheme -d 'Protocol to the nodes [default: tcp]' -r -f -a "tcp\t'Plain TCP'
+udp\t'UDP'
+tls\t'TLS over TCP'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l upstream-id -d 'Use a stored upstream instead of inline nodes' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l plugin -d 'Plugin configuration (repeatable), e.g. limit-conn=\'{"conn":1,...}\'' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l name -d 'Route name' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole route as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
+json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from delete" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from delete" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from delete" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l server-port -d 'Local port the connection arrives on' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l server-addr -d 'Local address the connection arrives on' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l remote-addr -d 'Client address' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l sni -d 'TLS SNI the client sends' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
+json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one stream route as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a stream route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "list" -d 'List upstreams as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "get" -d 'Print one upstream as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l id -d 'Upstream id (PUT); without it the server picks one (POST)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l node -d 'Upstream node (repeatable); IPv6 as [::1]:80; weight defaults to 1' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l type -d 'Load balancing [default: roundrobin]' -r -f -a "roundrobin\t'Weighted round robin'
+chash\t'Consistent hashing on --key'
+least_conn\t'Fewest active connections'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l key -d 'chash key, e.g. remote_addr' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l scheme -d 'Protocol to the nodes [default: tcp]' -r -f -a "tcp\t'Plain TCP'
+udp\t'UDP'
+tls\t'TLS over TCP'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l retries -d 'Extra tries on other nodes after a failed connect [default: nodes - 1]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l retry-timeout -d 'Seconds allowed for all retries together' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l connect-timeout -d 'Connect timeout in seconds [default: 60]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l send-timeout -d 'Send timeout in seconds [default: 60]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l read-timeout -d 'Read timeout in seconds [default: 60]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l name -d 'Upstream name' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole upstream as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
+json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -l force -d 'Delete even when stream routes still use it'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "list" -d 'List upstreams as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one upstream as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -f -a "add" -d 'Upload a certificate and its key; the key is never printed back'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -f -a "list" -d 'List certificates as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -f -a "get" -d 'Print one certificate object as JSON (without its key)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -f -a "delete" -d 'Delete a certificate'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l cert -d 'Certificate chain (PEM)' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l key -d 'Private key (PEM)' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l sni -d 'Server name (repeatable) [default: the certificate\'s SANs]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l ca -d 'CA (PEM) that client certificates must chain to (turns on mTLS)' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l id -d 'SSL object id (PUT); without it the server picks one (POST)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
+json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from delete" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from delete" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from delete" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from help" -f -a "add" -d 'Upload a certificate and its key; the key is never printed back'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from help" -f -a "list" -d 'List certificates as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one certificate object as JSON (without its key)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a certificate'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand completions" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand completions" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand completions" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l out-dir -d 'Write all pages into this directory instead of printing the main one' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "get" -d 'Print one stream route as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "delete" -d 'Delete a stream route'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "list" -d 'List upstreams as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "get" -d 'Print one upstream as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "add" -d 'Upload a certificate and its key; the key is never printed back'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "list" -d 'List certificates as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "get" -d 'Print one certificate object as JSON (without its key)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "delete" -d 'Delete a certificate'

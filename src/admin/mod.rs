@@ -6,6 +6,7 @@
 //! The two checks wrap the whole router, so no route can bypass them.
 
 pub mod error;
+pub mod explain;
 pub mod handlers;
 
 use std::net::SocketAddr;
@@ -140,6 +141,10 @@ impl AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/apisix/admin", any(handlers::admin_root))
+        .route(
+            "/apisix/admin/stream_routes_test",
+            any(explain::stream_routes_test),
+        )
         .route("/apisix/admin/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
