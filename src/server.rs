@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::config::ListenSpec;
 use crate::config::{Config, ConfigProvider};
 use crate::proxy::listener::{self, ListenerInfo};
-use crate::proxy::udp::{self, UdpCounters};
+use crate::proxy::udp::UdpCounters;
+use crate::proxy::worker::{WorkerSockets, Workers};
 use crate::proxy::ProxyCtx;
 use crate::snapshot::publish;
 use crate::store::local::LocalStore;
@@ -49,6 +51,7 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     tcp: Vec<Arc<ListenerInfo>>,
     udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
+    workers: Option<Workers>,
     store: Arc<dyn Store>,
     proxy: ProxyCtx,
     grace: Duration,
@@ -92,7 +95,7 @@ impl Server {
 
     /// Graceful stop: stop accepting, let open connections finish for up to
     /// `nginx_config.worker_shutdown_timeout`, then close the rest.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -109,6 +112,19 @@ impl Server {
             self.proxy.force_close.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
         }
+        if let Some(w) = self.workers.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] stops at once: its
+    /// worker threads close their listeners and connections and exit.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.proxy.connections.close();
+        self.proxy.force_close.cancel();
     }
 }
 
@@ -153,58 +169,54 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// One `stream_proxy.tcp` entry and its sockets.
-type BoundTcp = (Arc<ListenerInfo>, Vec<TcpListener>);
-
-/// Bind every `stream_proxy.tcp` entry before anything serves.
-fn bind_stream_tcp(config: &Config) -> Result<Vec<BoundTcp>, ServerError> {
+/// Bind every `stream_proxy` entry before anything serves, handing each
+/// worker its own socket of every entry.
+fn bind_stream(
+    config: &Config,
+    workers: usize,
+) -> Result<(BoundListeners, Vec<WorkerSockets>), ServerError> {
+    let mut bound = BoundListeners::default();
+    let mut per_worker: Vec<WorkerSockets> =
+        (0..workers).map(|_| WorkerSockets::default()).collect();
     let Some(sp) = config
         .apisix
         .stream_proxy
         .as_ref()
         .filter(|_| config.stream_enabled())
     else {
-        return Ok(Vec::new());
+        return Ok((bound, per_worker));
     };
-    sp.tcp
-        .iter()
-        .map(|spec| {
-            listener::bind_tcp(spec, config.apisix.enable_reuseport, workers())
-                .map(|(info, socks)| (Arc::new(info), socks))
-                .map_err(|source| ServerError::Bind {
-                    what: "apisix.stream_proxy.tcp entry",
-                    addr: spec.addr,
-                    source,
-                })
-        })
-        .collect()
+    let reuseport = config.apisix.enable_reuseport;
+    let bind_error = |what: &'static str, spec: &ListenSpec| {
+        let addr = spec.addr;
+        move |source| ServerError::Bind { what, addr, source }
+    };
+    for spec in &sp.tcp {
+        let (info, socks) = listener::bind_tcp(spec, reuseport, workers)
+            .map_err(bind_error("apisix.stream_proxy.tcp entry", spec))?;
+        let info = Arc::new(info);
+        for (w, sock) in per_worker.iter_mut().zip(socks) {
+            w.tcp.push((info.clone(), sock));
+        }
+        bound.tcp.push(info);
+    }
+    for spec in &sp.udp {
+        let (info, socks) = listener::bind_udp(spec, reuseport, workers)
+            .map_err(bind_error("apisix.stream_proxy.udp entry", spec))?;
+        let (info, counters) = (Arc::new(info), Arc::new(UdpCounters::default()));
+        for (w, sock) in per_worker.iter_mut().zip(socks) {
+            w.udp.push((info.clone(), counters.clone(), sock));
+        }
+        bound.udp.push((info, counters));
+    }
+    Ok((bound, per_worker))
 }
 
-/// One `stream_proxy.udp` entry and its sockets.
-type BoundUdp = (Arc<ListenerInfo>, Vec<tokio::net::UdpSocket>);
-
-/// Bind every `stream_proxy.udp` entry before anything serves.
-fn bind_stream_udp(config: &Config) -> Result<Vec<BoundUdp>, ServerError> {
-    let Some(sp) = config
-        .apisix
-        .stream_proxy
-        .as_ref()
-        .filter(|_| config.stream_enabled())
-    else {
-        return Ok(Vec::new());
-    };
-    sp.udp
-        .iter()
-        .map(|spec| {
-            udp::bind_udp(spec, config.apisix.enable_reuseport, workers())
-                .map(|(info, socks)| (Arc::new(info), socks))
-                .map_err(|source| ServerError::Bind {
-                    what: "apisix.stream_proxy.udp entry",
-                    addr: spec.addr,
-                    source,
-                })
-        })
-        .collect()
+/// The stream listeners as bound, for reporting.
+#[derive(Debug, Default)]
+struct BoundListeners {
+    tcp: Vec<Arc<ListenerInfo>>,
+    udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
 }
 
 /// Open the store, bind every listener and start serving.
@@ -213,8 +225,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let store = open_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let bound_tcp = bind_stream_tcp(&config)?;
-    let bound_udp = bind_stream_udp(&config)?;
+    let (bound, per_worker) = bind_stream(&config, workers())?;
     let publisher = publish::start(store.clone(), cancel.clone()).await?;
     let proxy = ProxyCtx::new(publisher.current.clone());
 
@@ -247,39 +258,22 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         });
         tracing::info!(addr = %local, "admin API listening");
     }
-    let mut tcp = Vec::new();
-    for (info, socks) in bound_tcp {
-        tracing::info!(listen = %info.label, addr = %info.local, "tcp proxy listening");
-        for sock in socks {
-            tasks.spawn(listener::accept_loop(
-                sock,
-                info.clone(),
-                proxy.clone(),
-                cancel.clone(),
-            ));
-        }
-        tcp.push(info);
+    for l in &bound.tcp {
+        tracing::info!(listen = %l.label, addr = %l.local, "tcp proxy listening");
     }
-    let mut udp_listeners = Vec::new();
-    for (info, socks) in bound_udp {
-        tracing::info!(listen = %info.label, addr = %info.local, "udp proxy listening");
-        let counters = Arc::new(UdpCounters::default());
-        for sock in socks {
-            tasks.spawn(udp::serve(
-                sock,
-                info.clone(),
-                proxy.clone(),
-                counters.clone(),
-                cancel.clone(),
-            ));
-        }
-        udp_listeners.push((info, counters));
+    for (l, _) in &bound.udp {
+        tracing::info!(listen = %l.label, addr = %l.local, "udp proxy listening");
     }
+    let workers = Workers::spawn(per_worker, &proxy, &cancel).map_err(|e| {
+        cancel.cancel();
+        ServerError::Unsupported(format!("cannot start proxy workers: {e}"))
+    })?;
     tracing::info!(store = %store.describe(), "apisix-stream started");
     Ok(Server {
         admin_addr,
-        tcp,
-        udp: udp_listeners,
+        tcp: bound.tcp,
+        udp: bound.udp,
+        workers: Some(workers),
         store,
         proxy,
         grace: config.nginx_config.worker_shutdown_timeout,

@@ -206,6 +206,23 @@ async fn pump(
                 continue;
             }
         }
+        if buf.is_none() {
+            // Readiness can be reported before any byte arrives; allocate the
+            // buffer only once a byte (or EOF) is really there, so idle
+            // connections never hold one.
+            let mut probe = [0u8; 1];
+            let peeked = src.try_io(Interest::READABLE, || {
+                rustix::net::recv(src, &mut probe, rustix::net::RecvFlags::PEEK)
+                    .map(|(n, _)| n)
+                    .map_err(io::Error::from)
+            });
+            match peeked {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(PumpError::Read(e)),
+            }
+        }
         let b = buf.get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
         let n = match src.try_read(b) {
             Ok(0) => return Ok(()),

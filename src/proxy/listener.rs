@@ -1,8 +1,8 @@
 //! Binding `stream_proxy.tcp` entries and accepting connections.
 //!
 //! With `enable_reuseport` (APISIX's default) each entry gets one socket per
-//! runtime worker bound with `SO_REUSEPORT`, so the kernel spreads new
-//! connections over several accept loops, as nginx does with its workers.
+//! data-plane worker bound with `SO_REUSEPORT`, so the kernel spreads new
+//! connections over the workers' accept loops, as nginx does.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,6 +19,8 @@ use crate::config::ListenSpec;
 /// Pending-connection queue length (nginx's `backlog` on Linux is 511;
 /// a longer queue absorbs connection bursts).
 const BACKLOG: i32 = 4096;
+/// Socket buffer asked for on UDP listeners, to ride out bursts.
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
 
 /// A bound listener entry.
 #[derive(Debug)]
@@ -31,8 +33,10 @@ pub struct ListenerInfo {
     pub label: String,
 }
 
-fn bind_one(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+fn bind_one(addr: SocketAddr, ty: Type, reuseport: bool) -> io::Result<Socket> {
+    let udp = ty == Type::DGRAM;
+    let proto = if udp { Protocol::UDP } else { Protocol::TCP };
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
@@ -41,36 +45,68 @@ fn bind_one(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListen
     if reuseport {
         sock.set_reuse_port(true)?;
     }
+    if udp {
+        let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+        let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(BACKLOG)?;
-    Ok(sock.into())
+    if !udp {
+        sock.listen(BACKLOG)?;
+    }
+    Ok(sock)
 }
 
-/// Bind `count` sockets for one entry (all on the same port).
-pub fn bind_tcp(
+/// Bind one listener entry as `count` sockets on the same address, one per
+/// worker: separate `SO_REUSEPORT` sockets (the kernel spreads new
+/// connections and keeps each UDP client on one socket), or without
+/// reuseport one socket shared through duplicated descriptors.
+pub fn bind_sockets(
     spec: &ListenSpec,
+    ty: Type,
     reuseport: bool,
     count: usize,
-) -> io::Result<(ListenerInfo, Vec<TcpListener>)> {
-    let first = bind_one(spec.addr, reuseport)?;
-    let local = first.local_addr()?;
-    let mut socks = vec![first];
-    if reuseport {
-        for _ in 1..count.max(1) {
-            socks.push(bind_one(local, true)?);
-        }
+) -> io::Result<(ListenerInfo, Vec<Socket>)> {
+    let first = bind_one(spec.addr, ty, reuseport)?;
+    let local = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+    let mut socks = Vec::with_capacity(count.max(1));
+    for _ in 1..count.max(1) {
+        socks.push(if reuseport {
+            bind_one(local, ty, true)?
+        } else {
+            first.try_clone()?
+        });
     }
-    let listeners = socks
-        .into_iter()
-        .map(TcpListener::from_std)
-        .collect::<io::Result<Vec<_>>>()?;
+    socks.insert(0, first);
     let info = ListenerInfo {
         spec: spec.clone(),
         local,
         label: spec.listen_addr(),
     };
-    Ok((info, listeners))
+    Ok((info, socks))
+}
+
+/// Bind a `stream_proxy.tcp` entry (see [`bind_sockets`]).
+pub fn bind_tcp(
+    spec: &ListenSpec,
+    reuseport: bool,
+    count: usize,
+) -> io::Result<(ListenerInfo, Vec<std::net::TcpListener>)> {
+    let (info, socks) = bind_sockets(spec, Type::STREAM, reuseport, count)?;
+    Ok((info, socks.into_iter().map(Into::into).collect()))
+}
+
+/// Bind a `stream_proxy.udp` entry (see [`bind_sockets`]).
+pub fn bind_udp(
+    spec: &ListenSpec,
+    reuseport: bool,
+    count: usize,
+) -> io::Result<(ListenerInfo, Vec<std::net::UdpSocket>)> {
+    let (info, socks) = bind_sockets(spec, Type::DGRAM, reuseport, count)?;
+    Ok((info, socks.into_iter().map(Into::into).collect()))
 }
 
 /// Errors that mean "out of resources": back off instead of spinning.

@@ -6,6 +6,7 @@ pub mod copy;
 pub mod listener;
 pub mod tcp;
 pub mod udp;
+pub mod worker;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

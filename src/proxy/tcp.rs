@@ -118,12 +118,17 @@ pub async fn handle(
     peer: SocketAddr,
     listener: Arc<ListenerInfo>,
 ) {
-    let local = match client.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection gone before routing");
-            return;
+    // A listener bound to one address needs no getsockname per connection.
+    let local = if listener.local.ip().is_unspecified() {
+        match client.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection gone before routing");
+                return;
+            }
         }
+    } else {
+        listener.local
     };
     let conn = ConnInfo {
         remote_addr: canonical_ip(peer.ip()),

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,13 +32,10 @@ use tokio_util::sync::CancellationToken;
 use super::listener::ListenerInfo;
 use super::ProxyCtx;
 use crate::balancer::Pick;
-use crate::config::ListenSpec;
 use crate::snapshot::{canonical_ip, ConnInfo};
 
 /// Largest datagram handled (the IPv4 UDP payload limit rounded up).
 const MAX_DATAGRAM: usize = 65_536;
-/// Socket buffer asked for on listeners, to ride out bursts.
-const SOCKET_BUFFER: usize = 4 << 20;
 /// Most sessions one listener socket keeps; new clients past it are dropped.
 pub const MAX_SESSIONS: usize = 100_000;
 
@@ -60,50 +56,6 @@ pub struct UdpCounters {
     pub datagrams_out: AtomicU64,
     /// Datagrams dropped (no route, no node, send failure, session cap).
     pub dropped: AtomicU64,
-}
-
-fn bind_one(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::UdpSocket> {
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_reuse_address(true)?;
-    #[cfg(unix)]
-    if reuseport {
-        sock.set_reuse_port(true)?;
-    }
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    Ok(sock.into())
-}
-
-/// Bind `count` sockets for one `stream_proxy.udp` entry (same port; the
-/// kernel keeps each client on one socket, so sessions stay consistent).
-pub fn bind_udp(
-    spec: &ListenSpec,
-    reuseport: bool,
-    count: usize,
-) -> io::Result<(ListenerInfo, Vec<UdpSocket>)> {
-    let first = bind_one(spec.addr, reuseport)?;
-    let local = first.local_addr()?;
-    let mut socks = vec![first];
-    if reuseport {
-        for _ in 1..count.max(1) {
-            socks.push(bind_one(local, true)?);
-        }
-    }
-    let socks = socks
-        .into_iter()
-        .map(UdpSocket::from_std)
-        .collect::<io::Result<Vec<_>>>()?;
-    let info = ListenerInfo {
-        spec: spec.clone(),
-        local,
-        label: spec.listen_addr(),
-    };
-    Ok((info, socks))
 }
 
 /// A live session as the listener loop sees it.
