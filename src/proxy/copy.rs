@@ -19,7 +19,8 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -121,36 +122,26 @@ fn splice_flags() -> rustix::pipe::SpliceFlags {
     rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK
 }
 
-/// Write all of `data` to `dst`.
-async fn write_all(
-    dst: &TcpStream,
-    mut data: &[u8],
-    counters: Counters<'_>,
-    act: &Activity,
-) -> io::Result<()> {
-    while !data.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                data = &data[n..];
-                counters.add(n);
-                act.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Copy `src` to `dst` until EOF on `src`.
+/// Copy `src` to `dst` until EOF on `src`, then shut down `dst`'s write side.
+///
+/// Reads go through tokio's `AsyncRead`, which treats a short read as
+/// "socket drained" and skips the extra read that would only return
+/// EAGAIN; nginx saves that syscall the same way. On an error the peer of
+/// the failing side is set to reset on close, so a reset is passed on.
 async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &mut ReadHalf<'_>,
+    dst: &mut WriteHalf<'_>,
     counters: Counters<'_>,
     act: &Activity,
 ) -> Result<(), PumpError> {
+    let fail_read = |dst: &WriteHalf<'_>, e: io::Error| {
+        set_reset_on_close(dst.as_ref());
+        PumpError::Read(e)
+    };
+    let fail_write = |src: &ReadHalf<'_>, e: io::Error| {
+        set_reset_on_close(src.as_ref());
+        PumpError::Write(e)
+    };
     #[cfg(target_os = "linux")]
     let mut pipe: Option<Pipe> = None;
     #[cfg(target_os = "linux")]
@@ -158,7 +149,6 @@ async fn pump(
     let mut moved: u64 = 0;
     let mut buf: Option<Box<[u8]>> = None;
     loop {
-        src.readable().await.map_err(PumpError::Read)?;
         #[cfg(target_os = "linux")]
         {
             if pipe.is_none() && splice_ok && moved >= SPLICE_AFTER {
@@ -174,33 +164,35 @@ async fn pump(
                 }
             }
             if let Some(p) = &pipe {
+                let (s, d): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
+                s.readable().await.map_err(|e| fail_read(dst, e))?;
                 // The pipe is empty here, so WouldBlock can only mean the
                 // socket has nothing to read (try_io then clears readiness).
-                let got = src.try_io(Interest::READABLE, || {
-                    rustix::pipe::splice(src, None, &p.w, None, CHUNK, splice_flags())
+                let got = s.try_io(Interest::READABLE, || {
+                    rustix::pipe::splice(s, None, &p.w, None, CHUNK, splice_flags())
                         .map_err(io::Error::from)
                 });
                 let mut left = match got {
-                    Ok(0) => return Ok(()),
+                    Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(PumpError::Read(e)),
+                    Err(e) => return Err(fail_read(dst, e)),
                 };
                 while left > 0 {
-                    dst.writable().await.map_err(PumpError::Write)?;
-                    let out = dst.try_io(Interest::WRITABLE, || {
-                        rustix::pipe::splice(&p.r, None, dst, None, left, splice_flags())
+                    d.writable().await.map_err(|e| fail_write(src, e))?;
+                    let out = d.try_io(Interest::WRITABLE, || {
+                        rustix::pipe::splice(&p.r, None, d, None, left, splice_flags())
                             .map_err(io::Error::from)
                     });
                     match out {
-                        Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
+                        Ok(0) => return Err(fail_write(src, io::ErrorKind::WriteZero.into())),
                         Ok(n) => {
                             left -= n;
                             counters.add(n);
                             act.touch();
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(PumpError::Write(e)),
+                        Err(e) => return Err(fail_write(src, e)),
                     }
                 }
                 continue;
@@ -210,31 +202,37 @@ async fn pump(
             // Readiness can be reported before any byte arrives; allocate the
             // buffer only once a byte (or EOF) is really there, so idle
             // connections never hold one.
+            let s: &TcpStream = src.as_ref();
+            s.readable().await.map_err(|e| fail_read(dst, e))?;
             let mut probe = [0u8; 1];
-            let peeked = src.try_io(Interest::READABLE, || {
-                rustix::net::recv(src, &mut probe, rustix::net::RecvFlags::PEEK)
+            let peeked = s.try_io(Interest::READABLE, || {
+                rustix::net::recv(s, &mut probe, rustix::net::RecvFlags::PEEK)
                     .map(|(n, _)| n)
                     .map_err(io::Error::from)
             });
             match peeked {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
+                Ok(0) => break,
+                Ok(_) => buf = Some(vec![0u8; BUF].into_boxed_slice()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(PumpError::Read(e)),
+                Err(e) => return Err(fail_read(dst, e)),
             }
         }
-        let b = buf.get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
-        let n = match src.try_read(b) {
-            Ok(0) => return Ok(()),
+        let Some(b) = buf.as_mut() else { continue };
+        let n = match src.read(b).await {
+            Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(PumpError::Read(e)),
+            Err(e) => return Err(fail_read(dst, e)),
         };
-        write_all(dst, &b[..n], counters, act)
+        dst.write_all(&b[..n])
             .await
-            .map_err(PumpError::Write)?;
+            .map_err(|e| fail_write(src, e))?;
+        counters.add(n);
+        act.touch();
         moved += n as u64;
     }
+    // EOF: pass the half-close on; the other direction keeps going.
+    let _ = dst.shutdown().await;
+    Ok(())
 }
 
 /// Make closing `s` send a reset rather than a FIN.
@@ -242,24 +240,22 @@ pub fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-fn shutdown_write(s: &TcpStream) {
-    let _ = rustix::net::shutdown(s, rustix::net::Shutdown::Write);
-}
-
 /// Relay between `client` and `upstream` until both directions are done,
 /// an error, the idle timeout, or `close`.
 /// `up` counts client-to-upstream bytes, `down` upstream-to-client bytes.
 pub async fn relay_tcp(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
     close: &CancellationToken,
 ) -> End {
     let act = Activity::new();
-    let to_up = pump(client, upstream, up, &act);
-    let to_down = pump(upstream, client, down, &act);
+    let (mut client_r, mut client_w) = client.split();
+    let (mut up_r, mut up_w) = upstream.split();
+    let to_up = pump(&mut client_r, &mut up_w, up, &act);
+    let to_down = pump(&mut up_r, &mut client_w, down, &act);
     tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
     let idle_timer = tokio::time::sleep(idle);
@@ -267,32 +263,14 @@ pub async fn relay_tcp(
     loop {
         tokio::select! {
             r = &mut to_up, if !up_done => match r {
-                Ok(()) => {
-                    shutdown_write(upstream);
-                    up_done = true;
-                }
-                Err(PumpError::Read(e)) => {
-                    set_reset_on_close(upstream);
-                    return End::Client(e);
-                }
-                Err(PumpError::Write(e)) => {
-                    set_reset_on_close(client);
-                    return End::Upstream(e);
-                }
+                Ok(()) => up_done = true,
+                Err(PumpError::Read(e)) => return End::Client(e),
+                Err(PumpError::Write(e)) => return End::Upstream(e),
             },
             r = &mut to_down, if !down_done => match r {
-                Ok(()) => {
-                    shutdown_write(client);
-                    down_done = true;
-                }
-                Err(PumpError::Read(e)) => {
-                    set_reset_on_close(client);
-                    return End::Upstream(e);
-                }
-                Err(PumpError::Write(e)) => {
-                    set_reset_on_close(upstream);
-                    return End::Client(e);
-                }
+                Ok(()) => down_done = true,
+                Err(PumpError::Read(e)) => return End::Upstream(e),
+                Err(PumpError::Write(e)) => return End::Client(e),
             },
             () = &mut idle_timer => {
                 let deadline = act.deadline(idle);

@@ -114,7 +114,7 @@ pub async fn connect(up: &UpstreamRt, conn: &ConnInfo) -> Result<Connected, Conn
 /// Handle one accepted connection to its end.
 pub async fn handle(
     ctx: ProxyCtx,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerInfo>,
 ) {
@@ -149,7 +149,7 @@ pub async fn handle(
             return;
         }
     };
-    let connected = match connect(&upstream, &conn).await {
+    let mut connected = match connect(&upstream, &conn).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, route_id = %route.id, error = %e, "cannot connect upstream");
@@ -161,8 +161,8 @@ pub async fn handle(
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
     let end = copy::relay_tcp(
-        &client,
-        &connected.stream,
+        &mut client,
+        &mut connected.stream,
         upstream.idle_timeout,
         Counters(&[&bytes_in]),
         Counters(&[&bytes_out]),
