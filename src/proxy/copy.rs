@@ -23,7 +23,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Size of one transfer (also the user-space buffer size).
 const CHUNK: usize = 64 * 1024;
@@ -43,8 +42,6 @@ pub enum End {
     Client(io::Error),
     /// Reading from or writing to the upstream failed.
     Upstream(io::Error),
-    /// The server closed it (shutdown grace period over, or an operator).
-    Closed,
 }
 
 impl End {
@@ -55,7 +52,6 @@ impl End {
             End::IdleTimeout => "idle timeout",
             End::Client(_) => "client error",
             End::Upstream(_) => "upstream error",
-            End::Closed => "closed by server",
         }
     }
 }
@@ -241,7 +237,9 @@ pub fn set_reset_on_close(s: &TcpStream) {
 }
 
 /// Relay between `client` and `upstream` until both directions are done,
-/// an error, the idle timeout, or `close`.
+/// an error, or the idle timeout. (A forced close at the end of the
+/// shutdown grace period drops the whole task instead of being polled here
+/// on every wake-up.)
 /// `up` counts client-to-upstream bytes, `down` upstream-to-client bytes.
 pub async fn relay_tcp(
     client: &mut TcpStream,
@@ -249,7 +247,6 @@ pub async fn relay_tcp(
     idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
-    close: &CancellationToken,
 ) -> End {
     let act = Activity::new();
     let (mut client_r, mut client_w) = client.split();
@@ -279,7 +276,6 @@ pub async fn relay_tcp(
                 }
                 idle_timer.as_mut().reset(deadline);
             }
-            () = close.cancelled() => return End::Closed,
         }
         if up_done && down_done {
             return End::Clean;

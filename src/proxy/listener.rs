@@ -132,10 +132,13 @@ pub async fn accept_loop(
     ctx: ProxyCtx,
     stop: CancellationToken,
 ) {
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => break,
+            biased;
             r = listener.accept() => r,
+            () = &mut stopped => break,
         };
         match accepted {
             Ok((stream, peer)) => {

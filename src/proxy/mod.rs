@@ -20,7 +20,8 @@ pub struct ProxyCtx {
     pub snapshot: SharedSnapshot,
     /// Every live connection task (for draining at shutdown).
     pub connections: TaskTracker,
-    /// Cancelled when open connections must close now (grace period over).
+    /// Cancelled when open connections must close now (grace period over):
+    /// each worker then drops its runtime, and with it every connection task.
     pub force_close: CancellationToken,
 }
 

@@ -166,7 +166,6 @@ pub async fn handle(
         upstream.idle_timeout,
         Counters(&[&bytes_in]),
         Counters(&[&bytes_out]),
-        &ctx.force_close,
     )
     .await;
     tracing::debug!(

@@ -204,9 +204,12 @@ pub async fn serve(
     let (expired_tx, mut expired_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut generation = 0u64;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let (n, client) = tokio::select! {
-            () = stop.cancelled() => break,
+            biased;
+            () = &mut stopped => break,
             Some((addr, gen)) = expired_rx.recv() => {
                 if sessions.get(&addr).is_some_and(|s| s.generation == gen) {
                     sessions.remove(&addr);

@@ -8,7 +8,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +62,9 @@ impl Workers {
 }
 
 async fn run(socks: WorkerSockets, ctx: ProxyCtx, stop: CancellationToken) {
+    // A child token per worker keeps the stop signal's waiter list local to
+    // this thread's loops.
+    let stop = stop.child_token();
     for (info, l) in socks.tcp {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
@@ -85,13 +87,11 @@ async fn run(socks: WorkerSockets, ctx: ProxyCtx, stop: CancellationToken) {
     }
     stop.cancelled().await;
     // Keep running this thread's connections until the drain is over: all
-    // connections finished, or the grace period ended and they were told to
-    // close (then give them a moment to do so).
+    // connections finished, or the grace period ended. Returning then drops
+    // this runtime with every connection task still on it, which closes
+    // their sockets.
     tokio::select! {
         () = ctx.connections.wait() => {}
-        () = async {
-            ctx.force_close.cancelled().await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => {}
+        () = ctx.force_close.cancelled() => {}
     }
 }

@@ -88,6 +88,8 @@ async fn each_of_1000_clients_gets_only_its_own_replies() {
     let b = UdpBackend::start("b").await;
     let proxy = s.udp[0];
     s.put_route("1", &route(proxy.port(), &b)).await;
+    // Client sockets stay open to the end so no two clients share an address.
+    let mut open = Vec::new();
     for n in [2usize, 1000] {
         let mut tasks = Vec::new();
         for i in 0..n {
@@ -105,10 +107,11 @@ async fn each_of_1000_clients_gets_only_its_own_replies() {
                     let got = got.expect("reply");
                     assert_eq!(got, format!("b:{msg}").into_bytes());
                 }
+                c
             }));
         }
         for t in tasks {
-            within(30, t).await.expect("client task");
+            open.push(within(30, t).await.expect("client task"));
         }
     }
     let total: u64 = s
@@ -237,27 +240,38 @@ async fn dns_queries_are_answered_by_a_real_dns_server() {
         eprintln!("dnsmasq not installed; skipping the real DNS server test");
         return;
     };
-    let port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.local_addr().expect("addr").port()
-    };
-    let child = Command::new(path)
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={port}"),
-            "--address=/apisix-stream.test/192.0.2.7",
-            "--user=root",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dnsmasq");
-    let _guard = ChildGuard { child };
+    // A port below the ephemeral range, so the many client sockets of the
+    // other tests cannot take it between our check and dnsmasq's bind.
+    let mut started = None;
+    for attempt in 0..20u16 {
+        let port = 20_000 + (std::process::id() as u16 % 5_000) + attempt * 97;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let child = Command::new(&path)
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                "--address=/apisix-stream.test/192.0.2.7",
+                "--user=root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let mut guard = ChildGuard { child };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if guard.child.try_wait().expect("wait").is_none() {
+            started = Some((port, guard));
+            break;
+        }
+    }
+    let (port, _guard) = started.expect("dnsmasq started on a free port");
     let s = TestServer::with_listeners(&[], &["127.0.0.1:0"]).await;
     let proxy = s.udp[0];
     s.put_route(
