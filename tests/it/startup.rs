@@ -211,3 +211,17 @@ fn sigterm_stops_serve_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_busy_stream_port_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = test_yaml(&dir.path().join("data"), free_port())
+        .replace("      - 9100\n", &format!("      - \"127.0.0.1:{port}\"\n"));
+    let err = start_error(&yaml);
+    assert!(
+        err.contains("stream_proxy.tcp") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}

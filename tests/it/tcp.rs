@@ -472,3 +472,17 @@ async fn grace_period_closes_lingering_connections() {
     let n = within(5, open.read(&mut b)).await.unwrap_or(0);
     assert_eq!(n, 0, "connection closed after the grace period");
 }
+
+#[tokio::test]
+async fn ipv6_listener_and_remote_addr() {
+    let s = TestServer::with_tcp(&["[::1]:0"]).await;
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route(
+        "1",
+        &json!({"remote_addr": "::1/128", "server_addr": "::1",
+        "upstream": {"nodes": nodes(&[(&echo, 1)])}}),
+    )
+    .await;
+    let mut c = connect(s.tcp[0]).await;
+    assert_eq!(roundtrip(&mut c, b"over v6").await, b"over v6");
+}

@@ -314,3 +314,20 @@ fn which(name: &str) -> Result<String, ()> {
     }
     Err(())
 }
+
+#[tokio::test]
+async fn ipv6_listeners_carry_udp() {
+    let s = TestServer::with_listeners(&[], &["[::1]:0"]).await;
+    let b = UdpBackend::start("v6").await;
+    let proxy = s.udp[0];
+    s.put_route(
+        "1",
+        &json!({"remote_addr": "::1", "upstream": {"nodes": {b.addr.to_string(): 1}}}),
+    )
+    .await;
+    let c = UdpSocket::bind("[::1]:0").await.expect("bind v6 client");
+    assert_eq!(
+        ask(&c, proxy, b"six").await.as_deref(),
+        Some(&b"v6:six"[..])
+    );
+}
