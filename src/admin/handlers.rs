@@ -446,44 +446,28 @@ async fn still_used(state: &AdminState, kind: Kind, id: &str) -> Result<Option<S
         }
         model::id_string(cur).as_deref() == Some(id)
     };
-    Ok(match kind {
-        Kind::Upstream => state
-            .store
-            .list(Kind::StreamRoute)
-            .await?
-            .iter()
-            .find(|r| uses(&r.value, &["upstream_id"]))
-            .map(|r| {
-                format!(
-                    "can not delete this upstream, stream route [{}] is still using it now",
-                    r.id
-                )
-            }),
-        Kind::StreamRoute => state
-            .store
-            .list(Kind::StreamRoute)
-            .await?
-            .iter()
-            .find(|r| r.id != id && uses(&r.value, &["protocol", "superior_id"]))
-            .map(|r| {
-                format!(
-                    "can not delete this stream route directly, stream route [{}] is still using it as superior_id",
-                    r.id
-                )
-            }),
-        Kind::Ssl => state
-            .store
-            .list(Kind::Upstream)
-            .await?
-            .iter()
-            .find(|u| uses(&u.value, &["tls", "client_cert_id"]))
-            .map(|u| {
-                format!(
-                    "can not delete this ssl, upstream [{}] is still using it now",
-                    u.id
-                )
-            }),
-    })
+    // Which objects may refer to this kind, through which field, and how
+    // APISIX words the refusal.
+    let (users, path, message): (Kind, &[&str], fn(&str) -> String) = match kind {
+        Kind::Upstream => (Kind::StreamRoute, &["upstream_id"], |user| {
+            format!("can not delete this upstream, stream route [{user}] is still using it now")
+        }),
+        Kind::StreamRoute => (Kind::StreamRoute, &["protocol", "superior_id"], |user| {
+            format!(
+                "can not delete this stream route directly, stream route [{user}] is still using it as superior_id"
+            )
+        }),
+        Kind::Ssl => (Kind::Upstream, &["tls", "client_cert_id"], |user| {
+            format!("can not delete this ssl, upstream [{user}] is still using it now")
+        }),
+    };
+    Ok(state
+        .store
+        .list(users)
+        .await?
+        .iter()
+        .find(|e| !(e.kind == kind && e.id == id) && uses(&e.value, path))
+        .map(|e| message(&e.id)))
 }
 
 async fn delete(state: &AdminState, kind: Kind, id: &str, force: bool) -> Result<Response> {
