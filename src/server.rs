@@ -227,7 +227,8 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let tasks = TaskTracker::new();
     let (bound, per_worker) = bind_stream(&config, workers())?;
     let publisher = publish::start(store.clone(), cancel.clone()).await?;
-    let proxy = ProxyCtx::new(publisher.current.clone());
+    let mut proxy = ProxyCtx::new(publisher.current.clone());
+    proxy.fallback_sni = config.apisix.ssl.fallback_sni.clone();
 
     let mut admin_addr = None;
     if config.apisix.enable_admin {

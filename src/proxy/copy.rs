@@ -15,11 +15,12 @@
 //! buffer is allocated only when data first arrives, so idle connections
 //! hold no buffers at all.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -44,7 +45,25 @@ pub enum End {
     Upstream(io::Error),
 }
 
+/// Which side gets a reset when a session ended in error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// The client failed: reset the upstream.
+    Upstream,
+    /// The upstream failed: reset the client.
+    Client,
+}
+
 impl End {
+    /// The peer to reset so an error is passed on, never a clean close.
+    pub fn reset_target(&self) -> Option<ResetTarget> {
+        match self {
+            End::Client(_) => Some(ResetTarget::Upstream),
+            End::Upstream(_) => Some(ResetTarget::Client),
+            _ => None,
+        }
+    }
+
     /// Short label for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -118,26 +137,40 @@ fn splice_flags() -> rustix::pipe::SpliceFlags {
     rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK
 }
 
+/// Move one read's worth of bytes from `src` to `dst`; 0 at EOF.
+async fn copy_chunk<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    buf: &mut [u8],
+    counters: Counters<'_>,
+    act: &Activity,
+) -> Result<usize, PumpError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let n = match src.read(buf).await {
+        Ok(0) => return Ok(0),
+        Ok(n) => n,
+        Err(e) => return Err(PumpError::Read(e)),
+    };
+    dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
+    counters.add(n);
+    act.touch();
+    Ok(n)
+}
+
 /// Copy `src` to `dst` until EOF on `src`, then shut down `dst`'s write side.
 ///
 /// Reads go through tokio's `AsyncRead`, which treats a short read as
 /// "socket drained" and skips the extra read that would only return
-/// EAGAIN; nginx saves that syscall the same way. On an error the peer of
-/// the failing side is set to reset on close, so a reset is passed on.
-async fn pump(
+/// EAGAIN; nginx saves that syscall the same way.
+async fn pump_tcp(
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     counters: Counters<'_>,
     act: &Activity,
 ) -> Result<(), PumpError> {
-    let fail_read = |dst: &WriteHalf<'_>, e: io::Error| {
-        set_reset_on_close(dst.as_ref());
-        PumpError::Read(e)
-    };
-    let fail_write = |src: &ReadHalf<'_>, e: io::Error| {
-        set_reset_on_close(src.as_ref());
-        PumpError::Write(e)
-    };
     #[cfg(target_os = "linux")]
     let mut pipe: Option<Pipe> = None;
     #[cfg(target_os = "linux")]
@@ -160,36 +193,8 @@ async fn pump(
                 }
             }
             if let Some(p) = &pipe {
-                let (s, d): (&TcpStream, &TcpStream) = (src.as_ref(), dst.as_ref());
-                s.readable().await.map_err(|e| fail_read(dst, e))?;
-                // The pipe is empty here, so WouldBlock can only mean the
-                // socket has nothing to read (try_io then clears readiness).
-                let got = s.try_io(Interest::READABLE, || {
-                    rustix::pipe::splice(s, None, &p.w, None, CHUNK, splice_flags())
-                        .map_err(io::Error::from)
-                });
-                let mut left = match got {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(fail_read(dst, e)),
-                };
-                while left > 0 {
-                    d.writable().await.map_err(|e| fail_write(src, e))?;
-                    let out = d.try_io(Interest::WRITABLE, || {
-                        rustix::pipe::splice(&p.r, None, d, None, left, splice_flags())
-                            .map_err(io::Error::from)
-                    });
-                    match out {
-                        Ok(0) => return Err(fail_write(src, io::ErrorKind::WriteZero.into())),
-                        Ok(n) => {
-                            left -= n;
-                            counters.add(n);
-                            act.touch();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(fail_write(src, e)),
-                    }
+                if !splice_chunk(src.as_ref(), dst.as_ref(), p, counters, act).await? {
+                    break;
                 }
                 continue;
             }
@@ -199,7 +204,7 @@ async fn pump(
             // buffer only once a byte (or EOF) is really there, so idle
             // connections never hold one.
             let s: &TcpStream = src.as_ref();
-            s.readable().await.map_err(|e| fail_read(dst, e))?;
+            s.readable().await.map_err(PumpError::Read)?;
             let mut probe = [0u8; 1];
             let peeked = s.try_io(Interest::READABLE, || {
                 rustix::net::recv(s, &mut probe, rustix::net::RecvFlags::PEEK)
@@ -210,23 +215,77 @@ async fn pump(
                 Ok(0) => break,
                 Ok(_) => buf = Some(vec![0u8; BUF].into_boxed_slice()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(fail_read(dst, e)),
+                Err(e) => return Err(PumpError::Read(e)),
             }
         }
         let Some(b) = buf.as_mut() else { continue };
-        let n = match src.read(b).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return Err(fail_read(dst, e)),
-        };
-        dst.write_all(&b[..n])
-            .await
-            .map_err(|e| fail_write(src, e))?;
-        counters.add(n);
-        act.touch();
-        moved += n as u64;
+        match copy_chunk(src, dst, b, counters, act).await? {
+            0 => break,
+            n => moved += n as u64,
+        }
     }
     // EOF: pass the half-close on; the other direction keeps going.
+    let _ = dst.shutdown().await;
+    Ok(())
+}
+
+/// Move one pipe-load from `s` to `d` with `splice(2)`; false at EOF.
+#[cfg(target_os = "linux")]
+async fn splice_chunk(
+    s: &TcpStream,
+    d: &TcpStream,
+    p: &Pipe,
+    counters: Counters<'_>,
+    act: &Activity,
+) -> Result<bool, PumpError> {
+    loop {
+        s.readable().await.map_err(PumpError::Read)?;
+        // The pipe is empty here, so WouldBlock can only mean the socket has
+        // nothing to read (try_io then clears readiness).
+        let got = s.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(s, None, &p.w, None, CHUNK, splice_flags())
+                .map_err(io::Error::from)
+        });
+        let mut left = match got {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        while left > 0 {
+            d.writable().await.map_err(PumpError::Write)?;
+            let out = d.try_io(Interest::WRITABLE, || {
+                rustix::pipe::splice(&p.r, None, d, None, left, splice_flags())
+                    .map_err(io::Error::from)
+            });
+            match out {
+                Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    left -= n;
+                    counters.add(n);
+                    act.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(PumpError::Write(e)),
+            }
+        }
+        return Ok(true);
+    }
+}
+
+/// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
+async fn pump_io<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    counters: Counters<'_>,
+    act: &Activity,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    while copy_chunk(src, dst, &mut buf, counters, act).await? > 0 {}
     let _ = dst.shutdown().await;
     Ok(())
 }
@@ -236,23 +295,14 @@ pub fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-/// Relay between `client` and `upstream` until both directions are done,
-/// an error, or the idle timeout. (A forced close at the end of the
-/// shutdown grace period drops the whole task instead of being polled here
-/// on every wake-up.)
-/// `up` counts client-to-upstream bytes, `down` upstream-to-client bytes.
-pub async fn relay_tcp(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+/// Run both directions until both finish, one fails, or `idle` passes
+/// without a byte moving.
+async fn drive(
+    to_up: impl Future<Output = Result<(), PumpError>>,
+    to_down: impl Future<Output = Result<(), PumpError>>,
     idle: Duration,
-    up: Counters<'_>,
-    down: Counters<'_>,
+    act: &Activity,
 ) -> End {
-    let act = Activity::new();
-    let (mut client_r, mut client_w) = client.split();
-    let (mut up_r, mut up_w) = upstream.split();
-    let to_up = pump(&mut client_r, &mut up_w, up, &act);
-    let to_down = pump(&mut up_r, &mut client_w, down, &act);
     tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
     let idle_timer = tokio::time::sleep(idle);
@@ -281,4 +331,50 @@ pub async fn relay_tcp(
             return End::Clean;
         }
     }
+}
+
+/// Relay between two plain TCP sockets (splice for bulk).
+/// `up` counts client-to-upstream bytes, `down` upstream-to-client bytes.
+/// The caller passes errors on as resets (see [`End::reset_target`]).
+pub async fn relay_tcp(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    up: Counters<'_>,
+    down: Counters<'_>,
+) -> End {
+    let act = Activity::new();
+    let (mut client_r, mut client_w) = client.split();
+    let (mut up_r, mut up_w) = upstream.split();
+    drive(
+        pump_tcp(&mut client_r, &mut up_w, up, &act),
+        pump_tcp(&mut up_r, &mut client_w, down, &act),
+        idle,
+        &act,
+    )
+    .await
+}
+
+/// Relay between any two byte streams (TLS on either side).
+pub async fn relay_io<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Duration,
+    up: Counters<'_>,
+    down: Counters<'_>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let act = Activity::new();
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    drive(
+        pump_io(&mut client_r, &mut up_w, up, &act),
+        pump_io(&mut up_r, &mut client_w, down, &act),
+        idle,
+        &act,
+    )
+    .await
 }

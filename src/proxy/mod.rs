@@ -2,9 +2,11 @@
 //! byte relay. It sees only the current [`Snapshot`](crate::snapshot::Snapshot),
 //! never the store or the Admin API.
 
+pub mod clienthello;
 pub mod copy;
 pub mod listener;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 pub mod worker;
 
@@ -20,6 +22,8 @@ pub struct ProxyCtx {
     pub snapshot: SharedSnapshot,
     /// Every live connection task (for draining at shutdown).
     pub connections: TaskTracker,
+    /// `apisix.ssl.fallback_sni`: the SNI assumed when a TLS client sends none.
+    pub fallback_sni: Option<String>,
     /// Cancelled when open connections must close now (grace period over):
     /// each worker then drops its runtime, and with it every connection task.
     pub force_close: CancellationToken,
@@ -30,6 +34,7 @@ impl ProxyCtx {
     pub fn new(snapshot: SharedSnapshot) -> ProxyCtx {
         ProxyCtx {
             snapshot,
+            fallback_sni: None,
             connections: TaskTracker::new(),
             force_close: CancellationToken::new(),
         }

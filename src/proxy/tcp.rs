@@ -11,11 +11,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::copy::{self, Counters};
+use super::copy::{self, Counters, ResetTarget};
 use super::listener::ListenerInfo;
-use super::ProxyCtx;
+use super::{tls, ProxyCtx};
 use crate::balancer::Pick;
 use crate::snapshot::{canonical_ip, ConnInfo, UpstreamRt};
 
@@ -111,10 +112,57 @@ pub async fn connect(up: &UpstreamRt, conn: &ConnInfo) -> Result<Connected, Conn
     }
 }
 
+/// A byte stream on a TCP socket: plain, or TLS in either direction.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The socket underneath (to pass resets on).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Io for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// One side of a session: a plain socket (relayed with splice when both
+/// sides are plain) or a TLS stream.
+enum Side {
+    Plain(TcpStream),
+    Tls(Box<dyn Io>),
+}
+
+impl Side {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Side::Plain(s) => s,
+            Side::Tls(s) => s.tcp(),
+        }
+    }
+
+    fn into_io(self) -> Box<dyn Io> {
+        match self {
+            Side::Plain(s) => Box::new(s),
+            Side::Tls(s) => s,
+        }
+    }
+}
+
 /// Handle one accepted connection to its end.
 pub async fn handle(
     ctx: ProxyCtx,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerInfo>,
 ) {
@@ -130,7 +178,7 @@ pub async fn handle(
     } else {
         listener.local
     };
-    let conn = ConnInfo {
+    let mut conn = ConnInfo {
         remote_addr: canonical_ip(peer.ip()),
         remote_port: peer.port(),
         server_addr: canonical_ip(local.ip()),
@@ -138,8 +186,31 @@ pub async fn handle(
         sni: None,
     };
     let snapshot = ctx.snapshot.load_full();
+    let client = if listener.spec.tls {
+        match tls::terminate(client, &snapshot, ctx.fallback_sni.as_deref()).await {
+            Ok((stream, sni)) => {
+                conn.sni = Some(sni);
+                Side::Tls(Box::new(stream))
+            }
+            Err(e) => {
+                tracing::debug!(%peer, listen = %listener.label, error = %e, "tls handshake failed");
+                return;
+            }
+        }
+    } else {
+        if listener.spec.tls_passthrough {
+            match tls::peek_sni(&client).await {
+                Ok(sni) => conn.sni = sni,
+                Err(e) => {
+                    tracing::debug!(%peer, listen = %listener.label, error = %e, "tls passthrough: no usable ClientHello");
+                    return;
+                }
+            }
+        }
+        Side::Plain(client)
+    };
     let Some(route) = snapshot.match_route(&conn) else {
-        tracing::debug!(%peer, listen = %listener.label, "not hit any route");
+        tracing::debug!(%peer, listen = %listener.label, sni = ?conn.sni, "not hit any route");
         return;
     };
     let upstream = match &route.upstream {
@@ -149,33 +220,68 @@ pub async fn handle(
             return;
         }
     };
-    let mut connected = match connect(&upstream, &conn).await {
+    let connected = match connect(&upstream, &conn).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, route_id = %route.id, error = %e, "cannot connect upstream");
             return;
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = connected.stream.set_nodelay(true);
+    let Connected { stream, pick, node } = connected;
+    let _ = client.tcp().set_nodelay(true);
+    let _ = stream.set_nodelay(true);
+    let up_side = match &upstream.tls {
+        None => Side::Plain(stream),
+        Some(Err(why)) => {
+            tracing::warn!(%peer, route_id = %route.id, reason = %why, "cannot speak TLS to upstream");
+            return;
+        }
+        Some(Ok(config)) => {
+            let sni = conn.sni.as_deref().unwrap_or(tls::DEFAULT_UPSTREAM_SNI);
+            match tls::connect_upstream(stream, config.clone(), sni, upstream.connect_timeout).await
+            {
+                Ok(s) => Side::Tls(Box::new(s)),
+                Err(e) => {
+                    tracing::warn!(%peer, route_id = %route.id, %node, error = %e, "upstream TLS failed");
+                    return;
+                }
+            }
+        }
+    };
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
-    let end = copy::relay_tcp(
-        &mut client,
-        &mut connected.stream,
-        upstream.idle_timeout,
-        Counters(&[&bytes_in]),
-        Counters(&[&bytes_out]),
-    )
-    .await;
+    let (up, down) = (Counters(&[&bytes_in]), Counters(&[&bytes_out]));
+    let idle = upstream.idle_timeout;
+    let end = match (client, up_side) {
+        (Side::Plain(mut c), Side::Plain(mut u)) => {
+            let end = copy::relay_tcp(&mut c, &mut u, idle, up, down).await;
+            pass_reset(&end, &c, &u);
+            end
+        }
+        (c, u) => {
+            let (mut c, mut u) = (c.into_io(), u.into_io());
+            let end = copy::relay_io(&mut c, &mut u, idle, up, down).await;
+            pass_reset(&end, c.tcp(), u.tcp());
+            end
+        }
+    };
     tracing::debug!(
         %peer,
         route_id = %route.id,
-        node = %connected.node,
+        %node,
         bytes_in = bytes_in.into_inner(),
         bytes_out = bytes_out.into_inner(),
         end = end.as_str(),
         "session finished"
     );
-    drop(connected.pick);
+    drop(pick);
+}
+
+/// An error on one side reaches the other as a reset, never a clean close.
+fn pass_reset(end: &copy::End, client: &TcpStream, upstream: &TcpStream) {
+    match end.reset_target() {
+        Some(ResetTarget::Client) => copy::set_reset_on_close(client),
+        Some(ResetTarget::Upstream) => copy::set_reset_on_close(upstream),
+        None => {}
+    }
 }

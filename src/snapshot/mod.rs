@@ -9,6 +9,7 @@
 
 pub mod matcher;
 pub mod publish;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,8 +68,9 @@ pub struct UpstreamRt {
     pub retry_timeout: Option<Duration>,
     /// chash key source.
     pub hash_key: HashKey,
-    /// `scheme: tls`: speak TLS to the node.
-    pub tls: bool,
+    /// `scheme: tls`: the client configuration to speak TLS to the node
+    /// (or why it cannot be built, e.g. a missing `client_cert_id`).
+    pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 fn secs(v: f64) -> Option<Duration> {
@@ -77,13 +79,21 @@ fn secs(v: f64) -> Option<Duration> {
 
 impl UpstreamRt {
     /// Compile an upstream from its validated JSON.
+    /// (Client certificates of `tls.client_cert_id` come from `certs`.)
     pub fn build(
         origin: String,
         upstream_id: Option<String>,
         source: &Value,
+        certs: &tls::TlsCerts,
     ) -> Result<Self, String> {
         let up = Upstream::from_value(source)?;
-        Ok(Self::from_model(origin, upstream_id, source.clone(), &up))
+        Ok(Self::from_model(
+            origin,
+            upstream_id,
+            source.clone(),
+            &up,
+            certs,
+        ))
     }
 
     fn from_model(
@@ -91,6 +101,7 @@ impl UpstreamRt {
         upstream_id: Option<String>,
         source: Value,
         up: &Upstream,
+        certs: &tls::TlsCerts,
     ) -> Self {
         let (connect_timeout, idle_timeout) = match &up.timeout {
             Some(t) => (
@@ -119,8 +130,17 @@ impl UpstreamRt {
                 .map_or(up.nodes.len().saturating_sub(1), |r| r as usize),
             retry_timeout: up.retry_timeout.and_then(secs),
             hash_key,
-            tls: up.scheme == "tls",
+            tls: (up.scheme == "tls").then(|| upstream_tls(up, certs)),
         }
+    }
+
+    /// Whether this upstream depends on an SSL object (so it must be rebuilt
+    /// whenever SSL objects change).
+    fn uses_ssl_object(&self) -> bool {
+        self.source
+            .get("tls")
+            .and_then(|t| t.get("client_cert_id"))
+            .is_some()
     }
 
     /// The chash key for a connection.
@@ -144,6 +164,23 @@ impl UpstreamRt {
         key.filter(|k| !k.is_empty())
             .unwrap_or_else(|| conn.remote_addr.to_string())
     }
+}
+
+fn upstream_tls(up: &Upstream, certs: &tls::TlsCerts) -> Result<Arc<rustls::ClientConfig>, String> {
+    let client_cert = match &up.tls {
+        Some(t) => match (&t.client_cert_id, &t.client_cert, &t.client_key) {
+            (Some(id), _, _) => Some(
+                certs
+                    .client_cert(id)
+                    .cloned()
+                    .ok_or_else(|| format!("ssl id [{id}] not exits or is not of type client"))?,
+            ),
+            (None, Some(c), Some(k)) => Some(tls::certified_key(c, k, &tls::provider())?),
+            _ => None,
+        },
+        None => None,
+    };
+    tls::client_config(client_cert)
 }
 
 /// Replace `$name` variables in a `vars_combinations` template.
@@ -213,6 +250,8 @@ pub struct Snapshot {
     routes: Vec<Arc<RouteRt>>,
     index: matcher::RouteIndex,
     upstreams: HashMap<String, Arc<UpstreamRt>>,
+    /// Server certificates by SNI and client certificates by id.
+    pub tls: tls::TlsCerts,
 }
 
 impl Snapshot {
@@ -251,14 +290,21 @@ impl Snapshot {
                 }
             }
         }
+        let certs = tls::TlsCerts::build(
+            dump.entries
+                .iter()
+                .filter(|e| e.kind == Kind::Ssl)
+                .map(|e| (e.id.as_str(), &*e.value)),
+            prev.map(|p| &p.tls),
+        );
         let compile =
             |origin: String, id: Option<String>, v: &Value| -> Result<Arc<UpstreamRt>, String> {
                 if let Some(old) = reuse.get(origin.as_str()) {
-                    if old.source == *v && old.upstream_id == id {
+                    if old.source == *v && old.upstream_id == id && !old.uses_ssl_object() {
                         return Ok(Arc::clone(old));
                     }
                 }
-                UpstreamRt::build(origin, id, v).map(Arc::new)
+                UpstreamRt::build(origin, id, v, &certs).map(Arc::new)
             };
 
         let mut upstreams = HashMap::new();
@@ -308,6 +354,7 @@ impl Snapshot {
             routes,
             index,
             upstreams,
+            tls: certs,
         }
     }
 

@@ -222,12 +222,14 @@ fn unchanged_upstreams_are_reused_across_builds() {
 
 #[test]
 fn timeouts_retries_and_hash_keys() {
+    let none = tls::TlsCerts::default();
     let u = UpstreamRt::build(
         "upstreams/1".into(),
         Some("1".into()),
         &json!({"nodes": {"127.0.0.1:1": 1, "127.0.0.1:2": 1, "127.0.0.1:3": 1},
                 "timeout": {"connect": 0.5, "send": 3, "read": 7},
                 "type": "chash", "hash_on": "vars_combinations", "key": "$remote_addr:$remote_port"}),
+        &none,
     )
     .expect("builds");
     assert_eq!(u.connect_timeout, Duration::from_millis(500));
@@ -239,6 +241,7 @@ fn timeouts_retries_and_hash_keys() {
         "x".into(),
         None,
         &json!({"nodes": {"127.0.0.1:1": 1}, "retries": 0}),
+        &none,
     )
     .expect("builds");
     assert_eq!(

@@ -1,0 +1,114 @@
+//! TLS on the data path: termination on `tls: true` listeners, SNI peeking
+//! on `tls_passthrough` listeners, and TLS to `scheme: tls` upstreams.
+//!
+//! Termination reads the ClientHello first (rustls `LazyConfigAcceptor`), so
+//! the SNI selects the SSL object's configuration (certificate, CA policy,
+//! TLS versions) and later the route, from the one snapshot the connection
+//! holds. Every step has a deadline; a failed handshake closes that
+//! connection only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server, LazyConfigAcceptor, TlsConnector};
+
+use super::clienthello::{self, Hello};
+use crate::snapshot::Snapshot;
+
+/// Deadline for a client's TLS handshake (and for a passthrough ClientHello).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// SNI sent to TLS upstreams when the client connection had none (APISIX).
+pub const DEFAULT_UPSTREAM_SNI: &str = "apisix_backend";
+
+/// Lower-case and drop one trailing dot, as APISIX normalises SNIs.
+pub fn normalize_sni(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Terminate TLS: the certificate is chosen by SNI (or `fallback_sni` when
+/// the client sent none). Returns the stream and the SNI used.
+pub async fn terminate(
+    stream: TcpStream,
+    snapshot: &Snapshot,
+    fallback_sni: Option<&str>,
+) -> Result<(server::TlsStream<TcpStream>, String), String> {
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+            .await
+            .map_err(|e| format!("bad TLS ClientHello: {e}"))?;
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(normalize_sni)
+            .or_else(|| fallback_sni.map(normalize_sni))
+            .ok_or_else(|| "failed to find SNI".to_string())?;
+        let config = snapshot
+            .tls
+            .lookup(&sni)
+            .ok_or_else(|| format!("failed to match any SSL certificate by SNI: {sni}"))?
+            .clone();
+        let tls = start
+            .into_stream(config)
+            .await
+            .map_err(|e| format!("TLS handshake failed (sni {sni}): {e}"))?;
+        Ok((tls, sni))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+}
+
+/// Peek the ClientHello of a passthrough connection and return its SNI,
+/// leaving every byte in the socket for the backend.
+pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
+    let peek = async {
+        let mut buf = vec![0u8; clienthello::MAX_HELLO];
+        let mut seen = 0;
+        loop {
+            let n = stream
+                .peek(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read ClientHello: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before the ClientHello".to_string());
+            }
+            match clienthello::parse(&buf[..n]) {
+                Hello::Done(sni) => return Ok(sni),
+                Hello::Invalid(why) => return Err(why.to_string()),
+                Hello::NeedMore if n == buf.len() => {
+                    return Err("ClientHello larger than one record".to_string())
+                }
+                Hello::NeedMore => {
+                    if n == seen {
+                        // Nothing new yet: wait a little for the rest.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    seen = n;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, peek)
+        .await
+        .map_err(|_| "no complete ClientHello in time".to_string())?
+}
+
+/// Open TLS to an upstream node, sending `sni` (the client's SNI, or
+/// [`DEFAULT_UPSTREAM_SNI`] for plain clients).
+pub async fn connect_upstream(
+    stream: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+    timeout: Duration,
+) -> Result<client::TlsStream<TcpStream>, String> {
+    let name = ServerName::try_from(sni.to_string())
+        .map_err(|e| format!("bad upstream SNI {sni}: {e}"))?;
+    let connect = TlsConnector::from(config).connect(name, stream);
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| "upstream TLS handshake timed out".to_string())?
+        .map_err(|e| format!("upstream TLS handshake failed: {e}"))
+}
