@@ -10,6 +10,7 @@ use super::schema::{Format, Schema};
 /// Pattern of node hosts, SNIs and `upstream_host`.
 pub(crate) const HOST_PATTERN: &str = r"^\*?[0-9a-zA-Z-._\[\]:]+$";
 /// Pattern of a stream route's `sni` (adds the lone `*`).
+/// SNI of routes and SSL objects: a host, a `*.`/`*` wildcard, or `*` alone (the catch-all certificate).
 pub(crate) const ROUTE_SNI_PATTERN: &str = r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$";
 /// Pattern of secret references (`$env://`, `$secret://`).
 pub(crate) const SECRET_URI_PATTERN: &str = r"^\$(secret|vault|env|ENV)://";
@@ -284,10 +285,10 @@ fn build_ssl() -> Schema {
         .prop("type", Schema::any().str_enum(&["server", "client"]))
         .prop("cert", cert())
         .prop("key", key())
-        .prop("sni", Schema::string().pattern(HOST_PATTERN))
+        .prop("sni", Schema::string().pattern(ROUTE_SNI_PATTERN))
         .prop(
             "snis",
-            Schema::array(Schema::string().pattern(HOST_PATTERN)).min_items(1),
+            Schema::array(Schema::string().pattern(ROUTE_SNI_PATTERN)).min_items(1),
         )
         .prop("certs", Schema::array(cert()))
         .prop("keys", Schema::array(key()))

@@ -707,8 +707,10 @@ fn ssl_schema_errors() {
     );
     assert_eq!(
         err(ssl(json!({"cert": p.cert, "key": p.key, "snis": ["a b"]}))),
-        r#"invalid configuration: property "snis" validation failed: failed to validate item 1: failed to match pattern "^\\*?[0-9a-zA-Z-._\\[\\]:]+$" with "a b""#
+        r#"invalid configuration: property "snis" validation failed: failed to validate item 1: failed to match pattern "^\\*$|^\\*?[0-9a-zA-Z-._\\[\\]:]+$" with "a b""#
     );
+    // The lone `*` is the catch-all certificate.
+    assert!(ssl(json!({"cert": p.cert, "key": p.key, "snis": ["*"]})).is_ok());
 }
 
 #[test]

@@ -95,6 +95,22 @@ impl TestServer {
         Self::with_listeners(addrs, &[]).await
     }
 
+    /// Start with these TCP listener entries (TLS flags included).
+    pub async fn with_tcp_specs(tcp: Vec<ListenSpec>, extra_yaml: &str) -> TestServer {
+        let extra = extra_yaml.to_string();
+        let adjust = move |c: &mut Config| {
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = tcp;
+            }
+        };
+        Self::start_full(
+            tempfile::tempdir().expect("tempdir"),
+            move |y| format!("{y}{extra}"),
+            adjust,
+        )
+        .await
+    }
+
     /// Start with TCP and UDP proxy listeners (port 0 = ephemeral).
     pub async fn with_listeners(tcp: &[&str], udp: &[&str]) -> TestServer {
         let specs = |addrs: &[&str]| -> Vec<ListenSpec> {

@@ -8,4 +8,5 @@ mod harness;
 mod persistence;
 mod startup;
 mod tcp;
+mod tls;
 mod udp;
