@@ -13,6 +13,9 @@
 //!   plane reads, rebuilt on every store change and swapped atomically.
 //! - [`balancer`]: node selection (roundrobin, chash, least_conn).
 //! - [`proxy`]: listeners, connection handling and the byte relay.
+//! - [`stats`]: live counters per route, node and listener, and the list of
+//!   live connections; [`control`] serves them (Control API, Prometheus);
+//!   [`access_log`] writes one line per finished session.
 //! - [`server`]: `serve`, wiring the pieces together and handling signals.
 //! - [`cli`]: the command line.
 //!
@@ -24,12 +27,15 @@
 //! node (retrying others on connect failure) -> relay bytes both ways with
 //! half-close, counting them as they move.
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod model;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 pub mod store;

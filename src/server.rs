@@ -14,14 +14,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::ListenSpec;
 use crate::config::{Config, ConfigProvider};
+use crate::control::{self, ControlState};
 use crate::proxy::listener::{self, ListenerInfo};
 use crate::proxy::udp::UdpCounters;
 use crate::proxy::worker::{WorkerSockets, Workers};
 use crate::proxy::ProxyCtx;
 use crate::snapshot::publish;
+use crate::stats::Stats;
 use crate::store::local::LocalStore;
 use crate::store::{Store, StoreError};
 
@@ -49,6 +52,9 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     admin_addr: Option<SocketAddr>,
+    control_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    stats: Arc<Stats>,
     tcp: Vec<Arc<ListenerInfo>>,
     udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
     workers: Option<Workers>,
@@ -71,6 +77,21 @@ impl Server {
     /// Address the Admin API is bound to (None when `enable_admin` is off).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Address the Control API is bound to (None when `enable_control` is off).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// Address of the Prometheus export server, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
@@ -226,8 +247,20 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (bound, per_worker) = bind_stream(&config, workers())?;
-    let publisher = publish::start(store.clone(), cancel.clone()).await?;
+    let stats = Arc::new(Stats::default());
+    let publisher = publish::start(store.clone(), stats.clone(), cancel.clone()).await?;
     let mut proxy = ProxyCtx::new(publisher.current.clone());
+    proxy.stats = stats.clone();
+    let stream_log = &config.nginx_config.stream;
+    if stream_log.enable_access_log {
+        let log = AccessLog::start(&stream_log.access_log).map_err(|e| {
+            ServerError::Unsupported(format!(
+                "cannot open nginx_config.stream.access_log {}: {e}",
+                stream_log.access_log
+            ))
+        })?;
+        proxy.access_log = Some(log);
+    }
     proxy.fallback_sni = config.apisix.ssl.fallback_sni.clone();
 
     let mut admin_addr = None;
@@ -247,17 +280,37 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         state.published = Some(publisher.published.clone());
         state.snapshot = Some(publisher.current.clone());
         let state = Arc::new(state);
-        let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = cancel.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin API server failed");
-            }
-        });
-        tracing::info!(addr = %local, "admin API listening");
+        serve_http(&tasks, &cancel, listener, admin::router(state), "admin API");
+    }
+    let control_state = ControlState {
+        stats: stats.clone(),
+        snapshot: publisher.current.clone(),
+        tcp: bound.tcp.clone(),
+        udp: bound.udp.clone(),
+        prefix: config.deployment.etcd.prefix.clone(),
+    };
+    let mut control_addr = None;
+    if config.apisix.enable_control {
+        let addr = config.apisix.control.socket_addr();
+        let listener = bind("apisix.control", addr).await?;
+        control_addr = listener.local_addr().ok();
+        serve_http(
+            &tasks,
+            &cancel,
+            listener,
+            control::router(control_state.clone()),
+            "control API",
+        );
+    }
+    let mut metrics_addr = None;
+    let prom = &config.plugin_attr.prometheus;
+    if prom.enable_export_server {
+        let addr = prom.export_addr.socket_addr();
+        let listener = bind("plugin_attr.prometheus.export_addr", addr).await?;
+        metrics_addr = listener.local_addr().ok();
+        let app =
+            control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
+        serve_http(&tasks, &cancel, listener, app, "prometheus export server");
     }
     for l in &bound.tcp {
         tracing::info!(listen = %l.label, addr = %l.local, "tcp proxy listening");
@@ -272,6 +325,9 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     tracing::info!(store = %store.describe(), "apisix-stream started");
     Ok(Server {
         admin_addr,
+        control_addr,
+        metrics_addr,
+        stats,
         tcp: bound.tcp,
         udp: bound.udp,
         workers: Some(workers),
@@ -281,6 +337,30 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         cancel,
         tasks,
     })
+}
+
+/// Serve an HTTP API (admin, control, metrics) until `cancel`.
+fn serve_http(
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+    listener: TcpListener,
+    app: axum::Router,
+    what: &'static str,
+) {
+    let stop = cancel.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "{what} listening");
+    }
+    tasks.spawn(async move {
+        // Peer addresses reach the handlers (allow_admin needs them).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
 }
 
 /// Resolve when SIGINT or SIGTERM arrives.

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Size of one transfer (also the user-space buffer size).
@@ -43,6 +44,8 @@ pub enum End {
     Client(io::Error),
     /// Reading from or writing to the upstream failed.
     Upstream(io::Error),
+    /// An operator closed it (Control API).
+    Closed,
 }
 
 /// Which side gets a reset when a session ended in error.
@@ -71,6 +74,7 @@ impl End {
             End::IdleTimeout => "idle timeout",
             End::Client(_) => "client error",
             End::Upstream(_) => "upstream error",
+            End::Closed => "closed by operator",
         }
     }
 }
@@ -302,9 +306,11 @@ async fn drive(
     to_down: impl Future<Output = Result<(), PumpError>>,
     idle: Duration,
     act: &Activity,
+    closed: &mut oneshot::Receiver<()>,
 ) -> End {
     tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
+    let mut close_armed = true;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     loop {
@@ -326,6 +332,11 @@ async fn drive(
                 }
                 idle_timer.as_mut().reset(deadline);
             }
+            r = &mut *closed, if close_armed => match r {
+                Ok(()) => return End::Closed,
+                // A dropped sender is not a close request; stop polling it.
+                Err(_) => close_armed = false,
+            },
         }
         if up_done && down_done {
             return End::Clean;
@@ -342,6 +353,7 @@ pub async fn relay_tcp(
     idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
+    closed: &mut oneshot::Receiver<()>,
 ) -> End {
     let act = Activity::new();
     let (mut client_r, mut client_w) = client.split();
@@ -351,6 +363,7 @@ pub async fn relay_tcp(
         pump_tcp(&mut up_r, &mut client_w, down, &act),
         idle,
         &act,
+        closed,
     )
     .await
 }
@@ -362,6 +375,7 @@ pub async fn relay_io<C, U>(
     idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
+    closed: &mut oneshot::Receiver<()>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -375,6 +389,7 @@ where
         pump_io(&mut up_r, &mut client_w, down, &act),
         idle,
         &act,
+        closed,
     )
     .await
 }

@@ -31,6 +31,8 @@ pub struct ListenerInfo {
     pub local: SocketAddr,
     /// `listen_addr` label as APISIX prints it (the configured address).
     pub label: String,
+    /// Sessions and bytes through this entry.
+    pub stats: crate::stats::ListenerStats,
 }
 
 fn bind_one(addr: SocketAddr, ty: Type, reuseport: bool) -> io::Result<Socket> {
@@ -84,7 +86,13 @@ pub fn bind_sockets(
     let info = ListenerInfo {
         spec: spec.clone(),
         local,
-        label: spec.listen_addr(),
+        // An ephemeral port (0) is labelled with the port actually bound.
+        label: if spec.addr.port() == 0 {
+            local.to_string()
+        } else {
+            spec.listen_addr()
+        },
+        stats: Default::default(),
     };
     Ok((info, socks))
 }

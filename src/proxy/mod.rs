@@ -10,10 +10,14 @@ pub mod tls;
 pub mod udp;
 pub mod worker;
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLog;
 use crate::snapshot::publish::SharedSnapshot;
+use crate::stats::Stats;
 
 /// What every connection handler shares.
 #[derive(Debug, Clone)]
@@ -22,6 +26,10 @@ pub struct ProxyCtx {
     pub snapshot: SharedSnapshot,
     /// Every live connection task (for draining at shutdown).
     pub connections: TaskTracker,
+    /// Live counters and the connection list.
+    pub stats: Arc<Stats>,
+    /// Where finished sessions are logged, when the access log is on.
+    pub access_log: Option<AccessLog>,
     /// `apisix.ssl.fallback_sni`: the SNI assumed when a TLS client sends none.
     pub fallback_sni: Option<String>,
     /// Cancelled when open connections must close now (grace period over):
@@ -34,6 +42,8 @@ impl ProxyCtx {
     pub fn new(snapshot: SharedSnapshot) -> ProxyCtx {
         ProxyCtx {
             snapshot,
+            stats: Arc::default(),
+            access_log: None,
             fallback_sni: None,
             connections: TaskTracker::new(),
             force_close: CancellationToken::new(),

@@ -7,9 +7,12 @@
 //! connection at once and forwards nothing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+
+use crate::access_log::Record;
+use crate::stats::{ActiveGuard, NewConn, NodeStats, RouteStats};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -57,7 +60,20 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
 /// Pick and connect a node, retrying other nodes on connect failure as
 /// APISIX does (only before any byte is forwarded; each node at most once;
 /// at most `retries + 1` tries within `retry_timeout`).
-pub async fn connect(up: &UpstreamRt, conn: &ConnInfo) -> Result<Connected, ConnectError> {
+/// Failed tries are counted on `node_stats` (per backend index) and
+/// `route_stats`.
+pub async fn connect(
+    up: &UpstreamRt,
+    conn: &ConnInfo,
+    route_stats: &RouteStats,
+    node_stats: &[Arc<NodeStats>],
+) -> Result<Connected, ConnectError> {
+    let failed = |index: usize, why: String| {
+        route_stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = node_stats.get(index) {
+            n.failed(why);
+        }
+    };
     let key = (up.balancer.lb_name() == "chash").then(|| up.key_for(conn));
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::new();
@@ -81,25 +97,31 @@ pub async fn connect(up: &UpstreamRt, conn: &ConnInfo) -> Result<Connected, Conn
                 Err(e) => {
                     tracing::debug!(node = %backend.label, error = %e, "cannot resolve upstream node");
                     last = Some(format!("{}: {e}", backend.label));
+                    failed(pick.index, format!("cannot resolve: {e}"));
                     continue;
                 }
             },
         };
         match tokio::time::timeout(up.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
+                if attempt > 0 {
+                    route_stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(Connected {
                     stream,
                     node: backend.label.clone(),
                     pick,
-                })
+                });
             }
             Ok(Err(e)) => {
                 tracing::debug!(node = %backend.label, error = %e, "upstream connect failed");
                 last = Some(format!("{}: {e}", backend.label));
+                failed(pick.index, e.to_string());
             }
             Err(_) => {
                 tracing::debug!(node = %backend.label, "upstream connect timed out");
                 last = Some(format!("{}: connect timed out", backend.label));
+                failed(pick.index, "connect timed out".to_string());
             }
         }
     }
@@ -209,31 +231,65 @@ pub async fn handle(
         }
         Side::Plain(client)
     };
+    let started = Instant::now();
+    let stats = &ctx.stats;
+    let _listener_active = ActiveGuard::new(&listener.stats.active);
+    let log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
+        if let Some(log) = &ctx.access_log {
+            log.record(&Record {
+                client: peer,
+                protocol: "TCP",
+                status,
+                listener: &listener.label,
+                route_id,
+                node,
+                bytes_in: bytes.0,
+                bytes_out: bytes.1,
+                duration: started.elapsed(),
+                end,
+            });
+        }
+    };
     let Some(route) = snapshot.match_route(&conn) else {
         tracing::debug!(%peer, listen = %listener.label, sni = ?conn.sni, "not hit any route");
+        log(503, "-", "-", (0, 0), "not hit any route");
         return;
     };
+    stats.total.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard::new(&stats.active);
+    route.stats.total.fetch_add(1, Ordering::Relaxed);
+    let _route_active = ActiveGuard::new(&route.stats.active);
     let upstream = match &route.upstream {
         Ok(u) => u.clone(),
         Err(why) => {
             tracing::debug!(%peer, route_id = %route.id, reason = %why, "route has no usable upstream");
+            log(503, &route.id, "-", (0, 0), why);
             return;
         }
     };
-    let connected = match connect(&upstream, &conn).await {
+    let connected = match connect(&upstream, &conn, &route.stats, &route.node_stats).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, route_id = %route.id, error = %e, "cannot connect upstream");
+            log(502, &route.id, "-", (0, 0), &e.to_string());
             return;
         }
     };
     let Connected { stream, pick, node } = connected;
+    let node_stats = route
+        .node_stats
+        .get(pick.index)
+        .cloned()
+        .unwrap_or_default();
+    node_stats.total.fetch_add(1, Ordering::Relaxed);
+    let _node_active = ActiveGuard::new(&node_stats.active);
     let _ = client.tcp().set_nodelay(true);
     let _ = stream.set_nodelay(true);
     let up_side = match &upstream.tls {
         None => Side::Plain(stream),
         Some(Err(why)) => {
             tracing::warn!(%peer, route_id = %route.id, reason = %why, "cannot speak TLS to upstream");
+            log(502, &route.id, &node, (0, 0), why);
             return;
         }
         Some(Ok(config)) => {
@@ -243,37 +299,70 @@ pub async fn handle(
                 Ok(s) => Side::Tls(Box::new(s)),
                 Err(e) => {
                     tracing::warn!(%peer, route_id = %route.id, %node, error = %e, "upstream TLS failed");
+                    node_stats.failed(e.clone());
+                    log(502, &route.id, &node, (0, 0), &e);
                     return;
                 }
             }
         }
     };
-    let bytes_in = AtomicU64::new(0);
-    let bytes_out = AtomicU64::new(0);
-    let (up, down) = (Counters(&[&bytes_in]), Counters(&[&bytes_out]));
+    let mut registered = stats.register(NewConn {
+        protocol: "tcp",
+        client: peer,
+        listener: listener.label.clone(),
+        route_id: route.id.clone(),
+        node: node.clone(),
+        sni: conn.sni.clone(),
+    });
+    let entry = registered.entry.clone();
+    let up = [
+        &*entry.bytes_in,
+        &route.stats.bytes_in,
+        &node_stats.bytes_in,
+        &listener.stats.bytes_in,
+    ];
+    let down = [
+        &*entry.bytes_out,
+        &route.stats.bytes_out,
+        &node_stats.bytes_out,
+        &listener.stats.bytes_out,
+    ];
+    let (up, down) = (Counters(&up), Counters(&down));
     let idle = upstream.idle_timeout;
+    let closed = &mut registered.closed;
     let end = match (client, up_side) {
         (Side::Plain(mut c), Side::Plain(mut u)) => {
-            let end = copy::relay_tcp(&mut c, &mut u, idle, up, down).await;
+            let end = copy::relay_tcp(&mut c, &mut u, idle, up, down, closed).await;
             pass_reset(&end, &c, &u);
             end
         }
         (c, u) => {
             let (mut c, mut u) = (c.into_io(), u.into_io());
-            let end = copy::relay_io(&mut c, &mut u, idle, up, down).await;
+            let end = copy::relay_io(&mut c, &mut u, idle, up, down, closed).await;
             pass_reset(&end, c.tcp(), u.tcp());
             end
         }
     };
+    let bytes = (
+        entry.bytes_in.load(Ordering::Relaxed),
+        entry.bytes_out.load(Ordering::Relaxed),
+    );
+    let status = match end {
+        copy::End::Upstream(_) => 502,
+        copy::End::Client(_) => 400,
+        _ => 200,
+    };
+    log(status, &route.id, &node, bytes, end.as_str());
     tracing::debug!(
         %peer,
         route_id = %route.id,
         %node,
-        bytes_in = bytes_in.into_inner(),
-        bytes_out = bytes_out.into_inner(),
+        bytes_in = bytes.0,
+        bytes_out = bytes.1,
         end = end.as_str(),
         "session finished"
     );
+    drop(registered);
     drop(pick);
 }
 

@@ -24,15 +24,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::listener::ListenerInfo;
 use super::ProxyCtx;
+use crate::access_log::Record;
 use crate::balancer::Pick;
+use crate::snapshot::RouteRt;
 use crate::snapshot::{canonical_ip, ConnInfo};
+use crate::stats::{ActiveGuard, ConnHandle, NewConn, NodeStats};
 
 /// Largest datagram handled (the IPv4 UDP payload limit rounded up).
 const MAX_DATAGRAM: usize = 65_536;
@@ -58,10 +61,61 @@ pub struct UdpCounters {
     pub dropped: AtomicU64,
 }
 
+/// What both directions of a session share.
+struct SessionRt {
+    listener: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    client: SocketAddr,
+    idle: Duration,
+    base: Instant,
+    last: AtomicU64,
+    route: Arc<RouteRt>,
+    node: Arc<NodeStats>,
+    info: Arc<ListenerInfo>,
+    conn: ConnHandle,
+}
+
+impl SessionRt {
+    /// Count one datagram of `n` bytes from the client.
+    fn inbound(&self, n: usize) {
+        let n = n as u64;
+        for c in [
+            &*self.conn.entry.bytes_in,
+            &self.route.stats.bytes_in,
+            &self.node.bytes_in,
+            &self.info.stats.bytes_in,
+        ] {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+        self.route
+            .stats
+            .datagrams_in
+            .fetch_add(1, Ordering::Relaxed);
+        self.last.store(stamp(self.base), Ordering::Relaxed);
+    }
+
+    /// Count one datagram of `n` bytes to the client.
+    fn outbound(&self, n: usize) {
+        let n = n as u64;
+        for c in [
+            &*self.conn.entry.bytes_out,
+            &self.route.stats.bytes_out,
+            &self.node.bytes_out,
+            &self.info.stats.bytes_out,
+        ] {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+        self.route
+            .stats
+            .datagrams_out
+            .fetch_add(1, Ordering::Relaxed);
+        self.last.store(stamp(self.base), Ordering::Relaxed);
+    }
+}
+
 /// A live session as the listener loop sees it.
 struct Session {
-    upstream: Arc<UdpSocket>,
-    last: Arc<AtomicU64>,
+    rt: Arc<SessionRt>,
     task: JoinHandle<()>,
     generation: u64,
 }
@@ -78,13 +132,20 @@ fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// The route a new session takes and the socket to the node its balancer
+/// picked.
+struct Opened {
+    route: Arc<RouteRt>,
+    upstream: Arc<UdpSocket>,
+    pick: Pick,
+    idle: Duration,
+    node: String,
+}
+
 /// Open the session's socket to the node the route's balancer picks.
-async fn open_upstream(
-    ctx: &ProxyCtx,
-    conn: &ConnInfo,
-) -> Option<(Arc<UdpSocket>, Pick, Duration, String)> {
+async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
     let snapshot = ctx.snapshot.load_full();
-    let Some(route) = snapshot.match_route(conn) else {
+    let Some(route) = snapshot.match_route(conn).cloned() else {
         tracing::debug!(client = %conn.remote_addr, "udp: not hit any route");
         return None;
     };
@@ -103,6 +164,12 @@ async fn open_upstream(
             .pick(key.as_deref().map(str::as_bytes), &tried, &|_| true)?;
         tried.push(pick.index);
         let backend = &up.balancer.backends()[pick.index];
+        let fail = |why: String| {
+            route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = route.node_stats.get(pick.index) {
+                n.failed(why);
+            }
+        };
         let addr = match backend.addr {
             Some(a) => a,
             None => match tokio::net::lookup_host((backend.host.as_str(), backend.port))
@@ -113,6 +180,7 @@ async fn open_upstream(
                 Some(a) => a,
                 None => {
                     tracing::debug!(node = %backend.label, "udp: cannot resolve node");
+                    fail("cannot resolve".into());
                     continue;
                 }
             },
@@ -126,67 +194,73 @@ async fn open_upstream(
         };
         if let Err(e) = sock.connect(addr).await {
             tracing::debug!(node = %backend.label, error = %e, "udp: cannot use node");
+            fail(e.to_string());
             continue;
         }
-        return Some((Arc::new(sock), pick, up.idle_timeout, backend.label.clone()));
+        let node = backend.label.clone();
+        return Some(Opened {
+            route,
+            upstream: Arc::new(sock),
+            pick,
+            idle: up.idle_timeout,
+            node,
+        });
     }
     None
 }
 
-/// Relay a session's replies to its client until it has been idle long enough.
-#[allow(clippy::too_many_arguments)]
+/// Relay a session's replies to its client until it has been idle long
+/// enough or an operator closes it.
 async fn reply_loop(
-    listener: Arc<UdpSocket>,
-    upstream: Arc<UdpSocket>,
-    client: SocketAddr,
-    idle: Duration,
-    base: Instant,
-    last: Arc<AtomicU64>,
-    counters: Arc<UdpCounters>,
-    pick: Pick,
-) {
+    s: &SessionRt,
+    counters: &UdpCounters,
+    closed: &mut oneshot::Receiver<()>,
+) -> &'static str {
+    let mut close_armed = true;
     loop {
-        let deadline = base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        let ready = tokio::time::timeout_at(deadline, upstream.readable()).await;
-        match ready {
-            Err(_) => {
-                // Timer fired: idle only if nothing moved meanwhile.
-                let now_deadline =
-                    base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        let deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
+        tokio::select! {
+            r = &mut *closed, if close_armed => match r {
+                Ok(()) => return "closed by operator",
+                Err(_) => close_armed = false,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                // Idle only if nothing moved meanwhile.
+                let now_deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
                 if Instant::now() >= now_deadline {
-                    break;
+                    return "idle timeout";
                 }
-                continue;
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%client, error = %e, "udp: session socket failed");
-                break;
-            }
-            Ok(Ok(())) => {}
-        }
-        let forwarded = REPLY_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match upstream.try_recv(&mut buf) {
-                Ok(n) => Some(listener.try_send_to(&buf[..n], client).map(|_| ())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) => Some(Err(e)),
-            }
-        });
-        match forwarded {
-            None => {}
-            Some(Ok(())) => {
-                counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                last.store(stamp(base), Ordering::Relaxed);
-            }
-            Some(Err(e)) => {
-                // ICMP unreachable from the node, or a full send buffer:
-                // this datagram is lost, the session and listener go on.
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%client, error = %e, "udp: reply dropped");
+            ready = s.upstream.readable() => {
+                if let Err(e) = ready {
+                    tracing::debug!(client = %s.client, error = %e, "udp: session socket failed");
+                    return "upstream error";
+                }
+                let forwarded = REPLY_BUF.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    match s.upstream.try_recv(&mut buf) {
+                        Ok(n) => Some(s.listener.try_send_to(&buf[..n], s.client).map(|_| n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                });
+                match forwarded {
+                    None => {}
+                    Some(Ok(n)) => {
+                        counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        s.outbound(n);
+                    }
+                    Some(Err(e)) => {
+                        // ICMP unreachable from the node, or a full send
+                        // buffer: this datagram is lost, the session and
+                        // listener go on.
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client = %s.client, error = %e, "udp: reply dropped");
+                    }
+                }
             }
         }
     }
-    drop(pick);
 }
 
 /// Serve one listener socket until `stop`.
@@ -226,8 +300,8 @@ pub async fn serve(
             },
         };
         let live = sessions.get(&client).filter(|s| !s.task.is_finished());
-        let (upstream, last) = match live {
-            Some(s) => (s.upstream.clone(), s.last.clone()),
+        let rt = match live {
+            Some(s) => s.rt.clone(),
             None => {
                 if sessions.len() >= MAX_SESSIONS {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -240,60 +314,103 @@ pub async fn serve(
                     server_port: local.port(),
                     sni: None,
                 };
-                let Some((upstream, pick, idle, node)) = open_upstream(&ctx, &conn).await else {
+                let Some(opened) = open_upstream(&ctx, &conn).await else {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                tracing::debug!(%client, %node, listen = %info.label, "udp session started");
+                tracing::debug!(%client, node = %opened.node, listen = %info.label, "udp session started");
                 generation += 1;
-                let last = Arc::new(AtomicU64::new(stamp(base)));
-                let tx = expired_tx.clone();
                 let gen = generation;
-                let task = tokio::spawn({
-                    let (listener, upstream, last, counters) = (
-                        socket.clone(),
-                        upstream.clone(),
-                        last.clone(),
-                        counters.clone(),
-                    );
-                    async move {
-                        reply_loop(
-                            listener,
-                            upstream,
-                            client,
-                            idle,
-                            base,
-                            last,
-                            counters.clone(),
-                            pick,
-                        )
-                        .await;
-                        counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
-                        let _ = tx.send((client, gen));
+                let node = opened
+                    .route
+                    .node_stats
+                    .get(opened.pick.index)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut handle = ctx.stats.register(NewConn {
+                    protocol: "udp",
+                    client,
+                    listener: info.label.clone(),
+                    route_id: opened.route.id.clone(),
+                    node: opened.node.clone(),
+                    sni: None,
+                });
+                let mut closed = std::mem::replace(&mut handle.closed, oneshot::channel().1);
+                let rt = Arc::new(SessionRt {
+                    listener: socket.clone(),
+                    upstream: opened.upstream,
+                    client,
+                    idle: opened.idle,
+                    base,
+                    last: AtomicU64::new(stamp(base)),
+                    route: opened.route,
+                    node,
+                    info: info.clone(),
+                    conn: handle,
+                });
+                let (tx, task_rt, task_counters, task_ctx) = (
+                    expired_tx.clone(),
+                    rt.clone(),
+                    counters.clone(),
+                    ctx.clone(),
+                );
+                let pick = opened.pick;
+                let task = tokio::spawn(async move {
+                    let s = &task_rt;
+                    let started = Instant::now();
+                    let stats = &task_ctx.stats;
+                    stats.total.fetch_add(1, Ordering::Relaxed);
+                    s.route.stats.total.fetch_add(1, Ordering::Relaxed);
+                    s.route.stats.udp_sessions.fetch_add(1, Ordering::Relaxed);
+                    s.node.total.fetch_add(1, Ordering::Relaxed);
+                    let end = {
+                        let _active = ActiveGuard::new(&stats.active);
+                        let _route = ActiveGuard::new(&s.route.stats.active);
+                        let _node = ActiveGuard::new(&s.node.active);
+                        let _listener = ActiveGuard::new(&s.info.stats.active);
+                        reply_loop(s, &task_counters, &mut closed).await
+                    };
+                    if let Some(log) = &task_ctx.access_log {
+                        log.record(&Record {
+                            client: s.client,
+                            protocol: "UDP",
+                            status: 200,
+                            listener: &s.info.label,
+                            route_id: &s.route.id,
+                            node: &s.conn.entry.node,
+                            bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
+                            bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
+                            duration: started.elapsed(),
+                            end,
+                        });
                     }
+                    task_counters
+                        .sessions_active
+                        .fetch_sub(1, Ordering::Relaxed);
+                    drop(pick);
+                    let _ = tx.send((client, gen));
                 });
                 counters.sessions_total.fetch_add(1, Ordering::Relaxed);
                 counters.sessions_active.fetch_add(1, Ordering::Relaxed);
                 sessions.insert(
                     client,
                     Session {
-                        upstream: upstream.clone(),
-                        last: last.clone(),
+                        rt: rt.clone(),
                         task,
                         generation: gen,
                     },
                 );
-                (upstream, last)
+                rt
             }
         };
-        last.store(stamp(base), Ordering::Relaxed);
-        let sent = match upstream.try_send(&buf[..n]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => upstream.send(&buf[..n]).await,
+        let sent = match rt.upstream.try_send(&buf[..n]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => rt.upstream.send(&buf[..n]).await,
             other => other,
         };
         match sent {
             Ok(_) => {
                 counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                rt.inbound(n);
             }
             Err(e) => {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +419,9 @@ pub async fn serve(
         }
     }
     for (_, s) in sessions {
-        s.task.abort();
-        counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        if !s.task.is_finished() {
+            s.task.abort();
+            counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::balancer::Balancer;
 use crate::model::{Kind, LbType, StreamRoute, Upstream};
+use crate::stats::{NodeStats, RouteStats, Stats};
 use crate::store::Dump;
 
 /// APISIX's default connect timeout (seconds).
@@ -217,6 +218,34 @@ pub struct RouteRt {
     pub upstream: Result<Arc<UpstreamRt>, String>,
     /// `plugins` as stored.
     pub plugins: serde_json::Map<String, Value>,
+    /// The route's live counters.
+    pub stats: Arc<RouteStats>,
+    /// Counters of each node of the upstream (same order as its backends).
+    pub node_stats: Vec<Arc<NodeStats>>,
+}
+
+impl RouteRt {
+    /// The route's filters in one line (for `top` and `route test`).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = &self.server_addr {
+            parts.push(format!("server_addr={a}"));
+        }
+        if let Some(p) = self.server_port {
+            parts.push(format!("server_port={p}"));
+        }
+        if let Some(r) = &self.remote_addr {
+            parts.push(format!("remote_addr={r}"));
+        }
+        if let Some(n) = &self.sni {
+            parts.push(format!("sni={n}"));
+        }
+        if parts.is_empty() {
+            "any".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
 }
 
 /// What is known about a connection when it is routed.
@@ -279,6 +308,11 @@ impl Snapshot {
     /// and skipped. Upstreams whose JSON is unchanged since `prev` are reused
     /// with their balancer state (least_conn counts, round-robin position).
     pub fn build(dump: &Dump, prev: Option<&Snapshot>) -> Snapshot {
+        Self::build_with(dump, prev, &Stats::default())
+    }
+
+    /// [`Snapshot::build`], attaching each route's counters from `stats`.
+    pub fn build_with(dump: &Dump, prev: Option<&Snapshot>, stats: &Stats) -> Snapshot {
         let mut reuse: HashMap<&str, &Arc<UpstreamRt>> = HashMap::new();
         if let Some(p) = prev {
             for u in p.upstreams.values() {
@@ -338,6 +372,15 @@ impl Snapshot {
                 (None, Some(inline)) => compile(format!("stream_routes/{}", e.id), None, inline),
                 (None, None) => Err("missing upstream configuration in Route or Service".into()),
             };
+            let node_stats = match &upstream {
+                Ok(u) => u
+                    .balancer
+                    .backends()
+                    .iter()
+                    .map(|b| stats.node(&e.id, &b.label))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
             routes.push(Arc::new(RouteRt {
                 id: e.id.clone(),
                 remote_addr: r.remote_addr,
@@ -346,6 +389,8 @@ impl Snapshot {
                 sni: r.sni.map(|s| s.to_ascii_lowercase()),
                 upstream,
                 plugins: r.plugins,
+                stats: stats.route(&e.id),
+                node_stats,
             }));
         }
         let index = matcher::RouteIndex::build(&routes);

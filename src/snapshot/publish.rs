@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Snapshot;
+use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 
 /// The current snapshot, readable lock-free by every connection.
@@ -28,12 +29,18 @@ pub struct Publisher {
     pub published: watch::Receiver<u64>,
 }
 
-async fn rebuild(store: &Arc<dyn Store>, current: &SharedSnapshot) -> Result<u64, StoreError> {
+async fn rebuild(
+    store: &Arc<dyn Store>,
+    current: &SharedSnapshot,
+    stats: &Arc<Stats>,
+) -> Result<u64, StoreError> {
+    let stats = stats.clone();
     let dump = store.dump().await?;
     let prev = current.load_full();
-    let built = tokio::task::spawn_blocking(move || Snapshot::build(&dump, Some(&prev)))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("snapshot build failed: {e}")))?;
+    let built =
+        tokio::task::spawn_blocking(move || Snapshot::build_with(&dump, Some(&prev), &stats))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("snapshot build failed: {e}")))?;
     let rev = built.revision;
     tracing::debug!(
         revision = rev,
@@ -47,12 +54,13 @@ async fn rebuild(store: &Arc<dyn Store>, current: &SharedSnapshot) -> Result<u64
 /// Build the first snapshot, then keep it current until `cancel`.
 pub async fn start(
     store: Arc<dyn Store>,
+    stats: Arc<Stats>,
     cancel: CancellationToken,
 ) -> Result<Publisher, StoreError> {
     let current: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let mut changes = store.subscribe();
     changes.borrow_and_update();
-    let first = rebuild(&store, &current).await?;
+    let first = rebuild(&store, &current, &stats).await?;
     let (tx, rx) = watch::channel(first);
     let shared = current.clone();
     tokio::spawn(async move {
@@ -64,7 +72,7 @@ pub async fn start(
                         break;
                     }
                     changes.borrow_and_update();
-                    match rebuild(&store, &shared).await {
+                    match rebuild(&store, &shared, &stats).await {
                         Ok(rev) => {
                             tx.send_replace(rev);
                         }

@@ -27,7 +27,10 @@ pub fn test_yaml(data_dir: &Path, admin_port: u16) -> String {
       - 9100
     udp:
       - 9200
-  enable_control: false
+  enable_control: true
+  control:
+    ip: 127.0.0.1
+    port: 0
 deployment:
   role: traditional
   role_traditional:
@@ -47,6 +50,11 @@ deployment:
       port: {admin_port}
     allow_admin:
       - 127.0.0.0/24
+plugin_attr:
+  prometheus:
+    export_addr:
+      ip: 127.0.0.1
+      port: 0
 "#,
         dir = data_dir.display()
     )

@@ -5,6 +5,7 @@ mod admin;
 mod backend;
 mod cli;
 mod harness;
+mod observability;
 mod persistence;
 mod startup;
 mod tcp;

@@ -1,0 +1,435 @@
+//! The Control API (`apisix.control`, default 127.0.0.1:9090) and the
+//! Prometheus export server (`plugin_attr.prometheus.export_addr`).
+//!
+//! Both only read: the live counters of [`crate::stats`], the snapshot in
+//! force and the listeners. The one write is closing a live connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+
+use crate::proxy::listener::ListenerInfo;
+use crate::proxy::udp::UdpCounters;
+use crate::snapshot::publish::SharedSnapshot;
+use crate::stats::{memory_rss_bytes, NodeReport, RouteReport, Stats};
+
+/// What the Control API and the metrics endpoint read.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    /// Live counters and connections.
+    pub stats: Arc<Stats>,
+    /// The routes in force.
+    pub snapshot: SharedSnapshot,
+    /// TCP listeners.
+    pub tcp: Vec<Arc<ListenerInfo>>,
+    /// UDP listeners and their counters.
+    pub udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
+    /// Storage key prefix (`/apisix`).
+    pub prefix: String,
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error_msg": "not found"})),
+    )
+        .into_response()
+}
+
+/// The Control API router.
+pub fn router(state: ControlState) -> Router {
+    Router::new()
+        .route("/v1/healthcheck", get(healthcheck))
+        .route("/v1/healthcheck/{src_type}/{src_id}", get(healthcheck_one))
+        .route("/v1/stream/stats", get(stream_stats))
+        .route("/v1/stream/connections", get(connections))
+        .route(
+            "/v1/stream/connections/{id}",
+            axum::routing::delete(close_connection),
+        )
+        .fallback(|| async { not_found() })
+        .with_state(Arc::new(state))
+}
+
+/// Health checker reports. No upstream has an active checker in this
+/// version, so the answer is APISIX's "no checker at all": `{}`.
+async fn healthcheck() -> Json<Value> {
+    Json(json!({}))
+}
+
+async fn healthcheck_one(
+    State(state): State<Arc<ControlState>>,
+    Path((src_type, src_id)): Path<(String, String)>,
+) -> Response {
+    if !["routes", "services", "upstreams", "stream_routes"].contains(&src_type.as_str()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error_msg": format!("invalid src type {src_type}")})),
+        )
+            .into_response();
+    }
+    let snap = state.snapshot.load();
+    let exists = match src_type.as_str() {
+        "stream_routes" => snap.routes().iter().any(|r| r.id == src_id),
+        "upstreams" => snap.upstream(&src_id).is_some(),
+        _ => false,
+    };
+    let msg = if exists {
+        format!("no checker for {src_type}[{src_id}]")
+    } else {
+        format!("{src_type}[{src_id}] not found")
+    };
+    (StatusCode::NOT_FOUND, Json(json!({"error_msg": msg}))).into_response()
+}
+
+/// The body of `GET /v1/stream/stats`.
+pub fn stats_report(state: &ControlState) -> Value {
+    let snap = state.snapshot.load();
+    let mut routes = Vec::new();
+    let mut nodes = Vec::new();
+    for r in snap.routes() {
+        routes.push(RouteReport::new(&r.id, &r.stats, r.summary()));
+        if let Ok(up) = &r.upstream {
+            for (b, s) in up.balancer.backends().iter().zip(&r.node_stats) {
+                nodes.push(NodeReport::new(
+                    &r.id,
+                    up.upstream_id.clone(),
+                    &b.label,
+                    s,
+                    true,
+                ));
+            }
+        }
+    }
+    let listeners: Vec<Value> = state
+        .tcp
+        .iter()
+        .map(|l| (l, "tcp"))
+        .chain(state.udp.iter().map(|(l, _)| (l, "udp")))
+        .map(|(l, proto)| {
+            json!({
+                "listen": l.label, "protocol": proto,
+                "active": l.stats.active.load(Ordering::Relaxed).max(0),
+                "bytes_in": l.stats.bytes_in.load(Ordering::Relaxed),
+                "bytes_out": l.stats.bytes_out.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({
+        "uptime_s": state.stats.uptime_s(),
+        "active": state.stats.active.load(Ordering::Relaxed).max(0),
+        "total": state.stats.total.load(Ordering::Relaxed),
+        "version": env!("CARGO_PKG_VERSION"),
+        "memory_rss_bytes": memory_rss_bytes(),
+        "connections_open": state.stats.connections.len(),
+        "routes": routes,
+        "nodes": nodes,
+        "listeners": listeners,
+    })
+}
+
+async fn stream_stats(State(state): State<Arc<ControlState>>) -> Json<Value> {
+    Json(stats_report(&state))
+}
+
+async fn connections(State(state): State<Arc<ControlState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .stats
+        .connections
+        .list()
+        .into_iter()
+        .map(|(id, c)| {
+            json!({
+                "id": id,
+                "protocol": c.protocol,
+                "client": c.client.to_string(),
+                "listener": c.listener,
+                "route_id": c.route_id,
+                "node": c.node,
+                "sni": c.sni,
+                "bytes_in": c.bytes_in.load(Ordering::Relaxed),
+                "bytes_out": c.bytes_out.load(Ordering::Relaxed),
+                "age_s": c.started.elapsed().as_secs_f64(),
+            })
+        })
+        .collect();
+    Json(json!({"connections": list}))
+}
+
+async fn close_connection(
+    State(state): State<Arc<ControlState>>,
+    Path(id): Path<String>,
+) -> Response {
+    match id.parse::<u64>() {
+        Ok(n) if state.stats.connections.close(n) => Json(json!({"closed": n})).into_response(),
+        Ok(n) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error_msg": format!("connection {n} not found")})),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error_msg": format!("invalid connection id {id}")})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenLabel {
+    listen_addr: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BandwidthLabel {
+    listen_addr: String,
+    r#type: String,
+    side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    route: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    route: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    name: String,
+    ip: String,
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeInfoLabel {
+    hostname: String,
+    version: String,
+}
+
+/// Register a family under `name` and fill it.
+fn family<L, M>(reg: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&Family<L, M>))
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let f = Family::<L, M>::default();
+    fill(&f);
+    reg.register(name, help, f);
+}
+
+/// The Prometheus text exposition of the current counters: APISIX's stream
+/// metric names and labels (`apisix_stream_connection_total`,
+/// `apisix_stream_active_connections`, `apisix_stream_bandwidth`,
+/// `apisix_upstream_status`, `apisix_node_info`; counted for every route,
+/// not only those with the `prometheus` plugin), plus per-route and
+/// per-node figures.
+pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
+    let mut reg = Registry::with_prefix(prefix.trim_end_matches('_'));
+    let snap = state.snapshot.load();
+    let listeners: Vec<&Arc<ListenerInfo>> = state
+        .tcp
+        .iter()
+        .chain(state.udp.iter().map(|(l, _)| l))
+        .collect();
+    family::<RouteLabel, Counter>(
+        &mut reg,
+        "stream_connection",
+        "Stream sessions per route",
+        |f| {
+            for r in snap.routes() {
+                let total = r.stats.total.load(Ordering::Relaxed);
+                f.get_or_create(&RouteLabel {
+                    route: r.id.clone(),
+                })
+                .inc_by(total);
+            }
+        },
+    );
+    family::<ListenLabel, Gauge>(
+        &mut reg,
+        "stream_active_connections",
+        "Live stream sessions per listener",
+        |f| {
+            for l in &listeners {
+                f.get_or_create(&ListenLabel {
+                    listen_addr: l.label.clone(),
+                })
+                .set(l.stats.active.load(Ordering::Relaxed).max(0));
+            }
+        },
+    );
+    // A gauge-typed family keeps APISIX's exact name (a counter would gain
+    // a `_total` suffix in the exposition).
+    family::<BandwidthLabel, Gauge>(
+        &mut reg,
+        "stream_bandwidth",
+        "Stream bytes per listener",
+        |f| {
+            for l in &listeners {
+                let from_clients = l.stats.bytes_in.load(Ordering::Relaxed);
+                let to_clients = l.stats.bytes_out.load(Ordering::Relaxed);
+                for (ty, side, v) in [
+                    ("ingress", "downstream", from_clients),
+                    ("egress", "upstream", from_clients),
+                    ("egress", "downstream", to_clients),
+                    ("ingress", "upstream", to_clients),
+                ] {
+                    f.get_or_create(&BandwidthLabel {
+                        listen_addr: l.label.clone(),
+                        r#type: ty.into(),
+                        side: side.into(),
+                    })
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+            }
+        },
+    );
+    family::<RouteLabel, Gauge>(
+        &mut reg,
+        "stream_route_active_connections",
+        "Live sessions per route",
+        |f| {
+            for r in snap.routes() {
+                f.get_or_create(&RouteLabel {
+                    route: r.id.clone(),
+                })
+                .set(r.stats.active.load(Ordering::Relaxed).max(0));
+            }
+        },
+    );
+    family::<DirectionLabel, Counter>(
+        &mut reg,
+        "stream_route_bytes",
+        "Bytes per route (in: from clients, out: to clients)",
+        |f| {
+            for r in snap.routes() {
+                for (dir, v) in [("in", &r.stats.bytes_in), ("out", &r.stats.bytes_out)] {
+                    f.get_or_create(&DirectionLabel {
+                        route: r.id.clone(),
+                        direction: dir.into(),
+                    })
+                    .inc_by(v.load(Ordering::Relaxed));
+                }
+            }
+        },
+    );
+    let node_rows: Vec<(String, String, &Arc<crate::stats::NodeStats>)> = snap
+        .routes()
+        .iter()
+        .filter_map(|r| r.upstream.as_ref().ok().map(|u| (r, u)))
+        .flat_map(|(r, u)| {
+            u.balancer
+                .backends()
+                .iter()
+                .zip(&r.node_stats)
+                .map(move |(b, s)| (r.id.clone(), b.label.clone(), s))
+        })
+        .collect();
+    family::<NodeLabel, Gauge>(
+        &mut reg,
+        "stream_node_active_connections",
+        "Live sessions per route and node",
+        |f| {
+            for (route, node, s) in &node_rows {
+                f.get_or_create(&NodeLabel {
+                    route: route.clone(),
+                    node: node.clone(),
+                })
+                .set(s.active.load(Ordering::Relaxed).max(0));
+            }
+        },
+    );
+    family::<NodeLabel, Counter>(
+        &mut reg,
+        "stream_node_connect_failures",
+        "Failed tries to reach a node",
+        |f| {
+            for (route, node, s) in &node_rows {
+                f.get_or_create(&NodeLabel {
+                    route: route.clone(),
+                    node: node.clone(),
+                })
+                .inc_by(s.connect_failures.load(Ordering::Relaxed));
+            }
+        },
+    );
+    family::<UpstreamLabel, Gauge>(
+        &mut reg,
+        "upstream_status",
+        "Node health (1 healthy)",
+        |f| {
+            for (_, node, _) in &node_rows {
+                let (ip, port) = node.rsplit_once(':').unwrap_or((node.as_str(), ""));
+                f.get_or_create(&UpstreamLabel {
+                    name: node.clone(),
+                    ip: ip.trim_matches(['[', ']']).to_string(),
+                    port: port.to_string(),
+                })
+                .set(1);
+            }
+        },
+    );
+    family::<NodeInfoLabel, Gauge>(&mut reg, "node_info", "Information about this node", |f| {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        f.get_or_create(&NodeInfoLabel {
+            hostname,
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+    });
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+/// The Prometheus export server: `GET <export_uri>` only.
+pub fn metrics_router(state: ControlState, export_uri: &str, prefix: String) -> Router {
+    let state = Arc::new((state, prefix));
+    Router::new()
+        .route(
+            export_uri,
+            get(|State(s): State<Arc<(ControlState, String)>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics_text(&s.0, &s.1),
+                )
+            }),
+        )
+        .fallback(|| async { not_found() })
+        .with_state(state)
+}

@@ -1,0 +1,454 @@
+//! Live counters fed by the data plane, read by the Control API, the
+//! Prometheus endpoint and `top`.
+//!
+//! Lock-free on the hot path: every route and (route, node) pair has its
+//! counters in an `Arc` of atomics that the snapshot hands to connections
+//! when it is built, so a connection never looks anything up; the
+//! registry's locks are taken only when a snapshot is built or stats are
+//! read. Counters live as long as the registry, so a route that is updated
+//! keeps counting where it was. The list of live connections is sharded so
+//! registering one touches one small lock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counters of one stream route.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Sessions open now.
+    pub active: AtomicI64,
+    /// Sessions started.
+    pub total: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// UDP sessions started.
+    pub udp_sessions: AtomicU64,
+    /// UDP datagrams from clients forwarded.
+    pub datagrams_in: AtomicU64,
+    /// UDP datagrams to clients forwarded.
+    pub datagrams_out: AtomicU64,
+    /// Tries to reach a node that failed.
+    pub connect_failures: AtomicU64,
+    /// Sessions that reached a node only after retrying.
+    pub retries: AtomicU64,
+}
+
+/// Counters of one node as used by one route.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Sessions open now.
+    pub active: AtomicI64,
+    /// Sessions started.
+    pub total: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Failed tries to reach this node.
+    pub connect_failures: AtomicU64,
+    /// The last failure, for operators.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl NodeStats {
+    /// Record a failed try.
+    pub fn failed(&self, why: String) {
+        add(&self.connect_failures);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(why);
+        }
+    }
+}
+
+/// Counters of one listener entry.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Sessions open now (TCP and UDP).
+    pub active: AtomicI64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+}
+
+/// Decrements an active gauge when dropped (sessions end on every path).
+#[derive(Debug)]
+pub struct ActiveGuard<'a>(&'a AtomicI64);
+
+impl<'a> ActiveGuard<'a> {
+    /// Count one more active session on `gauge` until the guard drops.
+    pub fn new(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(gauge)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A live connection or UDP session, as listed by the Control API.
+#[derive(Debug)]
+pub struct ConnEntry {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Listener label.
+    pub listener: String,
+    /// Route id.
+    pub route_id: String,
+    /// Node `host:port`.
+    pub node: String,
+    /// TLS SNI.
+    pub sni: Option<String>,
+    /// Bytes from the client.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Bytes to the client.
+    pub bytes_out: Arc<AtomicU64>,
+    /// When it started.
+    pub started: Instant,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+const SHARDS: usize = 16;
+
+/// The live connections, sharded by id.
+#[derive(Debug)]
+pub struct Connections {
+    next: AtomicU64,
+    shards: Vec<Mutex<HashMap<u64, Arc<ConnEntry>>>>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            next: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+/// A connection's registration; removes it from the list when dropped.
+#[derive(Debug)]
+pub struct ConnHandle {
+    stats: Arc<Stats>,
+    /// The connection's id.
+    pub id: u64,
+    /// Its entry (for live byte counts).
+    pub entry: Arc<ConnEntry>,
+    /// Fires when an operator closes the connection.
+    pub closed: oneshot::Receiver<()>,
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        let shards = &self.stats.connections.shards;
+        if let Ok(mut shard) = shards[self.id as usize % SHARDS].lock() {
+            shard.remove(&self.id);
+        }
+    }
+}
+
+/// What registering a connection needs to know.
+#[derive(Debug)]
+pub struct NewConn {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Listener label.
+    pub listener: String,
+    /// Route id.
+    pub route_id: String,
+    /// Node `host:port`.
+    pub node: String,
+    /// TLS SNI.
+    pub sni: Option<String>,
+}
+
+impl Stats {
+    /// Add a live connection; it stays listed until the handle drops.
+    pub fn register(self: &Arc<Self>, c: NewConn) -> ConnHandle {
+        let list = &self.connections;
+        let id = list.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let entry = Arc::new(ConnEntry {
+            protocol: c.protocol,
+            client: c.client,
+            listener: c.listener,
+            route_id: c.route_id,
+            node: c.node,
+            sni: c.sni,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            close: Mutex::new(Some(tx)),
+        });
+        if let Ok(mut shard) = list.shards[id as usize % SHARDS].lock() {
+            shard.insert(id, entry.clone());
+        }
+        ConnHandle {
+            stats: self.clone(),
+            id,
+            entry,
+            closed: rx,
+        }
+    }
+}
+
+impl Connections {
+    /// Ask a connection to close; false when no such connection is live.
+    pub fn close(&self, id: u64) -> bool {
+        let entry = self.shards[id as usize % SHARDS]
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&id).cloned());
+        let Some(entry) = entry else { return false };
+        let sender = entry.close.lock().ok().and_then(|mut s| s.take());
+        if let Some(tx) = sender {
+            let _ = tx.send(());
+        }
+        true
+    }
+
+    /// Every live connection, newest first.
+    pub fn list(&self) -> Vec<(u64, Arc<ConnEntry>)> {
+        let mut all: Vec<(u64, Arc<ConnEntry>)> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.lock().ok())
+            .flat_map(|s| s.iter().map(|(id, e)| (*id, e.clone())).collect::<Vec<_>>())
+            .collect();
+        all.sort_by_key(|e| std::cmp::Reverse(e.0));
+        all
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok())
+            .map(|s| s.len())
+            .sum()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    /// Sessions started (all routes).
+    pub total: AtomicU64,
+    /// Sessions open now (all routes).
+    pub active: AtomicI64,
+    routes: RwLock<HashMap<String, Arc<RouteStats>>>,
+    nodes: RwLock<HashMap<(String, String), Arc<NodeStats>>>,
+    /// Live connections and UDP sessions.
+    pub connections: Connections,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            total: AtomicU64::new(0),
+            active: AtomicI64::new(0),
+            routes: RwLock::default(),
+            nodes: RwLock::default(),
+            connections: Connections::default(),
+        }
+    }
+}
+
+impl Stats {
+    /// Seconds since the registry was created (process start).
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The counters of a route (created on first use).
+    pub fn route(&self, id: &str) -> Arc<RouteStats> {
+        if let Some(r) = self.routes.read().ok().and_then(|m| m.get(id).cloned()) {
+            return r;
+        }
+        match self.routes.write() {
+            Ok(mut m) => m.entry(id.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// The counters of a node under a route (created on first use).
+    pub fn node(&self, route_id: &str, node: &str) -> Arc<NodeStats> {
+        let key = (route_id.to_string(), node.to_string());
+        if let Some(n) = self.nodes.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return n;
+        }
+        match self.nodes.write() {
+            Ok(mut m) => m.entry(key).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
+/// `/v1/stream/stats` route entry.
+#[derive(Debug, Serialize)]
+pub struct RouteReport {
+    /// Route id.
+    pub id: String,
+    /// Sessions open.
+    pub active: i64,
+    /// Sessions started.
+    pub total: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// UDP sessions started.
+    pub udp_sessions: u64,
+    /// UDP datagrams from clients.
+    pub datagrams_in: u64,
+    /// UDP datagrams to clients.
+    pub datagrams_out: u64,
+    /// Failed tries to reach nodes.
+    pub connect_failures: u64,
+    /// Sessions that needed a retry.
+    pub retries: u64,
+    /// The route's filters in one line.
+    pub summary: String,
+}
+
+impl RouteReport {
+    /// Read a route's counters.
+    pub fn new(id: &str, s: &RouteStats, summary: String) -> RouteReport {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RouteReport {
+            id: id.to_string(),
+            active: s.active.load(Ordering::Relaxed).max(0),
+            total: r(&s.total),
+            bytes_in: r(&s.bytes_in),
+            bytes_out: r(&s.bytes_out),
+            udp_sessions: r(&s.udp_sessions),
+            datagrams_in: r(&s.datagrams_in),
+            datagrams_out: r(&s.datagrams_out),
+            connect_failures: r(&s.connect_failures),
+            retries: r(&s.retries),
+            summary,
+        }
+    }
+}
+
+/// `/v1/stream/stats` node entry.
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    /// Route id.
+    pub route_id: String,
+    /// Upstream id when the route uses a stored upstream.
+    pub upstream_id: Option<String>,
+    /// `host:port`.
+    pub node: String,
+    /// Sessions open.
+    pub active: i64,
+    /// Sessions started.
+    pub total: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Failed tries.
+    pub connect_failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Health as the checkers see it (true without checkers).
+    pub healthy: bool,
+}
+
+impl NodeReport {
+    /// Read a node's counters.
+    pub fn new(
+        route_id: &str,
+        upstream_id: Option<String>,
+        node: &str,
+        s: &NodeStats,
+        healthy: bool,
+    ) -> Self {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeReport {
+            route_id: route_id.to_string(),
+            upstream_id,
+            node: node.to_string(),
+            active: s.active.load(Ordering::Relaxed).max(0),
+            total: r(&s.total),
+            bytes_in: r(&s.bytes_in),
+            bytes_out: r(&s.bytes_out),
+            connect_failures: r(&s.connect_failures),
+            last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+            healthy,
+        }
+    }
+}
+
+/// Resident memory of this process in bytes (Linux), if known.
+pub fn memory_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_shared_and_connections_listed_until_dropped() {
+        let s = Arc::new(Stats::default());
+        let a = s.route("1");
+        let b = s.route("1");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&s.node("1", "n:1"), &s.node("1", "n:1")));
+        assert!(!Arc::ptr_eq(&s.node("1", "n:1"), &s.node("2", "n:1")));
+        {
+            let _g = ActiveGuard::new(&a.active);
+            assert_eq!(a.active.load(Ordering::Relaxed), 1);
+        }
+        assert_eq!(a.active.load(Ordering::Relaxed), 0);
+        let conn = |route: &str| NewConn {
+            protocol: "tcp",
+            client: "127.0.0.1:5000".parse().expect("addr"),
+            listener: "0.0.0.0:9100".into(),
+            route_id: route.into(),
+            node: "127.0.0.1:1995".into(),
+            sni: None,
+        };
+        let mut h1 = s.register(conn("1"));
+        let h2 = s.register(conn("2"));
+        let ids: Vec<u64> = s.connections.list().iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![h2.id, h1.id], "newest first");
+        assert!(s.connections.close(h1.id));
+        assert!(h1.closed.try_recv().is_ok(), "close signal delivered");
+        drop(h1);
+        assert_eq!(s.connections.len(), 1);
+        assert!(!s.connections.close(9999));
+        drop(h2);
+        assert!(s.connections.is_empty());
+    }
+}
