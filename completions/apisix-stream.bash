@@ -34,6 +34,9 @@ _apisix__stream() {
             apisix__stream,ssl)
                 cmd="apisix__stream__subcmd__ssl"
                 ;;
+            apisix__stream,top)
+                cmd="apisix__stream__subcmd__top"
+                ;;
             apisix__stream,upstream)
                 cmd="apisix__stream__subcmd__upstream"
                 ;;
@@ -54,6 +57,9 @@ _apisix__stream() {
                 ;;
             apisix__stream__subcmd__help,ssl)
                 cmd="apisix__stream__subcmd__help__subcmd__ssl"
+                ;;
+            apisix__stream__subcmd__help,top)
+                cmd="apisix__stream__subcmd__help__subcmd__top"
                 ;;
             apisix__stream__subcmd__help,upstream)
                 cmd="apisix__stream__subcmd__help__subcmd__upstream"
@@ -200,7 +206,7 @@ _apisix__stream() {
 
     case "${cmd}" in
         apisix__stream)
-            opts="-c -h -V --config --admin-url --api-key --help --version serve route upstream ssl completions man help"
+            opts="-c -h -V --config --admin-url --api-key --help --version serve route upstream ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -260,7 +266,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__help)
-            opts="serve route upstream ssl completions man help"
+            opts="serve route upstream ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -472,6 +478,20 @@ _apisix__stream() {
         apisix__stream__subcmd__help__subcmd__ssl__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1228,6 +1248,44 @@ _apisix__stream() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__top)
+            opts="-c -h --interval --control-url --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)

@@ -18,6 +18,7 @@
 //!   [`access_log`] writes one line per finished session.
 //! - [`server`]: `serve`, wiring the pieces together and handling signals.
 //! - [`cli`]: the command line.
+//! - [`top`]: the `top` dashboard, a Control API client drawn with ratatui.
 //!
 //! Control path: an Admin API write is validated, made durable by the store,
 //! and announced on the store's change feed; the publisher compiles a new
@@ -39,3 +40,4 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod top;

@@ -30,7 +30,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// config.yaml to use: `serve` runs it; client commands read the admin
-    /// address and key from it [default: conf/config.yaml (when it exists)]
+    /// address and key from it, `top` the control address [default:
+    /// conf/config.yaml (when it exists)]
     #[arg(
         short = 'c',
         long,
@@ -81,6 +82,14 @@ pub enum Command {
     /// Example: apisix-stream ssl add --cert server.crt --key server.key
     #[command(subcommand)]
     Ssl(SslCommand),
+    /// Live dashboard of a running server: connections, bytes and rates per route and node.
+    ///
+    /// Reads the Control API (GET /v1/stream/stats and /v1/stream/connections).
+    /// Keys: q/Esc quit, Tab switch pane, Up/Down select, s sort, p pause,
+    /// k close the selected connection (asks y/n).
+    ///
+    /// Example: apisix-stream top --interval 500ms
+    Top(TopArgs),
     /// Print shell completions for SHELL to stdout.
     ///
     /// Example: apisix-stream completions bash > /etc/bash_completion.d/apisix-stream
@@ -367,4 +376,15 @@ pub struct RouteTestArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// Options of `top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Refresh interval, e.g. 1s, 500ms, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub interval: String,
+    /// Control API address [default: the config's apisix.control, else http://127.0.0.1:9090]
+    #[arg(long, value_name = "URL")]
+    pub control_url: Option<String>,
 }

@@ -28,6 +28,8 @@ use output::emit;
 pub const DEFAULT_CONFIG: &str = "conf/config.yaml";
 /// Admin API address used when nothing else names one.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9180";
+/// Control API address `top` uses when nothing else names one.
+pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:9090";
 
 /// Run a parsed command line; errors become one line on stderr in `main`.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(cmd) => route(&connect(&global)?, cmd),
         Command::Upstream(cmd) => upstream(&connect(&global)?, cmd),
         Command::Ssl(cmd) => ssl(&connect(&global)?, cmd),
+        Command::Top(a) => top(&global, &a),
     }
 }
 
@@ -87,13 +90,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
 pub fn endpoint_from_config(config: &Config) -> Endpoint {
     let admin = &config.deployment.admin;
     let listen = &admin.admin_listen;
-    let host = if listen.ip.is_unspecified() {
-        "127.0.0.1".to_string()
-    } else if listen.ip.is_ipv6() {
-        format!("[{}]", listen.ip)
-    } else {
-        listen.ip.to_string()
-    };
+    let host = url_host(listen.ip);
     let key = admin
         .admin_key
         .iter()
@@ -103,6 +100,47 @@ pub fn endpoint_from_config(config: &Config) -> Endpoint {
         url: format!("http://{host}:{}", listen.port),
         key,
     }
+}
+
+/// How to reach a listener on `ip` from this host, as the host part of a URL.
+fn url_host(ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// The Control API address a config.yaml gives (`apisix.control`; an
+/// unspecified address means this host's loopback).
+pub fn control_url_from_config(config: &Config) -> String {
+    let control = &config.apisix.control;
+    format!("http://{}:{}", url_host(control.ip), control.port)
+}
+
+/// `top`: `--control-url`, else the config's `apisix.control`, else the
+/// default address.
+fn top(global: &GlobalArgs, a: &args::TopArgs) -> anyhow::Result<()> {
+    let interval = crate::top::parse_interval(&a.interval)?;
+    let control_url = match (&a.control_url, client_config_path(global)) {
+        (Some(u), _) => crate::top::control_base_url(u)?,
+        (None, Some(path)) => {
+            let config = Config::load(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot take the control address from {}: {e}",
+                    path.display()
+                )
+            })?;
+            control_url_from_config(&config)
+        }
+        (None, None) => DEFAULT_CONTROL_URL.to_string(),
+    };
+    crate::top::run(crate::top::Options {
+        control_url,
+        interval,
+    })
 }
 
 /// Apply precedence: flags (and `APISIX_ADMIN_KEY`, folded into the flag by
@@ -293,5 +331,15 @@ mod tests {
         let e = endpoint_from_config(&c);
         assert_eq!(e.url, "http://127.0.0.1:9181");
         assert_eq!(e.key.as_deref(), Some("adminkey"));
+    }
+
+    #[test]
+    fn control_url_of_a_config() {
+        let c = Config::from_yaml("apisix:\n  control: {ip: 0.0.0.0, port: 9095}\n").unwrap();
+        assert_eq!(control_url_from_config(&c), "http://127.0.0.1:9095");
+        let c = Config::from_yaml("apisix:\n  control: {ip: 10.1.2.3, port: 9096}\n").unwrap();
+        assert_eq!(control_url_from_config(&c), "http://10.1.2.3:9096");
+        let c = Config::from_yaml("apisix:\n  enable_control: true\n").unwrap();
+        assert_eq!(control_url_from_config(&c), DEFAULT_CONTROL_URL);
     }
 }

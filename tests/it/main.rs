@@ -10,4 +10,5 @@ mod persistence;
 mod startup;
 mod tcp;
 mod tls;
+mod top;
 mod udp;

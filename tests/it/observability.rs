@@ -106,10 +106,22 @@ async fn live_connections_are_listed_counted_while_open_and_closable() {
         .expect("connect");
     assert_eq!(roundtrip(&mut c, b"12345").await, b"12345");
     // Counters move while the connection is open, not only at its close.
-    let stats = stats_until(&s, |v| route(v, "1")["active"] == 1).await;
+    let stats = stats_until(&s, |v| {
+        route(v, "1")["active"] == 1 && route(v, "1")["bytes_in"] == 5
+    })
+    .await;
     assert_eq!(route(&stats, "1")["bytes_in"], 5);
     assert_eq!(stats["nodes"][0]["active"], 1);
-    let list = get_json(&format!("http://{}/v1/stream/connections", control(&s))).await;
+    // The reply can reach the client a moment before the proxy counts it.
+    let url = format!("http://{}/v1/stream/connections", control(&s));
+    let mut list = get_json(&url).await;
+    for _ in 0..100 {
+        if list["connections"][0]["bytes_out"] == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        list = get_json(&url).await;
+    }
     let conns = list["connections"].as_array().expect("list");
     assert_eq!(conns.len(), 1, "{list}");
     let conn = &conns[0];
