@@ -117,9 +117,9 @@ pub struct ConnEntry {
     /// TLS SNI.
     pub sni: Option<String>,
     /// Bytes from the client.
-    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_in: AtomicU64,
     /// Bytes to the client.
-    pub bytes_out: Arc<AtomicU64>,
+    pub bytes_out: AtomicU64,
     /// When it started.
     pub started: Instant,
     close: Mutex<Option<oneshot::Sender<()>>>,
@@ -194,8 +194,8 @@ impl Stats {
             route_id: c.route_id,
             node: c.node,
             sni: c.sni,
-            bytes_in: Arc::new(AtomicU64::new(0)),
-            bytes_out: Arc::new(AtomicU64::new(0)),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             started: Instant::now(),
             close: Mutex::new(Some(tx)),
         });

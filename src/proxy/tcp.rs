@@ -92,7 +92,7 @@ pub async fn connect(
         let backend = &up.balancer.backends()[pick.index];
         let addr = match backend.addr {
             Some(a) => a,
-            None => match resolve(&backend.host, backend.port).await {
+            None => match Box::pin(resolve(&backend.host, backend.port)).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!(node = %backend.label, error = %e, "cannot resolve upstream node");
@@ -209,7 +209,13 @@ pub async fn handle(
     };
     let snapshot = ctx.snapshot.load_full();
     let client = if listener.spec.tls {
-        match tls::terminate(client, &snapshot, ctx.fallback_sni.as_deref()).await {
+        match Box::pin(tls::terminate(
+            client,
+            &snapshot,
+            ctx.fallback_sni.as_deref(),
+        ))
+        .await
+        {
             Ok((stream, sni)) => {
                 conn.sni = Some(sni);
                 Side::Tls(Box::new(stream))
@@ -221,7 +227,7 @@ pub async fn handle(
         }
     } else {
         if listener.spec.tls_passthrough {
-            match tls::peek_sni(&client).await {
+            match Box::pin(tls::peek_sni(&client)).await {
                 Ok(sni) => conn.sni = sni,
                 Err(e) => {
                     tracing::debug!(%peer, listen = %listener.label, error = %e, "tls passthrough: no usable ClientHello");
@@ -294,7 +300,13 @@ pub async fn handle(
         }
         Some(Ok(config)) => {
             let sni = conn.sni.as_deref().unwrap_or(tls::DEFAULT_UPSTREAM_SNI);
-            match tls::connect_upstream(stream, config.clone(), sni, upstream.connect_timeout).await
+            match Box::pin(tls::connect_upstream(
+                stream,
+                config.clone(),
+                sni,
+                upstream.connect_timeout,
+            ))
+            .await
             {
                 Ok(s) => Side::Tls(Box::new(s)),
                 Err(e) => {
@@ -316,13 +328,13 @@ pub async fn handle(
     });
     let entry = registered.entry.clone();
     let up = [
-        &*entry.bytes_in,
+        &entry.bytes_in,
         &route.stats.bytes_in,
         &node_stats.bytes_in,
         &listener.stats.bytes_in,
     ];
     let down = [
-        &*entry.bytes_out,
+        &entry.bytes_out,
         &route.stats.bytes_out,
         &node_stats.bytes_out,
         &listener.stats.bytes_out,
@@ -338,7 +350,7 @@ pub async fn handle(
         }
         (c, u) => {
             let (mut c, mut u) = (c.into_io(), u.into_io());
-            let end = copy::relay_io(&mut c, &mut u, idle, up, down, closed).await;
+            let end = Box::pin(copy::relay_io(&mut c, &mut u, idle, up, down, closed)).await;
             pass_reset(&end, c.tcp(), u.tcp());
             end
         }

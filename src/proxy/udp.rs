@@ -80,7 +80,7 @@ impl SessionRt {
     fn inbound(&self, n: usize) {
         let n = n as u64;
         for c in [
-            &*self.conn.entry.bytes_in,
+            &self.conn.entry.bytes_in,
             &self.route.stats.bytes_in,
             &self.node.bytes_in,
             &self.info.stats.bytes_in,
@@ -98,7 +98,7 @@ impl SessionRt {
     fn outbound(&self, n: usize) {
         let n = n as u64;
         for c in [
-            &*self.conn.entry.bytes_out,
+            &self.conn.entry.bytes_out,
             &self.route.stats.bytes_out,
             &self.node.bytes_out,
             &self.info.stats.bytes_out,
