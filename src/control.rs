@@ -126,10 +126,11 @@ pub fn stats_report(state: &ControlState) -> Value {
             })
         })
         .collect();
+    let (total, active) = state.stats.totals();
     json!({
         "uptime_s": state.stats.uptime_s(),
-        "active": state.stats.active.load(Ordering::Relaxed).max(0),
-        "total": state.stats.total.load(Ordering::Relaxed),
+        "active": active,
+        "total": total,
         "version": env!("CARGO_PKG_VERSION"),
         "memory_rss_bytes": memory_rss_bytes(),
         "connections_open": state.stats.connections.len(),

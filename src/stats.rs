@@ -257,10 +257,6 @@ impl Connections {
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    /// Sessions started (all routes).
-    pub total: AtomicU64,
-    /// Sessions open now (all routes).
-    pub active: AtomicI64,
     routes: RwLock<HashMap<String, Arc<RouteStats>>>,
     nodes: RwLock<HashMap<(String, String), Arc<NodeStats>>>,
     /// Live connections and UDP sessions.
@@ -271,8 +267,6 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             started: Instant::now(),
-            total: AtomicU64::new(0),
-            active: AtomicI64::new(0),
             routes: RwLock::default(),
             nodes: RwLock::default(),
             connections: Connections::default(),
@@ -284,6 +278,20 @@ impl Stats {
     /// Seconds since the registry was created (process start).
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Sessions started and open now, over every route ever counted.
+    /// Summed when read, so the hot path has no process-wide counter that
+    /// every worker would contend on.
+    pub fn totals(&self) -> (u64, i64) {
+        self.routes.read().map_or((0, 0), |m| {
+            m.values().fold((0, 0), |(t, a), r| {
+                (
+                    t + r.total.load(Ordering::Relaxed),
+                    a + r.active.load(Ordering::Relaxed).max(0),
+                )
+            })
+        })
     }
 
     /// The counters of a route (created on first use).

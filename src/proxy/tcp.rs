@@ -261,8 +261,6 @@ pub async fn handle(
         log(503, "-", "-", (0, 0), "not hit any route");
         return;
     };
-    stats.total.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard::new(&stats.active);
     route.stats.total.fetch_add(1, Ordering::Relaxed);
     let _route_active = ActiveGuard::new(&route.stats.active);
     let upstream = match &route.upstream {

@@ -358,13 +358,10 @@ pub async fn serve(
                 let task = tokio::spawn(async move {
                     let s = &task_rt;
                     let started = Instant::now();
-                    let stats = &task_ctx.stats;
-                    stats.total.fetch_add(1, Ordering::Relaxed);
                     s.route.stats.total.fetch_add(1, Ordering::Relaxed);
                     s.route.stats.udp_sessions.fetch_add(1, Ordering::Relaxed);
                     s.node.total.fetch_add(1, Ordering::Relaxed);
                     let end = {
-                        let _active = ActiveGuard::new(&stats.active);
                         let _route = ActiveGuard::new(&s.route.stats.active);
                         let _node = ActiveGuard::new(&s.node.active);
                         let _listener = ActiveGuard::new(&s.info.stats.active);
