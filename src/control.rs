@@ -153,12 +153,12 @@ async fn connections(State(state): State<Arc<ControlState>>) -> Json<Value> {
         .map(|(id, c)| {
             json!({
                 "id": id,
-                "protocol": c.protocol,
-                "client": c.client.to_string(),
-                "listener": c.listener,
-                "route_id": c.route_id,
-                "node": c.node,
-                "sni": c.sni,
+                "protocol": c.meta.protocol,
+                "client": c.meta.client.to_string(),
+                "listener": c.meta.listener,
+                "route_id": c.meta.route_id,
+                "node": c.meta.node,
+                "sni": c.meta.sni,
                 "bytes_in": c.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": c.bytes_out.load(Ordering::Relaxed),
                 "age_s": c.started.elapsed().as_secs_f64(),

@@ -104,18 +104,8 @@ impl Drop for ActiveGuard<'_> {
 /// A live connection or UDP session, as listed by the Control API.
 #[derive(Debug)]
 pub struct ConnEntry {
-    /// `tcp` or `udp`.
-    pub protocol: &'static str,
-    /// Client address.
-    pub client: SocketAddr,
-    /// Listener label.
-    pub listener: String,
-    /// Route id.
-    pub route_id: String,
-    /// Node `host:port`.
-    pub node: String,
-    /// TLS SNI.
-    pub sni: Option<String>,
+    /// Who, where and through what.
+    pub meta: NewConn,
     /// Bytes from the client.
     pub bytes_in: AtomicU64,
     /// Bytes to the client.
@@ -164,7 +154,7 @@ impl Drop for ConnHandle {
     }
 }
 
-/// What registering a connection needs to know.
+/// What is known of a connection when it is registered.
 #[derive(Debug)]
 pub struct NewConn {
     /// `tcp` or `udp`.
@@ -188,12 +178,7 @@ impl Stats {
         let id = list.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let entry = Arc::new(ConnEntry {
-            protocol: c.protocol,
-            client: c.client,
-            listener: c.listener,
-            route_id: c.route_id,
-            node: c.node,
-            sni: c.sni,
+            meta: c,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             started: Instant::now(),

@@ -374,7 +374,7 @@ pub async fn serve(
                             status: 200,
                             listener: &s.info.label,
                             route_id: &s.route.id,
-                            node: &s.conn.entry.node,
+                            node: &s.conn.entry.meta.node,
                             bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
                             bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
                             duration: started.elapsed(),
