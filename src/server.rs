@@ -35,14 +35,14 @@ pub enum ServerError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     /// A listener could not be bound.
-    #[error("cannot bind {what} {addr}: {source}")]
+    #[error("cannot bind {what} {addr}: {error}")]
     Bind {
         /// Which listener (config key).
         what: &'static str,
         /// The address asked for.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A configuration this build cannot serve.
     #[error("{0}")]
@@ -164,7 +164,7 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { what, addr, source })
+        .map_err(|error| ServerError::Bind { what, addr, error })
 }
 
 /// Lift the soft open-file limit to the hard one: every proxied TCP
@@ -210,7 +210,7 @@ fn bind_stream(
     let reuseport = config.apisix.enable_reuseport;
     let bind_error = |what: &'static str, spec: &ListenSpec| {
         let addr = spec.addr;
-        move |source| ServerError::Bind { what, addr, source }
+        move |error| ServerError::Bind { what, addr, error }
     };
     for spec in &sp.tcp {
         let (info, socks) = listener::bind_tcp(spec, reuseport, workers)
@@ -270,10 +270,10 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
             config.deployment.admin.admin_listen.socket_addr(),
         )
         .await?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        let local = listener.local_addr().map_err(|error| ServerError::Bind {
             what: "deployment.admin.admin_listen",
             addr: config.deployment.admin.admin_listen.socket_addr(),
-            source,
+            error,
         })?;
         admin_addr = Some(local);
         let mut state = AdminState::new(&config, store.clone());

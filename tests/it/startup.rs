@@ -10,6 +10,7 @@ use crate::harness::{call, free_port, run_cli, spawn_serve, test_yaml, wait_list
 const WITH_COMMENTS: &str = r#"# top comment kept
 apisix:
   proxy_mode: stream   # trailing comment kept
+  enable_control: false
   stream_proxy:
     tcp:
       - 9100
@@ -26,6 +27,9 @@ deployment:
     admin_listen:
       ip: 127.0.0.1
       port: PORT
+plugin_attr:
+  prometheus:
+    enable_export_server: false
 # bottom comment kept
 "#;
 
