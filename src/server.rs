@@ -58,7 +58,6 @@ pub struct Server {
     tcp: Vec<Arc<ListenerInfo>>,
     udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
     workers: Option<Workers>,
-    store: Arc<dyn Store>,
     proxy: ProxyCtx,
     grace: Duration,
     cancel: CancellationToken,
@@ -102,11 +101,6 @@ impl Server {
     /// The UDP listeners with their counters, one per `stream_proxy.udp` entry.
     pub fn udp_listeners(&self) -> &[(Arc<ListenerInfo>, Arc<UdpCounters>)] {
         &self.udp
-    }
-
-    /// The store in use.
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
     }
 
     /// Connections being proxied right now.
@@ -331,7 +325,6 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         tcp: bound.tcp,
         udp: bound.udp,
         workers: Some(workers),
-        store,
         proxy,
         grace: config.nginx_config.worker_shutdown_timeout,
         cancel,

@@ -16,7 +16,8 @@ use axum::Json;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use super::{percent_decode, AdminError, AdminState};
+use super::{query_pairs, AdminError, AdminState};
+use crate::proxy::tls::normalize_sni;
 use crate::snapshot::{canonical_ip, ConnInfo, RouteRt, Snapshot};
 
 /// Default `server_addr` and `remote_addr` when the query leaves them out.
@@ -62,9 +63,7 @@ fn conn_from_query(query: &str) -> Result<ConnInfo, String> {
         sni: None,
     };
     let mut port_seen = false;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k), percent_decode(v));
+    for (k, v) in query_pairs(query) {
         match k.as_str() {
             "server_port" => {
                 conn.server_port = parse_port(&k, &v)?;
@@ -75,7 +74,7 @@ fn conn_from_query(query: &str) -> Result<ConnInfo, String> {
             "remote_addr" => conn.remote_addr = parse_ip(&k, &v)?,
             "sni" if v.is_empty() => conn.sni = None,
             "sni" => {
-                let name = v.trim_end_matches('.').to_ascii_lowercase();
+                let name = normalize_sni(&v);
                 if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
                     return Err(bad(&k, &v, "a host name"));
                 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{percent_decode, AdminError, AdminState, BODY_LIMIT};
+use super::{percent_decode, query_pairs, AdminError, AdminState, BODY_LIMIT};
 use crate::model::{self, Kind};
 use crate::store::{Entry, Expect};
 
@@ -63,18 +63,6 @@ fn parse_target(state: &AdminState, rest: &str) -> Result<Target> {
     Ok(Target { kind, id, sub_path })
 }
 
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    uri.query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
-}
-
 fn arg<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
     args.iter()
         .find(|(k, _)| k == name)
@@ -113,7 +101,7 @@ pub async fn dispatch(
     body: Body,
 ) -> Result<Response> {
     let target = parse_target(&state, &rest)?;
-    let args = query_pairs(&uri);
+    let args = query_pairs(uri.query().unwrap_or_default());
     if let Some(ttl) = arg(&args, "ttl") {
         if ttl.parse::<f64>().is_err() {
             return Err(AdminError::BadRequest(

@@ -156,12 +156,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 fn token_from(req: &Request) -> Option<String> {
-    if let Some(q) = req.uri().query() {
-        for pair in q.split('&') {
-            if let Some(v) = pair.strip_prefix("api_key=") {
-                return Some(percent_decode(v));
-            }
-        }
+    let from_query = query_pairs(req.uri().query().unwrap_or_default())
+        .into_iter()
+        .find(|(k, _)| k == "api_key")
+        .map(|(_, v)| v);
+    if from_query.is_some() {
+        return from_query;
     }
     if let Some(v) = req.headers().get("x-api-key") {
         return Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -178,6 +178,18 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// A query string as decoded `(key, value)` pairs, in order.
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
 }
 
 /// Decode `%XX` and `+` in a query value.

@@ -376,9 +376,4 @@ impl TlsCerts {
     pub fn client_cert(&self, id: &str) -> Option<&Arc<CertifiedKey>> {
         self.clients.get(id).map(|(_, k)| k)
     }
-
-    /// Whether any server certificate is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
 }

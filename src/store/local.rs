@@ -338,11 +338,6 @@ impl LocalStore {
         })
     }
 
-    /// Directory holding the store files.
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
-
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
