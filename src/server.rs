@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::config::ListenSpec;
 use crate::config::{Config, ConfigProvider};
 use crate::control::{self, ControlState};
+use crate::model::crypt::Keyring;
 use crate::proxy::listener::{self, ListenerInfo};
 use crate::proxy::udp::UdpCounters;
 use crate::proxy::worker::{WorkerSockets, Workers};
@@ -242,7 +243,13 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let tasks = TaskTracker::new();
     let (bound, per_worker) = bind_stream(&config, workers())?;
     let stats = Arc::new(Stats::default());
-    let publisher = publish::start(store.clone(), stats.clone(), cancel.clone()).await?;
+    let publisher = publish::start(
+        store.clone(),
+        stats.clone(),
+        Keyring::new(&config.apisix.data_encryption.keyring),
+        cancel.clone(),
+    )
+    .await?;
     let mut proxy = ProxyCtx::new(publisher.current.clone());
     proxy.stats = stats.clone();
     let stream_log = &config.nginx_config.stream;

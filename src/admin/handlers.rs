@@ -91,7 +91,11 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
         })
 }
 
-/// Entry point for every `/apisix/admin/{resource}[/{id}[/{sub/path}]]` request.
+/// Header set on reads served from the last known data while the store's
+/// cluster is unreachable; its value says why.
+pub const STALE_HEADER: &str = "x-apisix-stale";
+
+/// One Admin API call on `/apisix/admin/<kind>[/<id>[/<sub path>]]`.
 pub async fn dispatch(
     State(state): State<Arc<AdminState>>,
     method: Method,
@@ -117,10 +121,19 @@ pub async fn dispatch(
     let force = arg(&args, "force") == Some("true");
     let noun = target.kind.noun();
     match method {
-        Method::GET if target.sub_path.is_none() => match &target.id {
-            None => list(&state, target.kind, &args).await,
-            Some(id) => get_one(&state, target.kind, id).await,
-        },
+        Method::GET if target.sub_path.is_none() => {
+            let mut resp = match &target.id {
+                None => list(&state, target.kind, &args).await?,
+                Some(id) => get_one(&state, target.kind, id).await?,
+            };
+            if let Some(why) = state.store.stale() {
+                // Reads keep working from the last known data; say so.
+                if let Ok(v) = axum::http::HeaderValue::from_str(&why) {
+                    resp.headers_mut().insert(STALE_HEADER, v);
+                }
+            }
+            Ok(resp)
+        }
         Method::PUT if target.sub_path.is_none() => {
             let body = read_body(&headers, body).await?;
             put(&state, target.kind, target.id, body).await
@@ -351,6 +364,8 @@ async fn store_and_answer(
     expect: Expect,
     status_created: StatusCode,
 ) -> Result<Response> {
+    let mut conf = conf;
+    state.keyring.seal(kind, &mut conf);
     let out = state.store.put(kind, id, conf, expect).await?;
     state.wait_published(out.entry.mod_rev).await;
     let status = if out.created {
@@ -490,6 +505,8 @@ async fn patch(
         .await?
         .ok_or(AdminError::KeyNotFound)?;
     let mut conf = (*existing.value).clone();
+    // Merge and validate on clear text; the result is sealed again on store.
+    state.keyring.open(kind, &mut conf);
     let now = now();
     match sub_path {
         None => {

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::config::{AdminRole, Config};
+use crate::model::crypt::Keyring;
 use crate::store::Store;
 pub use error::AdminError;
 
@@ -56,6 +57,8 @@ pub struct AdminState {
     /// The data plane's current snapshot, when a data plane runs (read-only
     /// explain calls run the real router on it).
     pub snapshot: Option<crate::snapshot::publish::SharedSnapshot>,
+    /// `data_encryption.keyring`: private keys are sealed with it before storage.
+    pub keyring: Keyring,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -99,6 +102,7 @@ impl AdminState {
             stream_plugins: config.stream_plugins.clone(),
             published: None,
             snapshot: None,
+            keyring: Keyring::new(&config.apisix.data_encryption.keyring),
         }
     }
 

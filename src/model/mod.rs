@@ -7,6 +7,7 @@
 //! views in [`types`] from validated values.
 
 mod certs;
+pub mod crypt;
 mod defs;
 mod patch;
 mod plugins;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Snapshot;
+use crate::model::crypt::Keyring;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 
@@ -33,14 +34,22 @@ async fn rebuild(
     store: &Arc<dyn Store>,
     current: &SharedSnapshot,
     stats: &Arc<Stats>,
+    keyring: &Arc<Keyring>,
 ) -> Result<u64, StoreError> {
     let stats = stats.clone();
-    let dump = store.dump().await?;
+    let keyring = keyring.clone();
+    let mut dump = store.dump().await?;
     let prev = current.load_full();
-    let built =
-        tokio::task::spawn_blocking(move || Snapshot::build_with(&dump, Some(&prev), &stats))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("snapshot build failed: {e}")))?;
+    let built = tokio::task::spawn_blocking(move || {
+        for e in &mut dump.entries {
+            let mut v = (*e.value).clone();
+            keyring.open(e.kind, &mut v);
+            e.value = Arc::new(v);
+        }
+        Snapshot::build_with(&dump, Some(&prev), &stats)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("snapshot build failed: {e}")))?;
     let rev = built.revision;
     tracing::debug!(
         revision = rev,
@@ -55,12 +64,14 @@ async fn rebuild(
 pub async fn start(
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
+    keyring: Keyring,
     cancel: CancellationToken,
 ) -> Result<Publisher, StoreError> {
     let current: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let mut changes = store.subscribe();
     changes.borrow_and_update();
-    let first = rebuild(&store, &current, &stats).await?;
+    let keyring = Arc::new(keyring);
+    let first = rebuild(&store, &current, &stats, &keyring).await?;
     let (tx, rx) = watch::channel(first);
     let shared = current.clone();
     tokio::spawn(async move {
@@ -72,7 +83,7 @@ pub async fn start(
                         break;
                     }
                     changes.borrow_and_update();
-                    match rebuild(&store, &shared, &stats).await {
+                    match rebuild(&store, &shared, &stats, &keyring).await {
                         Ok(rev) => {
                             tx.send_replace(rev);
                         }

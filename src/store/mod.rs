@@ -6,6 +6,7 @@
 //! Back-ends plug in behind it without the Admin API knowing which one runs:
 //! [`local::LocalStore`] is the embedded, crash-safe default.
 
+pub mod file;
 pub mod local;
 
 use std::sync::Arc;
@@ -104,6 +105,11 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Human name of the back-end for logs (`local:/path`, `etcd`, ...).
     fn describe(&self) -> String;
+    /// Why reads may be out of date (the cluster is unreachable and the
+    /// last known data is served); `None` while the data is current.
+    fn stale(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Format a revision as APISIX formats generated ids.

@@ -199,6 +199,14 @@ async fn certificates_are_chosen_by_sni_and_bytes_flow() {
         .await
         .expect("handshake");
     assert_eq!(cert, exact.der, "exact name wins");
+    // Private keys are stored sealed with the keyring, never in clear.
+    for f in std::fs::read_dir(s.dir.path().join("data")).expect("data dir") {
+        let bytes = std::fs::read(f.expect("entry").path()).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+            "a private key is stored in clear"
+        );
+    }
     stream.write_all(b"through tls").await.expect("write");
     let mut got = [0u8; 11];
     within(5, stream.read_exact(&mut got)).await.expect("echo");
