@@ -263,6 +263,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         proxy.access_log = Some(log);
     }
     proxy.fallback_sni = config.apisix.ssl.fallback_sni.clone();
+    proxy.real_ip_from = Arc::from(config.nginx_config.stream.real_ip_from.clone());
 
     let mut admin_addr = None;
     if config.apisix.enable_admin {

@@ -81,6 +81,9 @@ pub struct ListenerStats {
     pub bytes_in: AtomicU64,
     /// Bytes sent to clients.
     pub bytes_out: AtomicU64,
+    /// Connections closed before routing: a missing or bad PROXY protocol
+    /// header, a failed TLS handshake or ClientHello.
+    pub rejected: AtomicU64,
 }
 
 /// Decrements an active gauge when dropped (sessions end on every path).

@@ -5,6 +5,7 @@
 pub mod clienthello;
 pub mod copy;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
@@ -32,6 +33,9 @@ pub struct ProxyCtx {
     pub access_log: Option<AccessLog>,
     /// `apisix.ssl.fallback_sni`: the SNI assumed when a TLS client sends none.
     pub fallback_sni: Option<String>,
+    /// `nginx_config.stream.real_ip_from`: peers whose PROXY protocol
+    /// header may replace the client address.
+    pub real_ip_from: Arc<[ipnet::IpNet]>,
     /// Cancelled when open connections must close now (grace period over):
     /// each worker then drops its runtime, and with it every connection task.
     pub force_close: CancellationToken,
@@ -45,6 +49,7 @@ impl ProxyCtx {
             stats: Arc::default(),
             access_log: None,
             fallback_sni: None,
+            real_ip_from: Arc::from(Vec::new()),
             connections: TaskTracker::new(),
             force_close: CancellationToken::new(),
         }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::copy::{self, Counters, ResetTarget};
 use super::listener::ListenerInfo;
-use super::{tls, ProxyCtx};
+use super::{proxy_protocol, tls, ProxyCtx};
 use crate::balancer::Pick;
 use crate::snapshot::{canonical_ip, ConnInfo, UpstreamRt};
 
@@ -184,10 +184,26 @@ impl Side {
 /// Handle one accepted connection to its end.
 pub async fn handle(
     ctx: ProxyCtx,
-    client: TcpStream,
-    peer: SocketAddr,
+    mut client: TcpStream,
+    mut peer: SocketAddr,
     listener: Arc<ListenerInfo>,
 ) {
+    if listener.spec.proxy_protocol {
+        match proxy_protocol::read_header(&mut client, proxy_protocol::HEADER_TIMEOUT).await {
+            Ok(proxy_protocol::Header::Proxy { src, .. }) => {
+                // Only trusted peers may speak for someone else.
+                if ctx.real_ip_from.iter().any(|n| n.contains(&peer.ip())) {
+                    peer = SocketAddr::new(canonical_ip(src.ip()), src.port());
+                }
+            }
+            Ok(proxy_protocol::Header::Local) => {}
+            Err(e) => {
+                listener.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, listen = %listener.label, error = %e, "bad PROXY protocol header");
+                return;
+            }
+        }
+    }
     // A listener bound to one address needs no getsockname per connection.
     let local = if listener.local.ip().is_unspecified() {
         match client.local_addr() {
@@ -221,6 +237,7 @@ pub async fn handle(
                 Side::Tls(Box::new(stream))
             }
             Err(e) => {
+                listener.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, listen = %listener.label, error = %e, "tls handshake failed");
                 return;
             }
@@ -230,6 +247,7 @@ pub async fn handle(
             match Box::pin(tls::peek_sni(&client)).await {
                 Ok(sni) => conn.sni = sni,
                 Err(e) => {
+                    listener.stats.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, listen = %listener.label, error = %e, "tls passthrough: no usable ClientHello");
                     return;
                 }
@@ -279,7 +297,22 @@ pub async fn handle(
             return;
         }
     };
-    let Connected { stream, pick, node } = connected;
+    let Connected {
+        mut stream,
+        pick,
+        node,
+    } = connected;
+    if listener.spec.proxy_protocol_to_upstream {
+        let server = SocketAddr::new(conn.server_addr, conn.server_port);
+        let client = SocketAddr::new(conn.remote_addr, conn.remote_port);
+        if let Err(e) =
+            proxy_protocol::write_v1(&mut stream, client, server, upstream.connect_timeout).await
+        {
+            tracing::debug!(%peer, route_id = %route.id, %node, error = %e, "cannot send PROXY protocol header");
+            log(502, &route.id, &node, (0, 0), &e.to_string());
+            return;
+        }
+    }
     let node_stats = route
         .node_stats
         .get(pick.index)

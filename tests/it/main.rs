@@ -7,6 +7,7 @@ mod cli;
 mod harness;
 mod observability;
 mod persistence;
+mod proxy_protocol;
 mod startup;
 mod tcp;
 mod tls;
