@@ -4,12 +4,13 @@
 //! Both only read: the live counters of [`crate::stats`], the snapshot in
 //! force and the listeners. The one write is closing a live connection.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,9 +20,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
-use crate::proxy::listener::ListenerInfo;
-use crate::proxy::udp::UdpCounters;
+use crate::health::Checker;
+use crate::proxy::listener::{ListenerInfo, SharedListeners};
 use crate::snapshot::publish::SharedSnapshot;
+use crate::snapshot::Snapshot;
 use crate::stats::{memory_rss_bytes, NodeReport, RouteReport, Stats};
 
 /// What the Control API and the metrics endpoint read.
@@ -31,12 +33,12 @@ pub struct ControlState {
     pub stats: Arc<Stats>,
     /// The routes in force.
     pub snapshot: SharedSnapshot,
-    /// TCP listeners.
-    pub tcp: Vec<Arc<ListenerInfo>>,
-    /// UDP listeners and their counters.
-    pub udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
+    /// The stream listeners in force.
+    pub listeners: SharedListeners,
     /// Storage key prefix (`/apisix`).
     pub prefix: String,
+    /// The session cap and its counters.
+    pub limits: Arc<crate::proxy::Limits>,
 }
 
 fn not_found() -> Response {
@@ -51,6 +53,8 @@ fn not_found() -> Response {
 pub fn router(state: ControlState) -> Router {
     Router::new()
         .route("/v1/healthcheck", get(healthcheck))
+        .route("/v1/healthcheck/{src_type}", get(healthcheck_missing_id))
+        .route("/v1/healthcheck/{src_type}/", get(healthcheck_missing_id))
         .route("/v1/healthcheck/{src_type}/{src_id}", get(healthcheck_one))
         .route("/v1/stream/stats", get(stream_stats))
         .route("/v1/stream/connections", get(connections))
@@ -62,15 +66,99 @@ pub fn router(state: ControlState) -> Router {
         .with_state(Arc::new(state))
 }
 
-/// Health checker reports. No upstream has an active checker in this
-/// version, so the answer is APISIX's "no checker at all": `{}`.
-async fn healthcheck() -> Json<Value> {
-    Json(json!({}))
+/// Every health checker in force: those of stream routes' inline upstreams
+/// (route order), then those of stored upstreams (id order), as APISIX
+/// lists them.
+fn checkers(snap: &Snapshot) -> Vec<Arc<Checker>> {
+    let mut inline = Vec::new();
+    let mut stored = BTreeMap::new();
+    for r in snap.routes() {
+        let Ok(up) = &r.upstream else { continue };
+        let Some(c) = up.health.load_full() else {
+            continue;
+        };
+        match &up.upstream_id {
+            Some(id) => {
+                stored.insert(id.clone(), c);
+            }
+            None => inline.push(c),
+        }
+    }
+    inline.extend(stored.into_values());
+    inline
+}
+
+/// The HTML page APISIX serves to browsers (`Accept: text/html`).
+fn healthcheck_html(reports: &[Arc<Checker>], prefix: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut rows = String::new();
+    let mut index = 0;
+    for c in reports {
+        for n in c.nodes() {
+            index += 1;
+            let k = n.state.counter;
+            rows.push_str(&format!(
+                "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}({}:{})</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&format!("{prefix}/{}", c.name())),
+                c.checks().kind(),
+                esc(&n.hostname),
+                esc(&n.ip),
+                n.port,
+                n.state.status.as_str(),
+                k.success,
+                k.tcp_failure,
+                k.http_failure,
+                k.timeout_failure,
+            ));
+        }
+    }
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
+         <title>APISIX upstream check status</title></head><body>\
+         <h1>APISIX upstream check status</h1><table border=\"1\">\
+         <tr><th>Index</th><th>Upstream</th><th>Check type</th><th>Host</th><th>Status</th>\
+         <th>Success counts</th><th>TCP Failures</th><th>HTTP Failures</th>\
+         <th>TIMEOUT Failures</th></tr>\n{rows}</table></body></html>\n"
+    )
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// Health checker reports: an array, or APISIX's `{}` when no checker runs.
+async fn healthcheck(State(state): State<Arc<ControlState>>, headers: HeaderMap) -> Response {
+    let all = checkers(&state.snapshot.load());
+    if wants_html(&headers) {
+        return Html(healthcheck_html(&all, &state.prefix)).into_response();
+    }
+    if all.is_empty() {
+        return Json(json!({})).into_response();
+    }
+    let reports: Vec<Value> = all.iter().map(|c| c.report(&state.prefix)).collect();
+    Json(Value::Array(reports)).into_response()
+}
+
+async fn healthcheck_missing_id(Path(src_type): Path<String>) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error_msg": format!("missing src id for src type {src_type}")})),
+    )
+        .into_response()
 }
 
 async fn healthcheck_one(
     State(state): State<Arc<ControlState>>,
     Path((src_type, src_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     if !["routes", "services", "upstreams", "stream_routes"].contains(&src_type.as_str()) {
         return (
@@ -80,15 +168,27 @@ async fn healthcheck_one(
             .into_response();
     }
     let snap = state.snapshot.load();
-    let exists = match src_type.as_str() {
-        "stream_routes" => snap.routes().iter().any(|r| r.id == src_id),
-        "upstreams" => snap.upstream(&src_id).is_some(),
-        _ => false,
+    // A route reports only its inline upstream's checker (APISIX).
+    let found: Option<Option<Arc<Checker>>> = match src_type.as_str() {
+        "stream_routes" => snap.routes().iter().find(|r| r.id == src_id).map(|r| {
+            r.upstream
+                .as_ref()
+                .ok()
+                .filter(|u| u.upstream_id.is_none())
+                .and_then(|u| u.health.load_full())
+        }),
+        "upstreams" => snap.upstream(&src_id).map(|u| u.health.load_full()),
+        _ => None,
     };
-    let msg = if exists {
-        format!("no checker for {src_type}[{src_id}]")
-    } else {
-        format!("{src_type}[{src_id}] not found")
+    let msg = match found {
+        Some(Some(c)) => {
+            if wants_html(&headers) {
+                return Html(healthcheck_html(&[c], &state.prefix)).into_response();
+            }
+            return Json(c.report(&state.prefix)).into_response();
+        }
+        Some(None) => format!("no checker for {src_type}[{src_id}]"),
+        None => format!("{src_type}[{src_id}] not found"),
     };
     (StatusCode::NOT_FOUND, Json(json!({"error_msg": msg}))).into_response()
 }
@@ -101,28 +201,31 @@ pub fn stats_report(state: &ControlState) -> Value {
     for r in snap.routes() {
         routes.push(RouteReport::new(&r.id, &r.stats, r.summary()));
         if let Ok(up) = &r.upstream {
-            for (b, s) in up.balancer.backends().iter().zip(&r.node_stats) {
+            let checker = up.health.load();
+            for (i, (b, s)) in up.balancer.backends().iter().zip(&r.node_stats).enumerate() {
                 nodes.push(NodeReport::new(
                     &r.id,
                     up.upstream_id.clone(),
                     &b.label,
                     s,
-                    true,
+                    checker.as_ref().map(|c| c.healthy(i)),
                 ));
             }
         }
     }
-    let listeners: Vec<Value> = state
+    let set = state.listeners.load();
+    let listeners: Vec<Value> = set
         .tcp
         .iter()
         .map(|l| (l, "tcp"))
-        .chain(state.udp.iter().map(|(l, _)| (l, "udp")))
+        .chain(set.udp.iter().map(|(l, _)| (l, "udp")))
         .map(|(l, proto)| {
             json!({
                 "listen": l.label, "protocol": proto,
                 "active": l.stats.active.load(Ordering::Relaxed).max(0),
                 "bytes_in": l.stats.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": l.stats.bytes_out.load(Ordering::Relaxed),
+                "rejected": l.stats.rejected.load(Ordering::Relaxed),
             })
         })
         .collect();
@@ -137,6 +240,12 @@ pub fn stats_report(state: &ControlState) -> Value {
         "routes": routes,
         "nodes": nodes,
         "listeners": listeners,
+        "limits": {
+            "max_sessions": state.limits.max_sessions,
+            "sessions": state.limits.live(),
+            "refused": state.limits.refused.load(Ordering::Relaxed),
+            "accept_errors": state.limits.accept_errors.load(Ordering::Relaxed),
+        },
     })
 }
 
@@ -229,6 +338,13 @@ struct NodeInfoLabel {
     version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    code: String,
+    listen_addr: String,
+    node: String,
+}
+
 /// Register a family under `name` and fill it.
 fn family<L, M>(reg: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&Family<L, M>))
 where
@@ -247,30 +363,43 @@ where
 }
 
 /// The Prometheus text exposition of the current counters: APISIX's stream
-/// metric names and labels (`apisix_stream_connection_total`,
-/// `apisix_stream_active_connections`, `apisix_stream_bandwidth`,
-/// `apisix_upstream_status`, `apisix_node_info`; counted for every route,
-/// not only those with the `prometheus` plugin), plus per-route and
-/// per-node figures.
+/// metric names and labels (`apisix_stream_connection_total` and
+/// `apisix_stream_status`, counted by the `prometheus` plugin for the routes
+/// that enable it; `apisix_stream_active_connections`,
+/// `apisix_stream_bandwidth`, `apisix_upstream_status`, `apisix_node_info`
+/// for everything), plus per-route and per-node figures.
 pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
     let mut reg = Registry::with_prefix(prefix.trim_end_matches('_'));
     let snap = state.snapshot.load();
-    let listeners: Vec<&Arc<ListenerInfo>> = state
+    let set = state.listeners.load();
+    let listeners: Vec<&Arc<ListenerInfo>> = set
         .tcp
         .iter()
-        .chain(state.udp.iter().map(|(l, _)| l))
+        .chain(set.udp.iter().map(|(l, _)| l))
         .collect();
     family::<RouteLabel, Counter>(
         &mut reg,
         "stream_connection",
-        "Stream sessions per route",
+        "Finished stream sessions per route with the prometheus plugin",
         |f| {
-            for r in snap.routes() {
-                let total = r.stats.total.load(Ordering::Relaxed);
-                f.get_or_create(&RouteLabel {
-                    route: r.id.clone(),
+            for (route, total) in state.stats.plugins.metrics.connection_totals() {
+                f.get_or_create(&RouteLabel { route }).inc_by(total);
+            }
+        },
+    );
+    // Gauge-typed to keep APISIX's name (a counter gains `_total`).
+    family::<StatusLabel, Gauge>(
+        &mut reg,
+        "stream_status",
+        "Finished stream sessions per status code, listener and node",
+        |f| {
+            for ((code, listen_addr, node), n) in state.stats.plugins.metrics.status_totals() {
+                f.get_or_create(&StatusLabel {
+                    code: code.to_string(),
+                    listen_addr,
+                    node,
                 })
-                .inc_by(total);
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         },
     );
@@ -385,16 +514,17 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
     family::<UpstreamLabel, Gauge>(
         &mut reg,
         "upstream_status",
-        "Node health (1 healthy)",
+        "Upstream node health from the health checkers (1 healthy or mostly_healthy)",
         |f| {
-            for (_, node, _) in &node_rows {
-                let (ip, port) = node.rsplit_once(':').unwrap_or((node.as_str(), ""));
-                f.get_or_create(&UpstreamLabel {
-                    name: node.clone(),
-                    ip: ip.trim_matches(['[', ']']).to_string(),
-                    port: port.to_string(),
-                })
-                .set(1);
+            for c in checkers(&snap) {
+                for n in c.nodes() {
+                    f.get_or_create(&UpstreamLabel {
+                        name: format!("{}/{}", state.prefix, c.name()),
+                        ip: n.ip,
+                        port: n.port.to_string(),
+                    })
+                    .set(i64::from(n.state.status.is_up()));
+                }
             }
         },
     );

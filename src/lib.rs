@@ -12,6 +12,11 @@
 //! - [`snapshot`]: the compiled, immutable routes and upstreams the data
 //!   plane reads, rebuilt on every store change and swapped atomically.
 //! - [`balancer`]: node selection (roundrobin, chash, least_conn).
+//! - [`plugins`]: stream plugins compiled per route and run per session
+//!   (preread: ip-restriction, limit-conn, mqtt-proxy, traffic-split; log:
+//!   prometheus, syslog).
+//! - [`health`]: upstream health checks (active probes, passive reports)
+//!   feeding the balancer and the Control API.
 //! - [`proxy`]: listeners, connection handling and the byte relay.
 //! - [`stats`]: live counters per route, node and listener, and the list of
 //!   live connections; [`control`] serves them (Control API, Prometheus);
@@ -34,7 +39,10 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod health;
+pub mod http;
 pub mod model;
+pub mod plugins;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;

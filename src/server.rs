@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,22 +21,26 @@ use crate::admin::{self, AdminState};
 use crate::config::ListenSpec;
 use crate::config::{Config, ConfigProvider};
 use crate::control::{self, ControlState};
+use crate::health;
 use crate::model::crypt::Keyring;
-use crate::proxy::listener::{self, ListenerInfo};
+use crate::proxy::listener::{self, ListenerInfo, ListenerSet, SharedListeners};
 use crate::proxy::udp::UdpCounters;
 use crate::proxy::worker::{WorkerSockets, Workers};
 use crate::proxy::ProxyCtx;
 use crate::snapshot::publish;
 use crate::stats::Stats;
+use crate::store::etcd::EtcdStore;
+use crate::store::file::{self, FileStore};
 use crate::store::local::LocalStore;
 use crate::store::{Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The store could not be opened.
+    /// The store could not be opened (the message is the whole story, so it
+    /// is not repeated as an error source).
     #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// A listener could not be bound.
     #[error("cannot bind {what} {addr}: {error}")]
     Bind {
@@ -50,14 +56,21 @@ pub enum ServerError {
     Unsupported(String),
 }
 
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        ServerError::Store(e)
+    }
+}
+
 /// A running server.
 pub struct Server {
     admin_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
-    tcp: Vec<Arc<ListenerInfo>>,
-    udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
+    bound: Vec<Bound>,
+    listeners: SharedListeners,
+    reuseport: bool,
     workers: Option<Workers>,
     proxy: ProxyCtx,
     grace: Duration,
@@ -95,13 +108,82 @@ impl Server {
     }
 
     /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
-    pub fn tcp_listeners(&self) -> &[Arc<ListenerInfo>] {
-        &self.tcp
+    pub fn tcp_listeners(&self) -> Vec<Arc<ListenerInfo>> {
+        self.listeners.load().tcp.clone()
     }
 
     /// The UDP listeners with their counters, one per `stream_proxy.udp` entry.
-    pub fn udp_listeners(&self) -> &[(Arc<ListenerInfo>, Arc<UdpCounters>)] {
-        &self.udp
+    pub fn udp_listeners(&self) -> Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)> {
+        self.listeners.load().udp.clone()
+    }
+
+    /// Apply the `stream_proxy` entries of `config` (SIGHUP): bind the new
+    /// ones, stop accepting on the removed ones (their connections finish
+    /// normally) and keep the unchanged ones untouched. An entry that cannot
+    /// be bound is reported and skipped; the others still apply.
+    pub fn reload_listeners(&mut self, config: &Config) -> ReloadOutcome {
+        let mut out = ReloadOutcome::default();
+        let Some(workers) = self.workers.as_ref() else {
+            return out;
+        };
+        let (want_tcp, want_udp) = wanted_entries(config);
+        let wanted = |b: &Bound| {
+            let list = if b.counters.is_some() {
+                &want_udp
+            } else {
+                &want_tcp
+            };
+            list.contains(&b.info.spec)
+        };
+        let (keep, gone): (Vec<Bound>, Vec<Bound>) = std::mem::take(&mut self.bound)
+            .into_iter()
+            .partition(wanted);
+        self.bound = keep;
+        let has = |bound: &[Bound], spec: &ListenSpec, udp: bool| {
+            bound
+                .iter()
+                .any(|b| b.counters.is_some() == udp && b.info.spec == *spec)
+        };
+        let new_tcp: Vec<ListenSpec> = want_tcp
+            .iter()
+            .filter(|s| !has(&self.bound, s, false))
+            .cloned()
+            .collect();
+        let new_udp: Vec<ListenSpec> = want_udp
+            .iter()
+            .filter(|s| !has(&self.bound, s, true))
+            .cloned()
+            .collect();
+        // New sockets are bound before old ones close, so an entry whose
+        // flags changed on the same address never stops listening.
+        let mut per_worker: Vec<WorkerSockets> = (0..workers.count())
+            .map(|_| WorkerSockets::default())
+            .collect();
+        for (spec, udp) in new_tcp
+            .iter()
+            .map(|s| (s, false))
+            .chain(new_udp.iter().map(|s| (s, true)))
+        {
+            match bind_entry(spec, udp, self.reuseport, &mut per_worker, &self.cancel) {
+                Ok(b) => {
+                    tracing::info!(listen = %b.info.label, addr = %b.info.local, protocol = if udp { "udp" } else { "tcp" }, "listener added");
+                    out.added.push(b.info.label.clone());
+                    self.bound.push(b);
+                }
+                Err(e) => {
+                    tracing::error!(listen = %spec.addr, error = %e, "cannot add listener");
+                    out.failed.push(format!("{}: {e}", spec.addr));
+                }
+            }
+        }
+        workers.add(per_worker);
+        for b in gone {
+            b.stop.cancel();
+            tracing::info!(listen = %b.info.label, "listener removed; its connections drain");
+            out.removed.push(b.info.label.clone());
+        }
+        self.listeners.store(Arc::new(listener_set(&self.bound)));
+        out
     }
 
     /// Connections being proxied right now.
@@ -144,15 +226,33 @@ impl Drop for Server {
     }
 }
 
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+async fn open_store(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Arc<dyn Store>, ServerError> {
     match config.deployment.config_provider {
         ConfigProvider::Local => Ok(Arc::new(LocalStore::open(
             &config.deployment.local.data_dir,
         )?)),
-        other => Err(ServerError::Unsupported(format!(
-            "deployment.role_traditional.config_provider: {other:?} is not available in this \
-             version; use local"
-        ))),
+        provider @ (ConfigProvider::Yaml | ConfigProvider::Json) => {
+            let format = match provider {
+                ConfigProvider::Json => file::Format::Json,
+                _ => file::Format::Yaml,
+            };
+            Ok(Arc::new(
+                FileStore::open(
+                    &config.deployment.standalone_file,
+                    format,
+                    config.stream_plugins.clone(),
+                    cancel.clone(),
+                )
+                .await?,
+            ))
+        }
+        ConfigProvider::Etcd => {
+            let store = EtcdStore::connect(&config.deployment.etcd, cancel.clone()).await?;
+            Ok(store)
+        }
     }
 }
 
@@ -164,7 +264,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 
 /// Lift the soft open-file limit to the hard one: every proxied TCP
 /// connection needs two descriptors (plus two pipes while data flows).
-pub fn raise_fd_limit() {
+/// Returns the soft limit in force afterwards (`None` = unlimited).
+pub fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
@@ -174,15 +275,110 @@ pub fn raise_fd_limit() {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => {
-                tracing::info!(from = ?lim.current, to = ?lim.maximum, "raised the open-file limit")
+                tracing::info!(from = ?lim.current, to = ?lim.maximum, "raised the open-file limit");
+                return lim.maximum;
             }
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
+    } else {
+        tracing::info!(limit = ?lim.current, "open-file limit");
     }
+    lim.current
+}
+
+/// Most concurrent sessions: `worker_connections` per worker, two sockets
+/// per session (as nginx counts them), and never more than half of the
+/// open-file limit, keeping room for the store, logs and the APIs.
+pub fn max_sessions(worker_connections: u64, workers: usize, fd_limit: Option<u64>) -> usize {
+    let by_config = worker_connections.saturating_mul(workers as u64) / 2;
+    let by_fds = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(64) / 2);
+    usize::try_from(by_config.min(by_fds).max(1)).unwrap_or(usize::MAX)
 }
 
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What a listener reload did, by listener label.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Entries bound and now accepting.
+    pub added: Vec<String>,
+    /// Entries that stopped accepting.
+    pub removed: Vec<String>,
+    /// Entries that could not be bound, with the reason.
+    pub failed: Vec<String>,
+}
+
+/// One bound `stream_proxy` entry and the token that stops it.
+#[derive(Debug)]
+struct Bound {
+    info: Arc<ListenerInfo>,
+    /// Set for UDP entries.
+    counters: Option<Arc<UdpCounters>>,
+    stop: CancellationToken,
+}
+
+fn listener_set(bound: &[Bound]) -> ListenerSet {
+    ListenerSet {
+        tcp: bound
+            .iter()
+            .filter(|b| b.counters.is_none())
+            .map(|b| b.info.clone())
+            .collect(),
+        udp: bound
+            .iter()
+            .filter_map(|b| b.counters.as_ref().map(|c| (b.info.clone(), c.clone())))
+            .collect(),
+    }
+}
+
+/// The tcp and udp entries `config` asks for (none when stream is off).
+fn wanted_entries(config: &Config) -> (Vec<ListenSpec>, Vec<ListenSpec>) {
+    match config
+        .apisix
+        .stream_proxy
+        .as_ref()
+        .filter(|_| config.stream_enabled())
+    {
+        Some(sp) => (sp.tcp.clone(), sp.udp.clone()),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Bind one entry, one socket per worker, appended to `per_worker`.
+fn bind_entry(
+    spec: &ListenSpec,
+    udp: bool,
+    reuseport: bool,
+    per_worker: &mut [WorkerSockets],
+    parent: &CancellationToken,
+) -> std::io::Result<Bound> {
+    let stop = parent.child_token();
+    if udp {
+        let (info, socks) = listener::bind_udp(spec, reuseport, per_worker.len())?;
+        let (info, counters) = (Arc::new(info), Arc::new(UdpCounters::default()));
+        for (w, sock) in per_worker.iter_mut().zip(socks) {
+            w.udp
+                .push((info.clone(), counters.clone(), sock, stop.clone()));
+        }
+        Ok(Bound {
+            info,
+            counters: Some(counters),
+            stop,
+        })
+    } else {
+        let (info, socks) = listener::bind_tcp(spec, reuseport, per_worker.len())?;
+        let info = Arc::new(info);
+        for (w, sock) in per_worker.iter_mut().zip(socks) {
+            w.tcp.push((info.clone(), sock, stop.clone()));
+        }
+        Ok(Bound {
+            info,
+            counters: None,
+            stop,
+        })
+    }
 }
 
 /// Bind every `stream_proxy` entry before anything serves, handing each
@@ -190,59 +386,51 @@ fn workers() -> usize {
 fn bind_stream(
     config: &Config,
     workers: usize,
-) -> Result<(BoundListeners, Vec<WorkerSockets>), ServerError> {
-    let mut bound = BoundListeners::default();
+    cancel: &CancellationToken,
+) -> Result<(Vec<Bound>, Vec<WorkerSockets>), ServerError> {
     let mut per_worker: Vec<WorkerSockets> =
         (0..workers).map(|_| WorkerSockets::default()).collect();
-    let Some(sp) = config
-        .apisix
-        .stream_proxy
-        .as_ref()
-        .filter(|_| config.stream_enabled())
-    else {
-        return Ok((bound, per_worker));
-    };
-    let reuseport = config.apisix.enable_reuseport;
-    let bind_error = |what: &'static str, spec: &ListenSpec| {
-        let addr = spec.addr;
-        move |error| ServerError::Bind { what, addr, error }
-    };
-    for spec in &sp.tcp {
-        let (info, socks) = listener::bind_tcp(spec, reuseport, workers)
-            .map_err(bind_error("apisix.stream_proxy.tcp entry", spec))?;
-        let info = Arc::new(info);
-        for (w, sock) in per_worker.iter_mut().zip(socks) {
-            w.tcp.push((info.clone(), sock));
-        }
-        bound.tcp.push(info);
-    }
-    for spec in &sp.udp {
-        let (info, socks) = listener::bind_udp(spec, reuseport, workers)
-            .map_err(bind_error("apisix.stream_proxy.udp entry", spec))?;
-        let (info, counters) = (Arc::new(info), Arc::new(UdpCounters::default()));
-        for (w, sock) in per_worker.iter_mut().zip(socks) {
-            w.udp.push((info.clone(), counters.clone(), sock));
-        }
-        bound.udp.push((info, counters));
+    let (tcp, udp) = wanted_entries(config);
+    let mut bound = Vec::new();
+    for (spec, is_udp) in tcp
+        .iter()
+        .map(|s| (s, false))
+        .chain(udp.iter().map(|s| (s, true)))
+    {
+        let what = if is_udp {
+            "apisix.stream_proxy.udp entry"
+        } else {
+            "apisix.stream_proxy.tcp entry"
+        };
+        let b = bind_entry(
+            spec,
+            is_udp,
+            config.apisix.enable_reuseport,
+            &mut per_worker,
+            cancel,
+        )
+        .map_err(|error| ServerError::Bind {
+            what,
+            addr: spec.addr,
+            error,
+        })?;
+        bound.push(b);
     }
     Ok((bound, per_worker))
 }
 
-/// The stream listeners as bound, for reporting.
-#[derive(Debug, Default)]
-struct BoundListeners {
-    tcp: Vec<Arc<ListenerInfo>>,
-    udp: Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)>,
-}
-
 /// Open the store, bind every listener and start serving.
 pub async fn start(config: Config) -> Result<Server, ServerError> {
-    raise_fd_limit();
-    let store = open_store(&config)?;
+    let fd_limit = raise_fd_limit();
     let cancel = CancellationToken::new();
+    let store = open_store(&config, &cancel).await?;
     let tasks = TaskTracker::new();
-    let (bound, per_worker) = bind_stream(&config, workers())?;
+    let (bound, per_worker) = bind_stream(&config, workers(), &cancel)?;
+    let listeners: SharedListeners = Arc::new(ArcSwap::from_pointee(listener_set(&bound)));
     let stats = Arc::new(Stats::default());
+    stats
+        .plugins
+        .configure(&config.stream_plugins, &config.deployment.etcd.prefix);
     let publisher = publish::start(
         store.clone(),
         stats.clone(),
@@ -250,6 +438,16 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         cancel.clone(),
     )
     .await?;
+    if config.apisix.disable_upstream_healthcheck {
+        tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
+    } else {
+        health::manager::spawn(
+            publisher.current.clone(),
+            publisher.published.clone(),
+            &tasks,
+            cancel.clone(),
+        );
+    }
     let mut proxy = ProxyCtx::new(publisher.current.clone());
     proxy.stats = stats.clone();
     let stream_log = &config.nginx_config.stream;
@@ -264,7 +462,14 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     }
     proxy.fallback_sni = config.apisix.ssl.fallback_sni.clone();
     proxy.real_ip_from = Arc::from(config.nginx_config.stream.real_ip_from.clone());
+    proxy.limits = Arc::new(crate::proxy::Limits::new(max_sessions(
+        config.nginx_config.worker_connections,
+        workers(),
+        fd_limit,
+    )));
+    tracing::info!(max_sessions = proxy.limits.max_sessions, "session limit");
 
+    let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
     let mut admin_addr = None;
     if config.apisix.enable_admin {
         let listener = bind(
@@ -279,17 +484,25 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         })?;
         admin_addr = Some(local);
         let mut state = AdminState::new(&config, store.clone());
+        state.body_timeout = config.nginx_config.http.client_body_timeout;
         state.published = Some(publisher.published.clone());
         state.snapshot = Some(publisher.current.clone());
         let state = Arc::new(state);
-        serve_http(&tasks, &cancel, listener, admin::router(state), "admin API");
+        serve_http(
+            &tasks,
+            &cancel,
+            listener,
+            admin::router(state),
+            "admin API",
+            http_limits,
+        );
     }
     let control_state = ControlState {
         stats: stats.clone(),
         snapshot: publisher.current.clone(),
-        tcp: bound.tcp.clone(),
-        udp: bound.udp.clone(),
+        listeners: listeners.clone(),
         prefix: config.deployment.etcd.prefix.clone(),
+        limits: proxy.limits.clone(),
     };
     let mut control_addr = None;
     if config.apisix.enable_control {
@@ -302,6 +515,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
             listener,
             control::router(control_state.clone()),
             "control API",
+            http_limits,
         );
     }
     let mut metrics_addr = None;
@@ -312,13 +526,18 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         metrics_addr = listener.local_addr().ok();
         let app =
             control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
-        serve_http(&tasks, &cancel, listener, app, "prometheus export server");
+        serve_http(
+            &tasks,
+            &cancel,
+            listener,
+            app,
+            "prometheus export server",
+            http_limits,
+        );
     }
-    for l in &bound.tcp {
-        tracing::info!(listen = %l.label, addr = %l.local, "tcp proxy listening");
-    }
-    for (l, _) in &bound.udp {
-        tracing::info!(listen = %l.label, addr = %l.local, "udp proxy listening");
+    for b in &bound {
+        let proto = if b.counters.is_some() { "udp" } else { "tcp" };
+        tracing::info!(listen = %b.info.label, addr = %b.info.local, "{proto} proxy listening");
     }
     let workers = Workers::spawn(per_worker, &proxy, &cancel).map_err(|e| {
         cancel.cancel();
@@ -330,8 +549,9 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         control_addr,
         metrics_addr,
         stats,
-        tcp: bound.tcp,
-        udp: bound.udp,
+        bound,
+        listeners,
+        reuseport: config.apisix.enable_reuseport,
         workers: Some(workers),
         proxy,
         grace: config.nginx_config.worker_shutdown_timeout,
@@ -347,21 +567,12 @@ fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     what: &'static str,
+    limits: crate::http::Limits,
 ) {
-    let stop = cancel.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "{what} listening");
     }
-    tasks.spawn(async move {
-        // Peer addresses reach the handlers (allow_admin needs them).
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "{what} failed");
-        }
-    });
+    crate::http::serve(tasks, cancel, listener, app, what, limits);
 }
 
 /// SIGINT and SIGTERM, watched from creation on: created before anything
@@ -418,12 +629,62 @@ impl StopSignals {
     }
 }
 
-/// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly.
-pub async fn run(config: Config) -> Result<(), ServerError> {
+/// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly. SIGHUP
+/// re-reads `config_path` and applies its `stream_proxy` listeners.
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), ServerError> {
     let mut signals = StopSignals::watch();
-    let server = start(config).await?;
-    signals.recv().await;
+    let mut hangup = hangup_signal();
+    let mut server = start(config).await?;
+    loop {
+        tokio::select! {
+            () = signals.recv() => break,
+            () = next_hangup(&mut hangup) => {
+                let Some(path) = &config_path else { continue };
+                match Config::load(path) {
+                    Ok(new) => {
+                        let out = server.reload_listeners(&new);
+                        tracing::info!(
+                            added = out.added.len(),
+                            removed = out.removed.len(),
+                            failed = out.failed.len(),
+                            "reloaded stream_proxy listeners from {} (other settings need a restart)",
+                            path.display()
+                        );
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot reload {}; keeping the current listeners", path.display()),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGHUP"))
+            .ok()
+    }
+}
+
+async fn next_hangup(h: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(s) = h {
+        s.recv().await;
+        return;
+    }
+    let _ = h;
+    std::future::pending::<()>().await;
 }

@@ -249,6 +249,9 @@ pub struct Stats {
     nodes: RwLock<HashMap<(String, String), Arc<NodeStats>>>,
     /// Live connections and UDP sessions.
     pub connections: Connections,
+    /// Plugin state that outlives snapshots: enabled plugins, limit-conn
+    /// and prometheus counters, syslog senders.
+    pub plugins: crate::plugins::Shared,
 }
 
 impl Default for Stats {
@@ -258,6 +261,7 @@ impl Default for Stats {
             routes: RwLock::default(),
             nodes: RwLock::default(),
             connections: Connections::default(),
+            plugins: crate::plugins::Shared::default(),
         }
     }
 }
@@ -374,8 +378,8 @@ pub struct NodeReport {
     pub connect_failures: u64,
     /// The last failure.
     pub last_error: Option<String>,
-    /// Health as the checkers see it (true without checkers).
-    pub healthy: bool,
+    /// Health as the upstream's checker sees it (None without a checker).
+    pub healthy: Option<bool>,
 }
 
 impl NodeReport {
@@ -385,7 +389,7 @@ impl NodeReport {
         upstream_id: Option<String>,
         node: &str,
         s: &NodeStats,
-        healthy: bool,
+        healthy: Option<bool>,
     ) -> Self {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NodeReport {

@@ -41,6 +41,9 @@ pub enum AdminError {
     /// 400 with a plain-text body (APISIX's paging error is not JSON).
     #[error("{0}")]
     PlainBadRequest(&'static str),
+    /// The request body did not arrive in time.
+    #[error("request body not received within {0}s")]
+    BodyTimeout(f64),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -56,6 +59,7 @@ impl AdminError {
             AdminError::KeyNotFound | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AdminError::Store(StoreError::ReadOnly(_)) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -60,6 +60,7 @@ fn conn_from_query(query: &str) -> Result<ConnInfo, String> {
         remote_port: 0,
         server_addr: LOOPBACK,
         server_port: 0,
+        mqtt_client_id: None,
         sni: None,
     };
     let mut port_seen = false;

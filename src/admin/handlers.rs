@@ -69,7 +69,7 @@ fn arg<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
+async fn read_body(state: &AdminState, headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -77,8 +77,11 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
     if declared.is_some_and(|n| n > BODY_LIMIT) {
         return Err(AdminError::TooLarge(BODY_LIMIT));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT)
+    // A slow sender must not hold a handler (and its connection) forever.
+    let limit = state.body_timeout;
+    let bytes: Bytes = tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT))
         .await
+        .map_err(|_| AdminError::BodyTimeout(limit.as_secs_f64()))?
         .map_err(|_| AdminError::TooLarge(BODY_LIMIT))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -135,11 +138,11 @@ pub async fn dispatch(
             Ok(resp)
         }
         Method::PUT if target.sub_path.is_none() => {
-            let body = read_body(&headers, body).await?;
+            let body = read_body(&state, &headers, body).await?;
             put(&state, target.kind, target.id, body).await
         }
         Method::POST if target.sub_path.is_none() => {
-            let body = read_body(&headers, body).await?;
+            let body = read_body(&state, &headers, body).await?;
             if target.id.is_some() {
                 return Err(AdminError::BadRequest(format!(
                     "wrong {noun} id, do not need it"
@@ -154,7 +157,7 @@ pub async fn dispatch(
             delete(&state, target.kind, &id, force).await
         }
         Method::PATCH => {
-            let body = read_body(&headers, body).await?;
+            let body = read_body(&state, &headers, body).await?;
             let id = target
                 .id
                 .ok_or_else(|| AdminError::BadRequest(format!("missing {noun} id")))?;

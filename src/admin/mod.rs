@@ -59,6 +59,8 @@ pub struct AdminState {
     pub snapshot: Option<crate::snapshot::publish::SharedSnapshot>,
     /// `data_encryption.keyring`: private keys are sealed with it before storage.
     pub keyring: Keyring,
+    /// `nginx_config.http.client_body_timeout`: a body must arrive within it.
+    pub body_timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -103,6 +105,7 @@ impl AdminState {
             published: None,
             snapshot: None,
             keyring: Keyring::new(&config.apisix.data_encryption.keyring),
+            body_timeout: config.nginx_config.http.client_body_timeout,
         }
     }
 

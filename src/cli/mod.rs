@@ -80,7 +80,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(server::run(config))?;
+    runtime.block_on(server::run(config, Some(path.to_path_buf())))?;
     Ok(())
 }
 

@@ -280,6 +280,9 @@ pub struct Deployment {
     pub etcd: Etcd,
     /// `local` (our embedded store).
     pub local: Local,
+    /// The standalone file read by the `yaml`/`json` providers: `apisix.yaml`
+    /// or `apisix.json` beside config.yaml (`conf/` when parsed from text).
+    pub standalone_file: PathBuf,
 }
 
 /// `deployment.role`.
@@ -473,11 +476,40 @@ pub struct NginxConfig {
     /// `worker_shutdown_timeout`: how long SIGTERM/SIGINT lets open
     /// connections finish before closing them (APISIX default 240s).
     pub worker_shutdown_timeout: std::time::Duration,
+    /// `event.worker_connections`: sockets one worker may hold (each proxied
+    /// session holds two, as in nginx); APISIX default 10620.
+    pub worker_connections: u64,
+    /// `http`: timeouts of the Admin API, Control API and metrics servers.
+    pub http: NginxHttp,
+}
+
+/// `nginx_config.http`: the parts that apply to our HTTP APIs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxHttp {
+    /// `client_header_timeout`: a request head must arrive within it.
+    pub client_header_timeout: std::time::Duration,
+    /// `client_body_timeout`: a request body must arrive within it.
+    pub client_body_timeout: std::time::Duration,
+    /// `keepalive_timeout`: an idle keep-alive connection is closed after it.
+    pub keepalive_timeout: std::time::Duration,
+}
+
+impl Default for NginxHttp {
+    fn default() -> Self {
+        let s60 = std::time::Duration::from_secs(60);
+        NginxHttp {
+            client_header_timeout: s60,
+            client_body_timeout: s60,
+            keepalive_timeout: s60,
+        }
+    }
 }
 
 impl Default for NginxConfig {
     fn default() -> Self {
         NginxConfig {
+            worker_connections: 10620,
+            http: NginxHttp::default(),
             stream: NginxStream::default(),
             worker_shutdown_timeout: std::time::Duration::from_secs(240),
         }
@@ -564,12 +596,23 @@ impl Config {
         if config.deployment.local.data_dir.is_relative() {
             config.deployment.local.data_dir = dir.join(&config.deployment.local.data_dir);
         }
+        config.deployment.standalone_file =
+            dir.join(standalone_name(config.deployment.config_provider));
         Ok(config)
     }
 
     /// proxy_mode is stream or http&stream AND stream_proxy is present.
     pub fn stream_enabled(&self) -> bool {
         self.apisix.proxy_mode != ProxyMode::Http && self.apisix.stream_proxy.is_some()
+    }
+}
+
+/// File name of the standalone configuration for a provider (`apisix.json`
+/// for `json`, `apisix.yaml` otherwise).
+fn standalone_name(provider: ConfigProvider) -> &'static str {
+    match provider {
+        ConfigProvider::Json => "apisix.json",
+        _ => "apisix.yaml",
     }
 }
 
@@ -650,6 +693,26 @@ fn parse_text(
         message: e.to_string().replace('\n', " "),
     })?;
     build(&root)
+}
+
+/// A duration in nginx's notation (`30s`, `500ms`, `2m`, bare seconds) or its default.
+fn nginx_duration(
+    sec: &Section<'_>,
+    key: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    match sec.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => format!("{other:?}"),
+            };
+            parse_nginx_duration(&text)
+                .ok_or_else(|| sec.invalid(key, v, "expected a duration such as 30s, 500ms or 2m"))
+        }
+    }
 }
 
 /// Cursor on one table of the document, carrying its dotted path for error messages.
@@ -851,24 +914,41 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
     };
     let nginx_config = {
         let nginx = top.section("nginx_config")?;
-        let shutdown = match nginx.get("worker_shutdown_timeout") {
-            None | Some(Value::Null) => NginxConfig::default().worker_shutdown_timeout,
-            Some(v) => {
-                let text = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    other => format!("{other:?}"),
-                };
-                parse_nginx_duration(&text).ok_or_else(|| ConfigError::Invalid {
-                    key: "nginx_config.worker_shutdown_timeout".into(),
-                    value: text.clone(),
-                    reason: "expected a duration such as 30s, 500ms or 2m".into(),
-                })?
-            }
+        let shutdown = nginx_duration(
+            &nginx,
+            "worker_shutdown_timeout",
+            NginxConfig::default().worker_shutdown_timeout,
+        )?;
+        let http_sec = nginx.section("http")?;
+        let dh = NginxHttp::default();
+        let http = NginxHttp {
+            client_header_timeout: nginx_duration(
+                &http_sec,
+                "client_header_timeout",
+                dh.client_header_timeout,
+            )?,
+            client_body_timeout: nginx_duration(
+                &http_sec,
+                "client_body_timeout",
+                dh.client_body_timeout,
+            )?,
+            keepalive_timeout: nginx_duration(
+                &http_sec,
+                "keepalive_timeout",
+                dh.keepalive_timeout,
+            )?,
         };
+        let event = nginx.section("event")?;
+        let worker_connections = event.u64_or(
+            "worker_connections",
+            NginxConfig::default().worker_connections,
+            2,
+        )?;
         let sec = nginx.section("stream")?;
         let d = NginxStream::default();
         NginxConfig {
+            worker_connections,
+            http,
             worker_shutdown_timeout: shutdown,
             stream: NginxStream {
                 real_ip_from: sec.cidr_list("real_ip_from")?.unwrap_or_default(),
@@ -1054,6 +1134,7 @@ fn build_deployment(top: &Section<'_>) -> Result<Deployment, ConfigError> {
         admin,
         etcd,
         local,
+        standalone_file: Path::new("conf").join(standalone_name(config_provider)),
     })
 }
 

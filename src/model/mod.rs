@@ -10,7 +10,7 @@ mod certs;
 pub mod crypt;
 mod defs;
 mod patch;
-mod plugins;
+pub(crate) mod plugins;
 mod schema;
 pub mod types;
 mod validate;

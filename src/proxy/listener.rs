@@ -6,8 +6,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -21,6 +22,19 @@ use crate::config::ListenSpec;
 const BACKLOG: i32 = 4096;
 /// Socket buffer asked for on UDP listeners, to ride out bursts.
 const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// The stream listeners in force: swapped whole by a reload, read by the
+/// Control API and the metrics.
+#[derive(Debug, Default)]
+pub struct ListenerSet {
+    /// TCP entries.
+    pub tcp: Vec<Arc<ListenerInfo>>,
+    /// UDP entries with their counters.
+    pub udp: Vec<(Arc<ListenerInfo>, Arc<super::udp::UdpCounters>)>,
+}
+
+/// The listener set, shared lock-free.
+pub type SharedListeners = Arc<arc_swap::ArcSwap<ListenerSet>>;
 
 /// A bound listener entry.
 #[derive(Debug)]
@@ -142,6 +156,8 @@ pub async fn accept_loop(
 ) {
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let mut backoff = Duration::from_millis(10);
+    let mut quiet_until: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -150,17 +166,36 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let Some(permit) = ctx.limits.try_acquire() else {
+                    // At the cap: close now (the client sees it at once).
+                    drop(stream);
+                    if quiet_until.is_none_or(|t| Instant::now() >= t) {
+                        tracing::warn!(listen = %info.label, max_sessions = ctx.limits.max_sessions, "session limit reached; closing new connections");
+                        quiet_until = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                    continue;
+                };
                 let info = info.clone();
                 let task_ctx = ctx.clone();
-                ctx.connections
-                    .spawn(tcp::handle(task_ctx, stream, peer, info));
+                ctx.connections.spawn(async move {
+                    let _permit = permit;
+                    tcp::handle(task_ctx, stream, peer, info).await;
+                });
             }
             Err(e) if is_resource_error(&e) => {
-                tracing::warn!(listen = %info.label, error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors or memory: retrying at once would spin.
+                ctx.limits.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if quiet_until.is_none_or(|t| Instant::now() >= t) {
+                    tracing::warn!(listen = %info.label, error = %e, "accept failed; backing off");
+                    quiet_until = Some(Instant::now() + Duration::from_secs(10));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
             }
             Err(e) => {
                 // Per-connection failures (e.g. aborted before accept).
+                ctx.limits.accept_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(listen = %info.label, error = %e, "accept failed");
             }
         }

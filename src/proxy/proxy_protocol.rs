@@ -99,7 +99,9 @@ fn parse_v1(buf: &[u8]) -> Result<(Header, usize), ParseError> {
         match (proto, ip) {
             ("TCP4", IpAddr::V4(_)) | ("TCP6", IpAddr::V6(_)) => Ok(ip),
             ("TCP4" | "TCP6", _) => Err(ParseError::Invalid("v1 address family mismatch")),
-            _ => Err(ParseError::Invalid("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+            _ => Err(ParseError::Invalid(
+                "v1 protocol is not TCP4, TCP6 or UNKNOWN",
+            )),
         }
     };
     let port = |s: &str| -> Result<u16, ParseError> {
@@ -242,11 +244,9 @@ async fn read_inner(stream: &mut TcpStream) -> Result<Header, ReadError> {
 /// The v1 header announcing `client` reaching `server`.
 pub fn v1_header(client: SocketAddr, server: SocketAddr) -> String {
     match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => format!(
-            "PROXY TCP4 {c} {s} {} {}\r\n",
-            client.port(),
-            server.port()
-        ),
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            format!("PROXY TCP4 {c} {s} {} {}\r\n", client.port(), server.port())
+        }
         (c, s) => {
             let v6 = |ip: IpAddr| match ip {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),

@@ -9,18 +9,19 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::access_log::Record;
 use crate::stats::{ActiveGuard, NewConn, NodeStats, RouteStats};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::copy::{self, Counters, ResetTarget};
 use super::listener::ListenerInfo;
 use super::{proxy_protocol, tls, ProxyCtx};
 use crate::balancer::Pick;
+use crate::plugins;
 use crate::snapshot::{canonical_ip, ConnInfo, UpstreamRt};
 
 /// Why no upstream connection could be made.
@@ -37,6 +38,16 @@ pub enum ConnectError {
         /// The last failure.
         last: String,
     },
+}
+
+impl ConnectError {
+    /// `host:port` of the last node tried, if any.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            ConnectError::NoNode => None,
+            ConnectError::AllFailed { last, .. } => last.split_once(": ").map(|(n, _)| n),
+        }
+    }
 }
 
 /// A connected upstream and the pick that chose it (held for the session:
@@ -61,7 +72,8 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
 /// APISIX does (only before any byte is forwarded; each node at most once;
 /// at most `retries + 1` tries within `retry_timeout`).
 /// Failed tries are counted on `node_stats` (per backend index) and
-/// `route_stats`.
+/// `route_stats`, and reported to the upstream's health checker, whose
+/// unhealthy nodes are skipped.
 pub async fn connect(
     up: &UpstreamRt,
     conn: &ConnInfo,
@@ -78,13 +90,25 @@ pub async fn connect(
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::new();
     let mut last: Option<String> = None;
+    let checker = up.health.load_full();
+    let healthy = |i: usize| checker.as_ref().is_none_or(|c| c.healthy(i));
+    if let Some(c) = &checker {
+        c.warn_if_all_unhealthy();
+    }
+    // The try that just failed: (node, timed out).
+    let mut failed_try: Option<(usize, bool)> = None;
     for attempt in 0..=up.retries {
         if attempt > 0 && up.retry_timeout.is_some_and(|t| started.elapsed() >= t) {
             break;
         }
+        // As APISIX, a failed try reaches the health checker when the
+        // balancer picks again (with or without `checks.passive`).
+        if let (Some(c), Some((i, timed_out))) = (&checker, failed_try.take()) {
+            c.report_try_failure(i, timed_out);
+        }
         let Some(pick) = up
             .balancer
-            .pick(key.as_deref().map(str::as_bytes), &tried, &|_| true)
+            .pick(key.as_deref().map(str::as_bytes), &tried, &healthy)
         else {
             break;
         };
@@ -98,6 +122,7 @@ pub async fn connect(
                     tracing::debug!(node = %backend.label, error = %e, "cannot resolve upstream node");
                     last = Some(format!("{}: {e}", backend.label));
                     failed(pick.index, format!("cannot resolve: {e}"));
+                    failed_try = Some((pick.index, false));
                     continue;
                 }
             },
@@ -117,13 +142,19 @@ pub async fn connect(
                 tracing::debug!(node = %backend.label, error = %e, "upstream connect failed");
                 last = Some(format!("{}: {e}", backend.label));
                 failed(pick.index, e.to_string());
+                failed_try = Some((pick.index, false));
             }
             Err(_) => {
                 tracing::debug!(node = %backend.label, "upstream connect timed out");
                 last = Some(format!("{}: connect timed out", backend.label));
                 failed(pick.index, "connect timed out".to_string());
+                failed_try = Some((pick.index, true));
             }
         }
+    }
+    // The session ends now with 502: a passive failure for the last node.
+    if let (Some(c), Some(&i)) = (&checker, tried.last()) {
+        c.report_session_failure(i);
     }
     match last {
         None => Err(ConnectError::NoNode),
@@ -179,6 +210,37 @@ impl Side {
             Side::Tls(s) => s,
         }
     }
+
+    /// Run the route's preread plugins, which may read from this (client)
+    /// side.
+    async fn preread(
+        &mut self,
+        chain: &plugins::Chain,
+        session: &mut plugins::Session,
+        conn: &mut ConnInfo,
+    ) -> Result<(), plugins::Rejected> {
+        match self {
+            Side::Plain(s) => chain.preread(session, conn, s).await,
+            Side::Tls(s) => chain.preread(session, conn, &mut **s).await,
+        }
+    }
+
+    /// Send bytes read from the client before relaying (by a plugin) to
+    /// this (upstream) side, within `timeout`.
+    async fn send_first(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+        let write = async {
+            match self {
+                Side::Plain(s) => s.write_all(bytes).await,
+                Side::Tls(s) => {
+                    s.write_all(bytes).await?;
+                    s.flush().await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, write).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream write timed out")
+        })?
+    }
 }
 
 /// Handle one accepted connection to its end.
@@ -221,6 +283,7 @@ pub async fn handle(
         remote_port: peer.port(),
         server_addr: canonical_ip(local.ip()),
         server_port: local.port(),
+        mqtt_client_id: None,
         sni: None,
     };
     let snapshot = ctx.snapshot.load_full();
@@ -281,7 +344,42 @@ pub async fn handle(
     };
     route.stats.total.fetch_add(1, Ordering::Relaxed);
     let _route_active = ActiveGuard::new(&route.stats.active);
-    let upstream = match &route.upstream {
+    // Stream plugins: preread may close the session, delay it, read the
+    // client or choose another upstream; the log phase runs wherever the
+    // session is logged. A route without plugins skips both.
+    let mut client = client;
+    let mut session = plugins::Session::default();
+    let preread = if route.chain.has_preread() {
+        client.preread(&route.chain, &mut session, &mut conn).await
+    } else {
+        Ok(())
+    };
+    let log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
+        log(status, route_id, node, bytes, end);
+        if route.chain.has_log() {
+            // An idle timeout is an upstream failure for the metrics.
+            let idle = status == 200 && end == copy::End::IdleTimeout.as_str();
+            route.chain.log(
+                &conn,
+                &plugins::Finished {
+                    protocol: "TCP",
+                    status: if idle { 502 } else { status },
+                    listen: &listener.label,
+                    node,
+                    bytes_in: bytes.0,
+                    bytes_out: bytes.1,
+                    duration: started.elapsed(),
+                },
+            );
+        }
+    };
+    if let Err(r) = preread {
+        tracing::debug!(%peer, route_id = %route.id, plugin = r.plugin, code = r.code, reason = %r.reason, "session closed by plugin");
+        let read = session.forward.len() as u64;
+        log(r.code, &route.id, "-", (read, 0), &r.reason);
+        return;
+    }
+    let upstream = match session.upstream_for(route) {
         Ok(u) => u.clone(),
         Err(why) => {
             tracing::debug!(%peer, route_id = %route.id, reason = %why, "route has no usable upstream");
@@ -289,11 +387,24 @@ pub async fn handle(
             return;
         }
     };
-    let connected = match connect(&upstream, &conn, &route.stats, &route.node_stats).await {
+    let connected = match connect(
+        &upstream,
+        &conn,
+        &route.stats,
+        session.node_stats_for(route),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, route_id = %route.id, error = %e, "cannot connect upstream");
-            log(502, &route.id, "-", (0, 0), &e.to_string());
+            log(
+                502,
+                &route.id,
+                e.node().unwrap_or("-"),
+                (0, 0),
+                &e.to_string(),
+            );
             return;
         }
     };
@@ -313,8 +424,8 @@ pub async fn handle(
             return;
         }
     }
-    let node_stats = route
-        .node_stats
+    let node_stats = session
+        .node_stats_for(route)
         .get(pick.index)
         .cloned()
         .unwrap_or_default();
@@ -343,6 +454,9 @@ pub async fn handle(
                 Err(e) => {
                     tracing::warn!(%peer, route_id = %route.id, %node, error = %e, "upstream TLS failed");
                     node_stats.failed(e.clone());
+                    if let Some(c) = upstream.health.load().as_ref() {
+                        c.report_session_failure(pick.index);
+                    }
                     log(502, &route.id, &node, (0, 0), &e);
                     return;
                 }
@@ -373,6 +487,18 @@ pub async fn handle(
     let (up, down) = (Counters(&up), Counters(&down));
     let idle = upstream.idle_timeout;
     let closed = &mut registered.closed;
+    let mut up_side = up_side;
+    if !session.forward.is_empty() {
+        let n = session.forward.len();
+        if let Err(e) = up_side.send_first(&session.forward, idle).await {
+            tracing::debug!(%peer, route_id = %route.id, %node, error = %e, "cannot send preread bytes upstream");
+            log(502, &route.id, &node, (n as u64, 0), &e.to_string());
+            return;
+        }
+        for c in up.0 {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
     let end = match (client, up_side) {
         (Side::Plain(mut c), Side::Plain(mut u)) => {
             let end = copy::relay_tcp(&mut c, &mut u, idle, up, down, closed).await;
@@ -395,6 +521,11 @@ pub async fn handle(
         copy::End::Client(_) => 400,
         _ => 200,
     };
+    if status != 200 {
+        if let Some(c) = upstream.health.load().as_ref() {
+            c.report_session_failure(pick.index);
+        }
+    }
     log(status, &route.id, &node, bytes, end.as_str());
     tracing::debug!(
         %peer,

@@ -140,6 +140,8 @@ struct Opened {
     pick: Pick,
     idle: Duration,
     node: String,
+    /// The plugins' decisions (limit-conn counts end when it drops).
+    plugins: crate::plugins::Session,
 }
 
 /// Open the session's socket to the node the route's balancer picks.
@@ -149,7 +151,14 @@ async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
         tracing::debug!(client = %conn.remote_addr, "udp: not hit any route");
         return None;
     };
-    let up = match &route.upstream {
+    let mut plugins = crate::plugins::Session::default();
+    if route.chain.has_preread() {
+        if let Err(r) = route.chain.admit(&mut plugins, conn) {
+            tracing::debug!(client = %conn.remote_addr, route_id = %route.id, plugin = r.plugin, code = r.code, reason = %r.reason, "udp: session refused by plugin");
+            return None;
+        }
+    }
+    let up = match plugins.upstream_for(&route) {
         Ok(u) => u.clone(),
         Err(why) => {
             tracing::debug!(route_id = %route.id, reason = %why, "udp: route has no usable upstream");
@@ -158,15 +167,20 @@ async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
     };
     let key = (up.balancer.lb_name() == "chash").then(|| up.key_for(conn));
     let mut tried = Vec::new();
+    let checker = up.health.load_full();
+    let healthy = |i: usize| checker.as_ref().is_none_or(|c| c.healthy(i));
+    if let Some(c) = &checker {
+        c.warn_if_all_unhealthy();
+    }
     for _ in 0..=up.retries {
         let pick = up
             .balancer
-            .pick(key.as_deref().map(str::as_bytes), &tried, &|_| true)?;
+            .pick(key.as_deref().map(str::as_bytes), &tried, &healthy)?;
         tried.push(pick.index);
         let backend = &up.balancer.backends()[pick.index];
         let fail = |why: String| {
             route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            if let Some(n) = route.node_stats.get(pick.index) {
+            if let Some(n) = plugins.node_stats_for(&route).get(pick.index) {
                 n.failed(why);
             }
         };
@@ -204,6 +218,7 @@ async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
             pick,
             idle: up.idle_timeout,
             node,
+            plugins,
         });
     }
     None
@@ -307,11 +322,17 @@ pub async fn serve(
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                // A session holds a socket: it counts against the process cap.
+                let Some(permit) = ctx.limits.try_acquire() else {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let conn = ConnInfo {
                     remote_addr: canonical_ip(client.ip()),
                     remote_port: client.port(),
                     server_addr: canonical_ip(local.ip()),
                     server_port: local.port(),
+                    mqtt_client_id: None,
                     sni: None,
                 };
                 let Some(opened) = open_upstream(&ctx, &conn).await else {
@@ -322,8 +343,8 @@ pub async fn serve(
                 generation += 1;
                 let gen = generation;
                 let node = opened
-                    .route
-                    .node_stats
+                    .plugins
+                    .node_stats_for(&opened.route)
                     .get(opened.pick.index)
                     .cloned()
                     .unwrap_or_default();
@@ -355,7 +376,9 @@ pub async fn serve(
                     ctx.clone(),
                 );
                 let pick = opened.pick;
+                let plugin_session = opened.plugins;
                 let task = tokio::spawn(async move {
+                    let _permit = permit;
                     let s = &task_rt;
                     let started = Instant::now();
                     s.route.stats.total.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +404,21 @@ pub async fn serve(
                             end,
                         });
                     }
+                    if s.route.chain.has_log() {
+                        s.route.chain.log(
+                            &conn,
+                            &crate::plugins::Finished {
+                                protocol: "UDP",
+                                status: if end == "upstream error" { 502 } else { 200 },
+                                listen: &s.info.label,
+                                node: &s.conn.entry.meta.node,
+                                bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
+                                bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
+                                duration: started.elapsed(),
+                            },
+                        );
+                    }
+                    drop(plugin_session);
                     task_counters
                         .sessions_active
                         .fetch_sub(1, Ordering::Relaxed);

@@ -20,9 +20,11 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::balancer::Balancer;
+use crate::health::Checker;
 use crate::model::{Kind, LbType, StreamRoute, Upstream};
 use crate::stats::{NodeStats, RouteStats, Stats};
 use crate::store::Dump;
+use arc_swap::ArcSwapOption;
 
 /// APISIX's default connect timeout (seconds).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,8 +44,9 @@ pub enum HashKey {
     ServerPort,
     /// `vars_combinations` template such as `$remote_addr$remote_port`.
     Template(String),
-    /// A variable this proxy does not know yet (e.g. `mqtt_client_id`
-    /// without its plugin): falls back to `remote_addr`.
+    /// `mqtt_client_id`, set by the mqtt-proxy plugin (unset: `remote_addr`).
+    MqttClientId,
+    /// A variable this proxy does not know: falls back to `remote_addr`.
     Unknown(String),
 }
 
@@ -72,6 +75,9 @@ pub struct UpstreamRt {
     /// `scheme: tls`: the client configuration to speak TLS to the node
     /// (or why it cannot be built, e.g. a missing `client_cert_id`).
     pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
+    /// The health checker of this upstream, hung here by
+    /// [`crate::health::manager`] when it has `checks` (read lock-free).
+    pub health: ArcSwapOption<Checker>,
 }
 
 fn secs(v: f64) -> Option<Duration> {
@@ -117,6 +123,7 @@ impl UpstreamRt {
             (_, _, Some("remote_port")) => HashKey::RemotePort,
             (_, _, Some("server_addr")) => HashKey::ServerAddr,
             (_, _, Some("server_port")) => HashKey::ServerPort,
+            (_, _, Some("mqtt_client_id")) => HashKey::MqttClientId,
             (_, _, Some(other)) => HashKey::Unknown(other.to_string()),
         };
         UpstreamRt {
@@ -132,6 +139,7 @@ impl UpstreamRt {
             retry_timeout: up.retry_timeout.and_then(secs),
             hash_key,
             tls: (up.scheme == "tls").then(|| upstream_tls(up, certs)),
+            health: ArcSwapOption::empty(),
         }
     }
 
@@ -152,6 +160,7 @@ impl UpstreamRt {
                 "remote_port" => Some(conn.remote_port.to_string()),
                 "server_addr" => Some(conn.server_addr.to_string()),
                 "server_port" => Some(conn.server_port.to_string()),
+                "mqtt_client_id" => conn.mqtt_client_id.clone(),
                 _ => None,
             }
         };
@@ -160,6 +169,7 @@ impl UpstreamRt {
             HashKey::RemotePort => var("remote_port"),
             HashKey::ServerAddr => var("server_addr"),
             HashKey::ServerPort => var("server_port"),
+            HashKey::MqttClientId => var("mqtt_client_id"),
             HashKey::Template(t) => Some(expand_template(t, &var)),
         };
         key.filter(|k| !k.is_empty())
@@ -218,6 +228,8 @@ pub struct RouteRt {
     pub upstream: Result<Arc<UpstreamRt>, String>,
     /// `plugins` as stored.
     pub plugins: serde_json::Map<String, Value>,
+    /// The plugins compiled for the data plane, in run order.
+    pub chain: crate::plugins::Chain,
     /// The route's live counters.
     pub stats: Arc<RouteStats>,
     /// Counters of each node of the upstream (same order as its backends).
@@ -261,6 +273,8 @@ pub struct ConnInfo {
     pub server_port: u16,
     /// TLS SNI, lower-case without a trailing dot.
     pub sni: Option<String>,
+    /// MQTT client id read by the mqtt-proxy plugin (after routing).
+    pub mqtt_client_id: Option<String>,
 }
 
 /// Undo IPv4-mapped IPv6 so filters written as IPv4 match dual-stack sockets.
@@ -381,6 +395,25 @@ impl Snapshot {
                     .collect(),
                 Err(_) => Vec::new(),
             };
+            let chain = match crate::plugins::Chain::build(
+                &r.plugins,
+                &crate::plugins::BuildCtx {
+                    route_id: &e.id,
+                    route_name: r.name.as_deref(),
+                    service_id: r.service_id.as_deref(),
+                    version: e.mod_rev,
+                    shared: &stats.plugins,
+                    upstreams: &upstreams,
+                    compile: &|origin, v| compile(origin, None, v),
+                    node_stats: &|label| stats.node(&e.id, label),
+                },
+            ) {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped: bad plugins");
+                    continue;
+                }
+            };
             routes.push(Arc::new(RouteRt {
                 id: e.id.clone(),
                 remote_addr: r.remote_addr,
@@ -389,6 +422,7 @@ impl Snapshot {
                 sni: r.sni.map(|s| s.to_ascii_lowercase()),
                 upstream,
                 plugins: r.plugins,
+                chain,
                 stats: stats.route(&e.id),
                 node_stats,
             }));

@@ -37,6 +37,7 @@ fn conn(remote: &str, server: &str, port: u16, sni: Option<&str>) -> ConnInfo {
         remote_port: 40000,
         server_addr: server.parse::<IpAddr>().expect("ip"),
         server_port: port,
+        mqtt_client_id: None,
         sni: sni.map(str::to_string),
     }
 }

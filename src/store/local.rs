@@ -66,10 +66,19 @@ enum Op {
 struct Inner {
     entries: BTreeMap<(Kind, String), Entry>,
     revision: u64,
-    file: File,
+    /// The log, open for appending; `None` while the data directory is
+    /// read-only (reads are served from memory, writes fail until it is
+    /// writable again).
+    file: Option<File>,
+    /// Held while writable: the directory's exclusive lock.
+    lock: Option<File>,
     log_len: u64,
     /// Encoded size of each live object's record, to know when to compact.
     sizes: BTreeMap<(Kind, String), u64>,
+    /// A failed write could not be cut back (e.g. the file system turned
+    /// read-only): the file may end in a partial record, and nothing may be
+    /// appended behind it until it is cut back to `log_len`.
+    torn: bool,
 }
 
 impl Inner {
@@ -82,8 +91,6 @@ struct Shared {
     dir: PathBuf,
     inner: Mutex<Inner>,
     tx: watch::Sender<u64>,
-    /// Held for the store's lifetime: the directory's exclusive lock.
-    _lock: File,
 }
 
 /// The embedded store; cheap to clone.
@@ -252,28 +259,60 @@ fn parse_log(path: &Path, data: &[u8]) -> Result<Loaded, StoreError> {
     Ok(loaded)
 }
 
+/// Why the store cannot be opened for writing.
+enum Writable {
+    /// Another process holds the directory lock.
+    InUse,
+    /// The file system refused (read-only, full, permissions).
+    Io(std::io::Error),
+}
+
+fn is_read_only(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
+        || e.kind() == std::io::ErrorKind::PermissionDenied
+}
+
+/// Take the directory lock and open the log for appending, cut back to
+/// `valid_len` (a torn tail dropped; a new log gets its magic header).
+fn open_writable(dir: &Path, valid_len: u64) -> Result<(File, File), Writable> {
+    let lock_path = dir.join(LOCK_NAME);
+    let lock = private_file()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(Writable::Io)?;
+    if lock.try_lock().is_err() {
+        return Err(Writable::InUse);
+    }
+    // A compaction that crashed before its rename left only a temp file.
+    let _ = fs::remove_file(dir.join(TMP_NAME));
+    let path = dir.join(LOG_NAME);
+    let mut file = private_file()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(Writable::Io)?;
+    let len = file.metadata().map_err(Writable::Io)?.len();
+    if len == 0 || valid_len == 0 {
+        file.set_len(0).map_err(Writable::Io)?;
+        file.write_all(MAGIC).map_err(Writable::Io)?;
+    } else if len != valid_len {
+        file.set_len(valid_len).map_err(Writable::Io)?;
+    }
+    if len != valid_len || len == 0 {
+        file.sync_all().map_err(Writable::Io)?;
+        sync_dir(dir).map_err(Writable::Io)?;
+    }
+    Ok((lock, file))
+}
+
 impl LocalStore {
     /// Open (or create) the store in `dir`. A damaged log is an error, never
     /// an empty store; a torn last record (a write that was not acknowledged)
     /// is cut off.
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
         create_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
-        let lock_path = dir.join(LOCK_NAME);
-        let lock = private_file()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("cannot open", &lock_path, e))?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::Unavailable(format!(
-                "data directory {} is in use by another apisix-stream process",
-                dir.display()
-            )));
-        }
-        // A compaction that crashed before its rename left only a temp file.
-        let _ = fs::remove_file(dir.join(TMP_NAME));
-
         let path = dir.join(LOG_NAME);
         let mut data = Vec::new();
         match File::open(&path) {
@@ -291,11 +330,6 @@ impl LocalStore {
             }
         }
         let loaded = parse_log(&path, &data)?;
-        let mut file = private_file()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("cannot open", &path, e))?;
         if loaded.valid_len < data.len() as u64 {
             tracing::warn!(
                 path = %path.display(),
@@ -303,17 +337,20 @@ impl LocalStore {
                 "dropping a torn last record left by an interrupted write"
             );
         }
-        if loaded.valid_len != data.len() as u64 || data.is_empty() {
-            file.set_len(loaded.valid_len)
-                .map_err(|e| io_err("cannot repair", &path, e))?;
-            if loaded.valid_len == 0 {
-                file.write_all(MAGIC)
-                    .map_err(|e| io_err("cannot write", &path, e))?;
+        let (lock, file) = match open_writable(dir, loaded.valid_len) {
+            Ok((lock, file)) => (Some(lock), Some(file)),
+            Err(Writable::InUse) => {
+                return Err(StoreError::Unavailable(format!(
+                    "data directory {} is in use by another apisix-stream process",
+                    dir.display()
+                )))
             }
-            file.sync_all()
-                .map_err(|e| io_err("cannot sync", &path, e))?;
-            sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
-        }
+            Err(Writable::Io(e)) if is_read_only(&e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "data directory is read-only: serving the stored objects, writes fail until it is writable");
+                (None, None)
+            }
+            Err(Writable::Io(e)) => return Err(io_err("cannot open", &path, e)),
+        };
         let log_len = loaded.valid_len.max(MAGIC.len() as u64);
         let (tx, _) = watch::channel(loaded.revision);
         tracing::info!(
@@ -329,11 +366,12 @@ impl LocalStore {
                     entries: loaded.entries,
                     revision: loaded.revision,
                     file,
+                    lock,
                     log_len,
                     sizes: loaded.sizes,
+                    torn: false,
                 }),
                 tx,
-                _lock: lock,
             }),
         })
     }
@@ -362,13 +400,41 @@ impl Shared {
     fn append(&self, inner: &mut Inner, rec: &Record) -> Result<u64, StoreError> {
         let buf = encode(rec)?;
         let path = self.dir.join(LOG_NAME);
-        let res = inner
-            .file
-            .write_all(&buf)
-            .and_then(|()| inner.file.sync_data());
+        if inner.file.is_none() {
+            match open_writable(&self.dir, inner.log_len) {
+                Ok((lock, file)) => {
+                    tracing::info!(dir = %self.dir.display(), "data directory writable again");
+                    inner.lock = Some(lock);
+                    inner.file = Some(file);
+                    inner.torn = false;
+                }
+                Err(Writable::InUse) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "data directory {} is in use by another apisix-stream process",
+                        self.dir.display()
+                    )))
+                }
+                Err(Writable::Io(e)) => return Err(io_err("cannot write", &path, e)),
+            }
+        }
+        let log_len = inner.log_len;
+        let Some(file) = inner.file.as_mut() else {
+            return Err(StoreError::Unavailable("store is not writable".into()));
+        };
+        if inner.torn {
+            file.set_len(log_len)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io_err("cannot repair", &path, e))?;
+            inner.torn = false;
+            tracing::info!(path = %path.display(), "store writable again");
+        }
+        let res = file.write_all(&buf).and_then(|()| file.sync_data());
         if let Err(e) = res {
-            let _ = inner.file.set_len(inner.log_len);
-            let _ = inner.file.sync_data();
+            // Cut the partial record off so the log stays valid; if even that
+            // fails, remember it and refuse appends until it succeeds.
+            let cut = file.set_len(log_len).and_then(|()| file.sync_data());
+            inner.torn = cut.is_err();
+            tracing::warn!(path = %path.display(), error = %e, "store write failed; nothing was changed");
             return Err(io_err("cannot write", &path, e));
         }
         inner.log_len += buf.len() as u64;
@@ -425,7 +491,7 @@ impl Shared {
         };
         match write() {
             Ok(file) => {
-                inner.file = file;
+                inner.file = Some(file);
                 inner.log_len = buf.len() as u64;
                 Ok(())
             }

@@ -6,6 +6,7 @@
 //! Back-ends plug in behind it without the Admin API knowing which one runs:
 //! [`local::LocalStore`] is the embedded, crash-safe default.
 
+pub mod etcd;
 pub mod file;
 pub mod local;
 

@@ -4,10 +4,15 @@
 mod admin;
 mod backend;
 mod cli;
+mod etcd;
 mod harness;
+mod health;
 mod observability;
 mod persistence;
+mod plugins;
 mod proxy_protocol;
+mod reliability;
+mod standalone;
 mod startup;
 mod tcp;
 mod tls;

@@ -88,7 +88,7 @@ async fn stats_count_exact_bytes_and_sessions() {
         ),
         (Some(3), Some(3000), Some(3000))
     );
-    assert_eq!(node["healthy"], true);
+    assert_eq!(node["healthy"], Value::Null, "no checker");
     assert_eq!(stats["listeners"][0]["bytes_in"], 3000);
 }
 
@@ -193,8 +193,9 @@ async fn prometheus_agrees_with_the_control_api() {
     .await;
     let listen = format!("listen_addr=\"{}\"", s.tcp[0]);
     let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+    // Counted only for routes with the prometheus plugin (tests/it/plugins.rs).
     assert!(
-        has("apisix_stream_connection_total{route=\"1\"} 1"),
+        !has("apisix_stream_connection_total{route=\"1\"}"),
         "{text}"
     );
     assert!(

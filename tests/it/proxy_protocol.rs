@@ -48,9 +48,7 @@ fn v2(src: &str, proxy: SocketAddr) -> Vec<u8> {
 }
 
 async fn send(proxy: SocketAddr, header: &[u8]) -> TcpStream {
-    let mut c = within(5, TcpStream::connect(proxy))
-        .await
-        .expect("connect");
+    let mut c = within(5, TcpStream::connect(proxy)).await.expect("connect");
     c.write_all(header).await.expect("header");
     c
 }
@@ -235,11 +233,8 @@ async fn upstreams_receive_a_v1_header_with_the_client_address() {
     plain.proxy_protocol_to_upstream = true;
     let s = TestServer::with_tcp_specs(vec![plain, pp_listener(true)], TRUST_LOOPBACK).await;
     let (node, mut lines) = line_recorder().await;
-    s.put_route(
-        "1",
-        &json!({"upstream": {"nodes": {node.to_string(): 1}}}),
-    )
-    .await;
+    s.put_route("1", &json!({"upstream": {"nodes": {node.to_string(): 1}}}))
+        .await;
 
     // A plain listener: the header names the real peer and the proxy's address.
     let direct = s.tcp[0];

@@ -1,0 +1,216 @@
+//! One active probe of one target: `tcp` (connect), `http` (connect, send a
+//! request, read the status line) or `https` (the same over TLS), each
+//! socket step bounded by `checks.active.timeout` (resty.healthcheck
+//! `run_single_check`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::conf::{Active, ProbeType};
+use super::Target;
+use crate::snapshot::tls as snapshot_tls;
+
+/// What a probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected (`tcp`), or the exchange completed without an HTTP status
+    /// to judge.
+    Success,
+    /// Refused, reset, TLS failure or closed early.
+    TcpFailure,
+    /// A step did not finish within the timeout.
+    Timeout,
+    /// The HTTP status of the answer (0: no valid status line).
+    Status(u16),
+}
+
+/// Longest status line read before giving up on it.
+const MAX_STATUS_LINE: usize = 8 * 1024;
+
+/// Where the system's trusted CA bundle usually lives.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// A client configuration that verifies certificates against the system CA
+/// bundle (as OpenResty's `lua_ssl_trusted_certificate system`), built once.
+fn verifying_config() -> Option<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            for path in CA_BUNDLES {
+                let Ok(pem) = std::fs::read(path) else {
+                    continue;
+                };
+                let mut reader = pem.as_slice();
+                let certs = rustls_pemfile::certs(&mut reader).flatten();
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added > 0 {
+                    break;
+                }
+            }
+            if roots.is_empty() {
+                tracing::warn!("no system CA bundle found: https health checks that verify certificates will fail");
+            }
+            let config = ClientConfig::builder_with_provider(snapshot_tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .ok()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        })
+        .clone()
+}
+
+/// The TLS client configuration `https` probes use (None for other types or
+/// when it cannot be built).
+pub fn tls_config(active: &Active) -> Option<Arc<ClientConfig>> {
+    if active.probe != ProbeType::Https {
+        return None;
+    }
+    if active.https_verify_certificate {
+        verifying_config()
+    } else {
+        snapshot_tls::client_config(None).ok()
+    }
+}
+
+/// The probe request, as resty.healthcheck sends it.
+pub fn request(active: &Active, host: &str) -> Vec<u8> {
+    let mut head = format!("{} {} HTTP/1.0\r\n", active.http_method, active.http_path);
+    for h in &active.req_headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if host.contains(':') {
+        head.push_str(&format!("Host: [{host}]\r\n"));
+    } else {
+        head.push_str(&format!("Host: {host}\r\n"));
+    }
+    if !active.http_req_body.is_empty() {
+        head.push_str(&format!(
+            "Content-Length: {}\r\n",
+            active.http_req_body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(active.http_req_body.as_bytes());
+    out
+}
+
+/// The status of an HTTP status line (`^HTTP/\d+\.\d+\s+(\d+)`, any case);
+/// 0 when it is not one.
+pub fn parse_status(line: &str) -> u16 {
+    fn digits(s: &str) -> usize {
+        s.bytes().take_while(u8::is_ascii_digit).count()
+    }
+    let parse = || -> Option<u16> {
+        if !line.get(..5)?.eq_ignore_ascii_case("HTTP/") {
+            return None;
+        }
+        let rest = &line[5..];
+        let major = digits(rest);
+        let rest = rest[major..].strip_prefix('.').filter(|_| major > 0)?;
+        let minor = digits(rest);
+        let rest = &rest[minor..];
+        let code = rest.trim_start();
+        if minor == 0 || code.len() == rest.len() {
+            return None;
+        }
+        let n = digits(code);
+        code[..n].parse().ok()
+    };
+    parse().unwrap_or(0)
+}
+
+/// Probe `target` once.
+pub async fn probe(active: &Active, tls: Option<&Arc<ClientConfig>>, target: &Target) -> Outcome {
+    let limit = active.timeout;
+    let addr = match target.ip.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, target.port),
+        Err(_) => {
+            match timeout(
+                limit,
+                tokio::net::lookup_host((target.ip.as_str(), target.port)),
+            )
+            .await
+            {
+                Ok(Ok(mut addrs)) => match addrs.next() {
+                    Some(a) => a,
+                    None => return Outcome::TcpFailure,
+                },
+                Ok(Err(_)) => return Outcome::TcpFailure,
+                Err(_) => return Outcome::Timeout,
+            }
+        }
+    };
+    let stream = match timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return Outcome::TcpFailure,
+        Err(_) => return Outcome::Timeout,
+    };
+    match active.probe {
+        ProbeType::Tcp => Outcome::Success,
+        ProbeType::Http => exchange(stream, active, &target.hostname, limit).await,
+        ProbeType::Https => {
+            let Some(config) = tls else {
+                return Outcome::TcpFailure;
+            };
+            let Ok(name) = ServerName::try_from(target.hostname.clone()) else {
+                return Outcome::TcpFailure;
+            };
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            match timeout(limit, connector.connect(name, stream)).await {
+                Ok(Ok(s)) => Box::pin(exchange(s, active, &target.hostname, limit)).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(target = %target, error = %e, "health check TLS handshake failed");
+                    Outcome::TcpFailure
+                }
+                Err(_) => Outcome::Timeout,
+            }
+        }
+    }
+}
+
+/// Send the request and read the status line.
+async fn exchange<S>(mut s: S, active: &Active, host: &str, limit: Duration) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match timeout(limit, s.write_all(&request(active, host))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Outcome::TcpFailure,
+        Err(_) => return Outcome::Timeout,
+    }
+    let mut line = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match timeout(limit, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Outcome::TcpFailure,
+            Ok(Ok(n)) => n,
+            Err(_) => return Outcome::Timeout,
+        };
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            break;
+        }
+        if line.len() > MAX_STATUS_LINE {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    Outcome::Status(parse_status(text.trim_end_matches('\r')))
+}
