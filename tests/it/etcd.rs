@@ -72,7 +72,7 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
-        let child = Command::new("/usr/bin/etcd")
+        let child = Command::new(tool("etcd"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--name", "default"])
@@ -133,7 +133,7 @@ impl EtcdServer {
     async fn ctl_on(&self, port: u16, args: &[&str]) -> String {
         let out = tokio::time::timeout(
             Duration::from_secs(15),
-            tokio::process::Command::new("/usr/bin/etcdctl")
+            tokio::process::Command::new(tool("etcdctl"))
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints=http://127.0.0.1:{port}"))
                 .args(["--dial-timeout=3s", "--command-timeout=5s"])
@@ -786,4 +786,16 @@ async fn tls_with_a_client_certificate_and_sni() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+/// `etcd` / `etcdctl` from PATH; a missing one fails with what to install.
+fn tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found on PATH: install etcd-server and etcd-client (.ci/run does)")
+        })
 }
