@@ -48,4 +48,5 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod timefmt;
 pub mod top;

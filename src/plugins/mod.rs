@@ -246,7 +246,7 @@ impl Vars<'_> {
             "route_name" => self.chain.route_name.clone()?,
             "service_id" => self.chain.service_id.clone()?,
             "pid" => std::process::id().to_string(),
-            "time_iso8601" => syslog::rfc3339(std::time::SystemTime::now()),
+            "time_iso8601" => crate::timefmt::rfc3339(std::time::SystemTime::now()),
             "msec" => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -272,23 +272,7 @@ impl Vars<'_> {
     /// Replace each `$name` in `template` by its value (unset: nothing).
     /// Returns the text and how many variables had a value.
     pub fn expand(&self, template: &str) -> (String, usize) {
-        let mut out = String::new();
-        let mut found = 0;
-        let mut rest = template;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if let Some(v) = self.get(&after[..end]) {
-                found += 1;
-                out.push_str(&v);
-            }
-            rest = &after[end..];
-        }
-        out.push_str(rest);
-        (out, found)
+        crate::snapshot::expand_template(template, &|name| self.get(name))
     }
 }
 

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -33,35 +33,11 @@ pub const QUEUE: usize = 10_000;
 /// Largest UDP datagram payload built from several lines.
 const MAX_DATAGRAM: usize = 60_000;
 
-/// `time` as RFC 3339 UTC with milliseconds: `2024-05-01T12:00:00.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
 /// One RFC 5424 line carrying `json`.
 pub fn line(json: &str, now: SystemTime) -> String {
     format!(
         "<46>1 {} - apisix {} - - {json}\n",
-        rfc3339(now),
+        crate::timefmt::rfc3339_millis(now),
         std::process::id()
     )
 }
@@ -379,17 +355,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_utc_with_millis() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // leap day 2000
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
     fn rfc5424_line_shape() {
-        let l = line(r#"{"a":1}"#, UNIX_EPOCH);
+        let l = line(r#"{"a":1}"#, std::time::UNIX_EPOCH);
         assert_eq!(
             l,
             format!(

@@ -170,7 +170,7 @@ impl UpstreamRt {
             HashKey::ServerAddr => var("server_addr"),
             HashKey::ServerPort => var("server_port"),
             HashKey::MqttClientId => var("mqtt_client_id"),
-            HashKey::Template(t) => Some(expand_template(t, &var)),
+            HashKey::Template(t) => Some(expand_template(t, &var).0),
         };
         key.filter(|k| !k.is_empty())
             .unwrap_or_else(|| conn.remote_addr.to_string())
@@ -194,9 +194,12 @@ fn upstream_tls(up: &Upstream, certs: &tls::TlsCerts) -> Result<Arc<rustls::Clie
     tls::client_config(client_cert)
 }
 
-/// Replace `$name` variables in a `vars_combinations` template.
-fn expand_template(t: &str, var: &dyn Fn(&str) -> Option<String>) -> String {
+/// Replace each `$name` in a template (`vars_combinations`, limit-conn's
+/// `var_combination`) by `var(name)`, unset ones by nothing. Returns the
+/// text and how many variables had a value.
+pub fn expand_template(t: &str, var: &dyn Fn(&str) -> Option<String>) -> (String, usize) {
     let mut out = String::new();
+    let mut found = 0;
     let mut rest = t;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -204,11 +207,14 @@ fn expand_template(t: &str, var: &dyn Fn(&str) -> Option<String>) -> String {
         let end = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
-        out.push_str(&var(&after[..end]).unwrap_or_default());
+        if let Some(v) = var(&after[..end]) {
+            found += 1;
+            out.push_str(&v);
+        }
         rest = &after[end..];
     }
     out.push_str(rest);
-    out
+    (out, found)
 }
 
 /// A compiled stream route.

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -329,28 +329,6 @@ impl Cache {
 
 // ---------------------------------------------------------------------------
 // Time and back-off.
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for a wall-clock time.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
-}
 
 /// Pause before reconnection round `round` (>= 1): `base` doubling per
 /// round, capped, plus up to a quarter of jitter (`jitter` in 0..=1).
@@ -1118,22 +1096,11 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .shared
-            .cache()
-            .entries
-            .get(&(kind, id.to_string()))
-            .cloned())
+        Ok(super::object(&self.shared.cache().entries, kind, id))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        let cache = self.shared.cache();
-        Ok(cache
-            .entries
-            .range((kind, String::new())..)
-            .take_while(|((k, _), _)| *k == kind)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(super::objects_of(&self.shared.cache().entries, kind))
     }
 
     async fn put(
@@ -1268,7 +1235,7 @@ impl Store for EtcdStore {
         conn.down.as_ref().map(|(since, reason)| {
             header_safe(&format!(
                 "etcd unreachable since {}: {reason}",
-                rfc3339(*since)
+                crate::timefmt::rfc3339(*since)
             ))
         })
     }
@@ -1548,19 +1515,5 @@ mod tests {
         assert_eq!(backoff(s(60), 3, 0.0), s(60));
         assert_eq!(backoff(s(4), 1, 1.0), s(5));
         assert_eq!(backoff(s(0), 1, 0.0), Duration::from_millis(200));
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_661)),
-            "2000-02-29T01:01:01Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_767_225_599)),
-            "2025-12-31T23:59:59Z"
-        );
-        assert_eq!(header_safe("a\nb é"), "a?b ?");
     }
 }

@@ -434,18 +434,11 @@ impl Shared {
 #[async_trait]
 impl Store for FileStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        let state = self.shared.lock();
-        Ok(state.entries.get(&(kind, id.to_string())).cloned())
+        Ok(super::object(&self.shared.lock().entries, kind, id))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        let state = self.shared.lock();
-        Ok(state
-            .entries
-            .range((kind, String::new())..)
-            .take_while(|((k, _), _)| *k == kind)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(super::objects_of(&self.shared.lock().entries, kind))
     }
 
     async fn put(

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod file;
 pub mod local;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -111,6 +112,24 @@ pub trait Store: Send + Sync + 'static {
     fn stale(&self) -> Option<String> {
         None
     }
+}
+
+/// Objects held in memory by a back-end, keyed by kind then id (byte-wise,
+/// as etcd orders keys).
+pub type Objects = BTreeMap<(Kind, String), Entry>;
+
+/// One object of `objects`, if present.
+pub fn object(objects: &Objects, kind: Kind, id: &str) -> Option<Entry> {
+    objects.get(&(kind, id.to_string())).cloned()
+}
+
+/// Every object of `kind` in id order.
+pub fn objects_of(objects: &Objects, kind: Kind) -> Vec<Entry> {
+    objects
+        .range((kind, String::new())..)
+        .take_while(|((k, _), _)| *k == kind)
+        .map(|(_, e)| e.clone())
+        .collect()
 }
 
 /// Format a revision as APISIX formats generated ids.
