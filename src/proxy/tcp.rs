@@ -35,6 +35,8 @@ pub enum ConnectError {
     AllFailed {
         /// Nodes tried.
         tries: usize,
+        /// `host:port` of the last node tried.
+        node: String,
         /// The last failure.
         last: String,
     },
@@ -45,7 +47,7 @@ impl ConnectError {
     pub fn node(&self) -> Option<&str> {
         match self {
             ConnectError::NoNode => None,
-            ConnectError::AllFailed { last, .. } => last.split_once(": ").map(|(n, _)| n),
+            ConnectError::AllFailed { node, .. } => Some(node),
         }
     }
 }
@@ -160,6 +162,11 @@ pub async fn connect(
         None => Err(ConnectError::NoNode),
         Some(last) => Err(ConnectError::AllFailed {
             tries: tried.len(),
+            node: tried
+                .last()
+                .and_then(|&i| up.balancer.backends().get(i))
+                .map(|b| b.label.clone())
+                .unwrap_or_default(),
             last,
         }),
     }
