@@ -688,3 +688,32 @@ async fn next_hangup(h: &mut Hangup) {
     let _ = h;
     std::future::pending::<()>().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cap_follows_worker_connections_and_the_fd_limit() {
+        // Two sockets per session, per worker, as nginx counts them.
+        assert_eq!(max_sessions(10620, 2, None), 10620);
+        assert_eq!(max_sessions(4, 2, None), 4);
+        // Never more than half the descriptors left after a reserve.
+        assert_eq!(max_sessions(10620, 8, Some(1024)), 480);
+        assert_eq!(max_sessions(10620, 2, Some(10)), 1);
+        assert_eq!(max_sessions(0, 2, Some(1 << 20)), 1);
+    }
+
+    #[test]
+    fn wanted_entries_are_empty_when_stream_is_off() {
+        let mut c = Config::default();
+        let (tcp, udp) = wanted_entries(&c);
+        assert!(tcp.is_empty() && udp.is_empty());
+        c = Config::from_yaml(
+            "apisix:\n  proxy_mode: http&stream\n  stream_proxy:\n    tcp: [9100, 9101]\n    udp: [9200]\n",
+        )
+        .expect("config");
+        let (tcp, udp) = wanted_entries(&c);
+        assert_eq!((tcp.len(), udp.len()), (2, 1));
+    }
+}
