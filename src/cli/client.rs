@@ -24,12 +24,21 @@ pub struct NotFound {
 }
 
 /// Where the Admin API is and how to authenticate, after precedence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:9180`.
     pub url: String,
-    /// The `X-API-KEY` value, if any.
+    /// The `X-API-KEY` value, if any; never printed by `Debug`.
     pub key: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// A blocking facade over the Admin API.
@@ -315,6 +324,20 @@ fn unwrap_item(kind: Kind, item: &Value) -> Option<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn endpoint_debug_hides_the_key() {
+        let e = Endpoint {
+            url: "http://127.0.0.1:9180".into(),
+            key: Some("endpoint-secret-key".into()),
+        };
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("endpoint-secret-key"), "{shown}");
+        assert!(
+            shown.contains("127.0.0.1:9180") && shown.contains("***"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -30,16 +30,18 @@ pub struct GeneratedKey {
 const KEY_LEN: usize = 32;
 const LETTERS: &[u8; 52] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// 32 random ASCII letters [A-Za-z] from the OS RNG.
-pub fn generate_key() -> String {
-    use rand::{Rng, TryRngCore};
+/// 32 random ASCII letters [A-Za-z] from the OS RNG; no key at all when the
+/// OS cannot supply random bytes.
+pub fn generate_key() -> Result<String, ConfigError> {
+    use rand::TryRngCore;
     let mut out = String::with_capacity(KEY_LEN);
     let mut buf = [0u8; 64];
     while out.len() < KEY_LEN {
-        if rand::rngs::OsRng.try_fill_bytes(&mut buf).is_err() {
-            // ThreadRng is a CSPRNG seeded from the OS; only used if the OS source fails.
-            rand::rng().fill(&mut buf[..]);
-        }
+        rand::rngs::OsRng.try_fill_bytes(&mut buf).map_err(|e| {
+            ConfigError::Other(format!(
+                "cannot generate an admin key: the operating system's random source failed: {e}"
+            ))
+        })?;
         // 208 = 4 * 52: rejecting larger bytes keeps every letter equally likely.
         for b in buf.iter().filter(|b| **b < 208) {
             if out.len() == KEY_LEN {
@@ -48,7 +50,7 @@ pub fn generate_key() -> String {
             out.push(char::from(LETTERS[usize::from(*b) % LETTERS.len()]));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Parsed YAML node with source positions (char indices into the text).
@@ -607,7 +609,7 @@ pub fn ensure_admin_keys(
         if entry.role != AdminRole::Admin || !entry.key.is_empty() {
             continue;
         }
-        let key = generate_key();
+        let key = generate_key()?;
         let from_env = from_placeholder.get(index).copied().unwrap_or(false);
         if from_env {
             tracing::warn!(
@@ -653,11 +655,15 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), ConfigError> {
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let perms = std::fs::metadata(path).map(|m| m.permissions()).ok();
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // The text holds the new key: owner-only until the original mode is applied.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(text.as_bytes())?;
         if let Some(p) = perms {
             f.set_permissions(p)?;
@@ -696,8 +702,8 @@ mod tests {
 
     #[test]
     fn generated_keys_are_32_letters_and_differ() {
-        let a = generate_key();
-        let b = generate_key();
+        let a = generate_key().unwrap();
+        let b = generate_key().unwrap();
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_alphabetic()));
         assert_ne!(a, b);

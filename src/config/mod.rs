@@ -114,6 +114,17 @@ pub enum ConfigError {
     /// Admin API reachable beyond localhost with no key configured.
     #[error("ERROR: missing valid Admin API token. (deployment.admin.admin_key is empty while allow_admin is not [127.0.0.0/24]; add a key or set admin_key_required: false)")]
     MissingAdminToken,
+    /// An admin key is APISIX's published sample key while the Admin API is
+    /// reachable from beyond loopback.
+    #[error("refusing to start: deployment.admin.admin_key[{index}] (\"{name}\") is the sample key published in APISIX's documentation, and the Admin API is reachable beyond loopback ({why}); set a unique key (or key: '' to have one generated), or keep both admin_listen.ip and allow_admin on loopback")]
+    SampleAdminKey {
+        /// Position of the entry in `admin_key`.
+        index: usize,
+        /// The entry's `name`.
+        name: String,
+        /// What makes the Admin API reachable from elsewhere.
+        why: String,
+    },
     /// Any other inconsistency, worded as APISIX does where it has a message.
     #[error("{0}")]
     Other(String),
@@ -344,6 +355,53 @@ impl Default for Admin {
 
 fn default_allow_admin() -> IpNet {
     IpNet::V4(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 24))
+}
+
+/// The admin key printed in APISIX's documentation and sample config files;
+/// anyone can try it.
+pub const SAMPLE_ADMIN_KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
+
+/// Loopback networks: 127.0.0.0/8, ::1 and IPv4-mapped 127.0.0.0/8.
+const LOOPBACK_NETS: [IpNet; 3] = [
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+    IpNet::new_assert(
+        IpAddr::V6(Ipv4Addr::new(127, 0, 0, 0).to_ipv6_mapped()),
+        104,
+    ),
+];
+
+/// Whether every address of `net` is a loopback address.
+fn is_loopback_net(net: &IpNet) -> bool {
+    LOOPBACK_NETS.iter().any(|lo| lo.contains(net))
+}
+
+impl Admin {
+    /// Entries (index, name) whose key is [`SAMPLE_ADMIN_KEY`].
+    pub fn sample_key_entries(&self) -> Vec<(usize, &str)> {
+        self.admin_key
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.key.expose() == SAMPLE_ADMIN_KEY)
+            .map(|(i, k)| (i, k.name.as_str()))
+            .collect()
+    }
+
+    /// Why clients other than this host can reach the Admin API, or `None`
+    /// when both `admin_listen.ip` and every `allow_admin` entry are loopback.
+    pub fn exposure(&self) -> Option<String> {
+        let ip = self.admin_listen.ip;
+        if !is_loopback_net(&IpNet::from(ip)) {
+            return Some(format!("admin_listen.ip is {ip}"));
+        }
+        match &self.allow_admin {
+            None => Some("allow_admin is null, so every client is allowed".into()),
+            Some(nets) => nets
+                .iter()
+                .find(|n| !is_loopback_net(n))
+                .map(|n| format!("allow_admin contains {n}")),
+        }
+    }
 }
 
 /// One `deployment.admin.admin_key` entry.
@@ -751,6 +809,25 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Like [`Section::invalid`] for a value that may hold a secret: its
+    /// type is named, the value never shown.
+    fn invalid_secret(&self, key: &str, v: &Value, reason: impl Into<String>) -> ConfigError {
+        let kind = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Sequence(_) => "a list",
+            Value::Mapping(_) => "a table",
+            Value::Tagged(_) => "a tagged value",
+        };
+        ConfigError::Invalid {
+            key: self.key_path(key),
+            value: format!("<{kind}, not shown>"),
+            reason: reason.into(),
+        }
+    }
+
     fn section(&self, key: &str) -> Result<Section<'a>, ConfigError> {
         let map = match self.get(key) {
             None => None,
@@ -1004,6 +1081,9 @@ fn build_apisix(top: &Section<'_>) -> Result<Apisix, ConfigError> {
     let keyring = if enc.is_null("keyring") {
         Vec::new()
     } else {
+        if let Some(v @ Value::Mapping(_)) = enc.get("keyring") {
+            return Err(enc.invalid_secret("keyring", v, "expected a list"));
+        }
         match enc.list("keyring")? {
             None => d.data_encryption.keyring.clone(),
             Some(items) => items
@@ -1017,7 +1097,11 @@ fn build_apisix(top: &Section<'_>) -> Result<Apisix, ConfigError> {
                         value: format!("<{} bytes>", s.len()),
                         reason: "expected a 16- or 32-byte string".into(),
                     }),
-                    other => Err(enc.invalid(&format!("keyring[{i}]"), other, "expected a string")),
+                    other => Err(enc.invalid_secret(
+                        &format!("keyring[{i}]"),
+                        other,
+                        "expected a string",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         }
@@ -1151,7 +1235,7 @@ fn build_admin(sec: &Section<'_>) -> Result<Admin, ConfigError> {
                 .enumerate()
                 .map(|(i, v)| build_admin_key(sec, i, v))
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(v) => return Err(sec.invalid("admin_key", v, "expected a list")),
+            Some(v) => return Err(sec.invalid_secret("admin_key", v, "expected a list")),
         }
     };
     // Absent or null allow_admin means every client may reach the Admin API.
@@ -1174,7 +1258,7 @@ fn build_admin(sec: &Section<'_>) -> Result<Admin, ConfigError> {
 fn build_admin_key(sec: &Section<'_>, i: usize, v: &Value) -> Result<AdminKey, ConfigError> {
     let entry_key = format!("admin_key[{i}]");
     let Value::Mapping(m) = v else {
-        return Err(sec.invalid(&entry_key, v, "expected a table {name, key, role}"));
+        return Err(sec.invalid_secret(&entry_key, v, "expected a table {name, key, role}"));
     };
     let entry = Section {
         map: Some(m),
@@ -1186,7 +1270,7 @@ fn build_admin_key(sec: &Section<'_>, i: usize, v: &Value) -> Result<AdminKey, C
         Some(Value::String(s)) => Secret::new(s.clone()),
         // A key that YAML reads as a number is still a key.
         Some(Value::Number(n)) => Secret::new(n.to_string()),
-        Some(v) => return Err(entry.invalid("key", v, "expected a string")),
+        Some(v) => return Err(entry.invalid_secret("key", v, "expected a string")),
     };
     let role = match entry.get("role") {
         None => AdminRole::Admin,
@@ -1252,7 +1336,11 @@ fn build_etcd(sec: &Section<'_>) -> Result<Etcd, ConfigError> {
         startup_retry,
         resync_delay: sec.u64_or("resync_delay", d.resync_delay, 0)?,
         user: sec.opt_string("user")?,
-        password: sec.opt_string("password")?.map(Secret::new),
+        password: match sec.get("password") {
+            None => None,
+            Some(Value::String(s)) => Some(Secret::new(s.clone())),
+            Some(v) => return Err(sec.invalid_secret("password", v, "expected a string")),
+        },
         tls,
     })
 }
@@ -1295,6 +1383,25 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
                 if k.key.is_empty() && k.role != AdminRole::Admin {
                     tracing::warn!(name = %k.name, "admin_key entry has an empty key and will never match");
                 }
+            }
+        }
+    }
+
+    // A key everyone knows guards nothing once others can connect.
+    if c.apisix.enable_admin && admin.admin_key_required {
+        if let Some((index, name)) = admin.sample_key_entries().first().copied() {
+            match admin.exposure() {
+                Some(why) => {
+                    return Err(ConfigError::SampleAdminKey {
+                        index,
+                        name: name.to_string(),
+                        why,
+                    })
+                }
+                None => tracing::warn!(
+                    name,
+                    "admin_key entry uses the sample key from APISIX's documentation; the Admin API is loopback-only, but replace the key before exposing it"
+                ),
             }
         }
     }
@@ -1624,7 +1731,7 @@ stream_plugins: [ip-restriction]
             ("deployment: {role_traditional: {config_provider: xds}}", "invalid deployment.role_traditional.config_provider: \"xds\" (expected local, etcd, yaml or json)"),
             ("deployment: {role: edge}", "invalid deployment.role: \"edge\" (expected traditional, control_plane or data_plane)"),
             ("deployment: {admin: {admin_key: [{name: a, key: b, role: root}]}}", "invalid deployment.admin.admin_key[0].role: \"root\" (expected admin or viewer)"),
-            ("deployment: {admin: {admin_key: [{name: a, key: b}, x]}}", "invalid deployment.admin.admin_key[1]: \"x\" (expected a table {name, key, role})"),
+            ("deployment: {admin: {admin_key: [{name: a, key: b}, x]}}", "invalid deployment.admin.admin_key[1]: <a string, not shown> (expected a table {name, key, role})"),
             ("deployment: {admin: {allow_admin: [127.0.0.1, nope]}}", "invalid deployment.admin.allow_admin[1]: \"nope\" (not an IP address or CIDR)"),
             ("deployment: {admin: {allow_admin: [10.0.0.0/33]}}", "invalid deployment.admin.allow_admin[0]: \"10.0.0.0/33\" (not an IP address or CIDR)"),
             ("nginx_config: {stream: {real_ip_from: [1.2.3]}}", "invalid nginx_config.stream.real_ip_from[0]: \"1.2.3\" (not an IP address or CIDR)"),
@@ -1757,6 +1864,185 @@ stream_plugins: [ip-restriction]
         let missing = dir.path().join("nope.yaml");
         let e = Config::load(&missing).unwrap_err().to_string();
         assert!(e.contains("nope.yaml"), "{e}");
+    }
+
+    fn sample_key_yaml(listen_ip: &str, allow: &str) -> String {
+        format!(
+            "deployment:\n  admin:\n    admin_key:\n      - {{name: admin, key: abcdefghijklmnop, role: admin}}\n      - {{name: shared, key: {SAMPLE_ADMIN_KEY}, role: viewer}}\n    admin_listen: {{ip: '{listen_ip}', port: 9180}}\n{allow}"
+        )
+    }
+
+    #[test]
+    fn sample_admin_key_is_refused_unless_the_admin_api_is_loopback_only() {
+        let refused = [
+            // Listening on every interface, whatever allow_admin says.
+            (
+                "0.0.0.0",
+                "    allow_admin: [127.0.0.0/24]\n",
+                "admin_listen.ip is 0.0.0.0",
+            ),
+            (
+                "::",
+                "    allow_admin: [127.0.0.1]\n",
+                "admin_listen.ip is ::",
+            ),
+            (
+                "10.1.2.3",
+                "    allow_admin: [127.0.0.0/24]\n",
+                "admin_listen.ip is 10.1.2.3",
+            ),
+            // Loopback listener, but allow_admin lets anyone in or names other networks.
+            (
+                "127.0.0.1",
+                "    allow_admin: ~\n",
+                "allow_admin is null, so every client is allowed",
+            ),
+            (
+                "127.0.0.1",
+                "    allow_admin: [127.0.0.0/24, 10.0.0.0/8]\n",
+                "allow_admin contains 10.0.0.0/8",
+            ),
+            (
+                "127.0.0.1",
+                "    allow_admin: [0.0.0.0/0]\n",
+                "allow_admin contains 0.0.0.0/0",
+            ),
+            (
+                "127.0.0.1",
+                "    allow_admin: [127.0.0.0/7]\n",
+                "allow_admin contains 127.0.0.0/7",
+            ),
+            (
+                "::1",
+                "    allow_admin: ['::/0']\n",
+                "allow_admin contains ::/0",
+            ),
+        ];
+        for (ip, allow, why) in refused {
+            let e = err(&sample_key_yaml(ip, allow));
+            assert!(e.starts_with("refusing to start: deployment.admin.admin_key[1] (\"shared\") is the sample key"), "{e}");
+            assert!(e.contains(why), "want {why:?} in {e}");
+            assert!(e.contains("set a unique key"), "{e}");
+            assert!(!e.contains(SAMPLE_ADMIN_KEY), "{e}");
+        }
+        // The default allow_admin (absent key) is loopback; a 0.0.0.0 listener still refuses.
+        let e = err(&format!(
+            "deployment: {{admin: {{admin_key: [{{name: a, key: {SAMPLE_ADMIN_KEY}}}]}}}}"
+        ));
+        assert!(
+            e.contains("admin_key[0] (\"a\")") && e.contains("0.0.0.0"),
+            "{e}"
+        );
+        // Loopback only on both sides: allowed.
+        for (ip, allow) in [
+            ("127.0.0.1", "    allow_admin: [127.0.0.0/24]\n"),
+            (
+                "127.0.0.1",
+                "    allow_admin: [127.0.0.1, '::1', 127.0.0.0/8]\n",
+            ),
+            ("::1", "    allow_admin: ['::1/128', '::ffff:127.0.0.1']\n"),
+            ("127.0.0.2", "    allow_admin: []\n"),
+        ] {
+            let c = parse(&sample_key_yaml(ip, allow)).unwrap();
+            assert_eq!(c.deployment.admin.sample_key_entries(), [(1, "shared")]);
+            assert_eq!(c.deployment.admin.exposure(), None);
+        }
+        // No check when the key is never used: Admin API off, data plane, keys not required.
+        let exposed = sample_key_yaml("0.0.0.0", "    allow_admin: ~\n");
+        parse(&format!("apisix: {{enable_admin: false}}\n{exposed}")).unwrap();
+        parse(&exposed.replace("deployment:\n", "deployment:\n  role: data_plane\n")).unwrap();
+        parse(&sample_key_yaml(
+            "0.0.0.0",
+            "    allow_admin: ~\n    admin_key_required: false\n",
+        ))
+        .unwrap();
+        // A key that merely contains the sample is not the sample.
+        let c = parse(&format!(
+            "deployment: {{admin: {{admin_key: [{{name: a, key: x{SAMPLE_ADMIN_KEY}}}]}}}}"
+        ))
+        .unwrap();
+        assert!(c.deployment.admin.sample_key_entries().is_empty());
+    }
+
+    #[test]
+    fn debug_of_a_config_never_shows_secrets() {
+        let text = format!(
+            "apisix:\n  data_encryption:\n    keyring: [ring-key-0123456, ring-key-0123456789abcdef0123456]\ndeployment:\n  admin:\n    admin_key:\n      - {{name: admin, key: admin-secret-key-xyz, role: admin}}\n      - {{name: viewer, key: viewer-secret-key-xyz, role: viewer}}\n      - {{name: sample, key: {SAMPLE_ADMIN_KEY}, role: viewer}}\n    admin_listen: {{ip: 127.0.0.1}}\n  etcd:\n    user: root\n    password: etcd-secret-password\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.deployment.etcd.password.as_ref().unwrap().expose(),
+            "etcd-secret-password"
+        );
+        assert_eq!(
+            c.deployment.admin.admin_key[0].key.expose(),
+            "admin-secret-key-xyz"
+        );
+        for shown in [
+            format!("{c:?}"),
+            format!("{c:#?}"),
+            format!("{:?}", c.deployment),
+            format!("{:?}", c.deployment.admin),
+            format!("{:?}", c.deployment.etcd),
+            format!("{:?}", c.apisix.data_encryption),
+        ] {
+            for secret in [
+                "admin-secret-key-xyz",
+                "viewer-secret-key-xyz",
+                SAMPLE_ADMIN_KEY,
+                "etcd-secret-password",
+                "ring-key-0123456",
+            ] {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+        }
+        // Errors about secret values name the key, never the value.
+        for (text, secret, key) in [
+            (
+                "apisix: {data_encryption: {keyring: [not-16-bytes-secret]}}",
+                "not-16-bytes-secret",
+                "keyring[0]",
+            ),
+            (
+                "apisix: {data_encryption: {keyring: [1234567890123456]}}",
+                "1234567890123456",
+                "keyring[0]",
+            ),
+            (
+                "apisix: {data_encryption: {keyring: {a: ring-secret-0123}}}",
+                "ring-secret-0123",
+                "keyring",
+            ),
+            (
+                "deployment: {etcd: {password: 98765432}}",
+                "98765432",
+                "etcd.password",
+            ),
+            (
+                "deployment: {etcd: {password: [pw-secret]}}",
+                "pw-secret",
+                "etcd.password",
+            ),
+            (
+                "deployment: {admin: {admin_key: [{name: a, key: [key-secret]}]}}",
+                "key-secret",
+                "admin_key[0].key",
+            ),
+            (
+                "deployment: {admin: {admin_key: [key-secret-in-a-list]}}",
+                "key-secret-in-a-list",
+                "admin_key[0]",
+            ),
+            (
+                "deployment: {admin: {admin_key: {name: a, key: key-secret-table}}}",
+                "key-secret-table",
+                "admin_key",
+            ),
+        ] {
+            let e = err(text);
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains(key) && e.contains('<'), "{e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod persistence;
 mod plugins;
 mod proxy_protocol;
 mod reliability;
+mod security;
 mod standalone;
 mod startup;
 mod tcp;
