@@ -287,11 +287,14 @@ pub fn raise_fd_limit() -> Option<u64> {
 }
 
 /// Most concurrent sessions: `worker_connections` per worker, two sockets
-/// per session (as nginx counts them), and never more than half of the
-/// open-file limit, keeping room for the store, logs and the APIs.
+/// per session (as nginx counts them), and no more than the open-file limit
+/// can carry with room for the store, logs and the APIs: a session holds
+/// its two sockets and, while it moves bulk data, two splice pipes (four
+/// more descriptors), so the cap can never be reached by running out of
+/// descriptors first.
 pub fn max_sessions(worker_connections: u64, workers: usize, fd_limit: Option<u64>) -> usize {
     let by_config = worker_connections.saturating_mul(workers as u64) / 2;
-    let by_fds = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(64) / 2);
+    let by_fds = fd_limit.map_or(u64::MAX, |l| l.saturating_sub(64) / 6);
     usize::try_from(by_config.min(by_fds).max(1)).unwrap_or(usize::MAX)
 }
 
@@ -698,8 +701,8 @@ mod tests {
         // Two sockets per session, per worker, as nginx counts them.
         assert_eq!(max_sessions(10620, 2, None), 10620);
         assert_eq!(max_sessions(4, 2, None), 4);
-        // Never more than half the descriptors left after a reserve.
-        assert_eq!(max_sessions(10620, 8, Some(1024)), 480);
+        // Six descriptors per session (two sockets, two pipes) after a reserve.
+        assert_eq!(max_sessions(10620, 8, Some(1024)), 160);
         assert_eq!(max_sessions(10620, 2, Some(10)), 1);
         assert_eq!(max_sessions(0, 2, Some(1 << 20)), 1);
     }

@@ -7,10 +7,12 @@
 //! holds. Every step has a deadline; a failed handshake closes that
 //! connection only.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, LazyConfigAcceptor, TlsConnector};
 
@@ -63,15 +65,33 @@ pub async fn terminate(
 
 /// Peek the ClientHello of a passthrough connection and return its SNI,
 /// leaving every byte in the socket for the backend.
+///
+/// Peeked bytes stay in the socket, so its readiness stays set: a peek that
+/// shows nothing new clears readiness and waits for the next event (more
+/// bytes or the peer's FIN) rather than polling, and a peer that closed
+/// inside its ClientHello ends the wait at once.
 pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
     let peek = async {
         let mut buf = vec![0u8; clienthello::MAX_HELLO];
         let mut seen = 0;
         loop {
-            let n = stream
-                .peek(&mut buf)
+            let ready = stream
+                .ready(Interest::READABLE)
                 .await
                 .map_err(|e| format!("cannot read ClientHello: {e}"))?;
+            let peeked = stream.try_io(Interest::READABLE, || {
+                let (n, _) = rustix::net::recv(stream, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
+                if n > 0 && n == seen && !ready.is_read_closed() {
+                    // Nothing new yet: clear readiness, wait for more.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            let n = match peeked {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(format!("cannot read ClientHello: {e}")),
+            };
             if n == 0 {
                 return Err("connection closed before the ClientHello".to_string());
             }
@@ -81,13 +101,11 @@ pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
                 Hello::NeedMore if n == buf.len() => {
                     return Err("ClientHello larger than one record".to_string())
                 }
-                Hello::NeedMore => {
-                    if n == seen {
-                        // Nothing new yet: wait a little for the rest.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    seen = n;
+                // Nothing new although the peer has closed: no more will come.
+                Hello::NeedMore if n == seen => {
+                    return Err("connection closed inside the ClientHello".to_string())
                 }
+                Hello::NeedMore => seen = n,
             }
         }
     };

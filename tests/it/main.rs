@@ -5,6 +5,7 @@ mod admin;
 mod backend;
 mod cli;
 mod etcd;
+mod faults;
 mod harness;
 mod health;
 mod observability;
