@@ -7,7 +7,8 @@
 //! - [`model`]: stream routes, upstreams and SSL objects, validated with
 //!   APISIX's rules and error texts.
 //! - [`store`]: where those objects live (the embedded crash-safe store by
-//!   default) behind one trait with a change feed.
+//!   default, an etcd cluster shared with other proxies, or a read-only
+//!   standalone `apisix.yaml`) behind one trait with a change feed.
 //! - [`admin`]: the APISIX-3-compatible Admin API over the store.
 //! - [`snapshot`]: the compiled, immutable routes and upstreams the data
 //!   plane reads, rebuilt on every store change and swapped atomically.
@@ -21,7 +22,9 @@
 //! - [`stats`]: live counters per route, node and listener, and the list of
 //!   live connections; [`control`] serves them (Control API, Prometheus);
 //!   [`access_log`] writes one line per finished session.
-//! - [`server`]: `serve`, wiring the pieces together and handling signals.
+//! - [`server`]: `serve`, wiring the pieces together and handling signals
+//!   (SIGHUP re-applies the listeners); [`http`] fronts the HTTP APIs with
+//!   connection caps and timeouts; [`timefmt`] prints UTC times.
 //! - [`cli`]: the command line.
 //! - [`top`]: the `top` dashboard, a Control API client drawn with ratatui.
 //!
