@@ -462,8 +462,11 @@ async fn connect_close_churn_leaves_no_descriptor_or_gauge_behind() {
 // 3. Upstream killed mid-transfer.
 // ---------------------------------------------------------------------------
 
-/// A backend that streams `cut_at` bytes to its first connection and then
-/// resets it (SO_LINGER 0); the time of the reset is stored in `reset_at`.
+/// A backend that, once its first connection has sent one byte, streams
+/// `cut_at` bytes to it and then resets it (SO_LINGER 0); the time of the
+/// reset is stored in `reset_at`. Waiting for the byte makes sure the proxy
+/// has finished connecting (a reset during the connect is a failed connect,
+/// closed like any other) and the client has finished connecting too.
 async fn resetting_backend(cut_at: u64) -> (SocketAddr, Arc<Mutex<Option<Instant>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -473,6 +476,10 @@ async fn resetting_backend(cut_at: u64) -> (SocketAddr, Arc<Mutex<Option<Instant
         let Ok((mut s, _)) = l.accept().await else {
             return;
         };
+        let mut go = [0u8; 1];
+        if s.read_exact(&mut go).await.is_err() {
+            return;
+        }
         let chunk = vec![0x5au8; 64 * 1024];
         let mut sent = 0u64;
         while sent < cut_at {
@@ -499,6 +506,7 @@ async fn an_upstream_reset_mid_transfer_reaches_the_client_as_a_reset() {
         let mut c = within(5, TcpStream::connect(s.tcp[0]))
             .await
             .expect("connect");
+        c.write_all(b"g").await.expect("go");
         let mut got = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
         let end = within(10, async {
