@@ -266,6 +266,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// connection needs two descriptors (plus two pipes while data flows).
 /// Returns the soft limit in force afterwards (`None` = unlimited).
 pub fn raise_fd_limit() -> Option<u64> {
+    let show = |l: Option<u64>| l.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     use rustix::process::{getrlimit, setrlimit, Resource};
     let lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
@@ -275,13 +276,13 @@ pub fn raise_fd_limit() -> Option<u64> {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => {
-                tracing::info!(from = ?lim.current, to = ?lim.maximum, "raised the open-file limit");
+                tracing::info!(from = %show(lim.current), to = %show(lim.maximum), "raised the open-file limit");
                 return lim.maximum;
             }
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
     } else {
-        tracing::info!(limit = ?lim.current, "open-file limit");
+        tracing::info!(limit = %show(lim.current), "open-file limit");
     }
     lim.current
 }
