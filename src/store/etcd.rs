@@ -330,11 +330,13 @@ impl Cache {
 // ---------------------------------------------------------------------------
 // Time and back-off.
 
-/// Pause before reconnection round `round` (>= 1): `base` doubling per
-/// round, capped, plus up to a quarter of jitter (`jitter` in 0..=1).
+/// Pause before reconnection round `round` (>= 1): `base`, then twice
+/// `base`, plus up to a quarter of jitter (`jitter` in 0..=1).
 fn backoff(base: Duration, round: u32, jitter: f64) -> Duration {
     let base = base.max(Duration::from_millis(200));
-    let cap = base.max((base * 8).min(MAX_BACKOFF));
+    // Twice `resync_delay` at most (APISIX retries every resync_delay): a
+    // cluster that is back is noticed, and writes accepted, within seconds.
+    let cap = base.max((base * 2).min(MAX_BACKOFF));
     let d = base
         .saturating_mul(1u32 << round.saturating_sub(1).min(16))
         .min(cap);
@@ -1506,12 +1508,12 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_cap_with_jitter() {
+    fn backoff_grows_to_twice_the_resync_delay_with_jitter() {
         let s = Duration::from_secs;
         assert_eq!(backoff(s(5), 1, 0.0), s(5));
         assert_eq!(backoff(s(5), 2, 0.0), s(10));
-        assert_eq!(backoff(s(5), 10, 0.0), s(30));
-        assert_eq!(backoff(s(1), 10, 0.0), s(8));
+        assert_eq!(backoff(s(5), 10, 0.0), s(10));
+        assert_eq!(backoff(s(1), 10, 0.0), s(2));
         assert_eq!(backoff(s(60), 3, 0.0), s(60));
         assert_eq!(backoff(s(4), 1, 1.0), s(5));
         assert_eq!(backoff(s(0), 1, 0.0), Duration::from_millis(200));
