@@ -226,12 +226,9 @@ impl Balancer {
                 _guard: None,
             });
         }
+        // Every node unhealthy: use them all, as APISIX does (the checker
+        // warns about it, rate-limited).
         let use_health = (0..self.backends.len()).any(healthy);
-        // APISIX warns here; per-connection events stay at debug so an outage cannot flood
-        // the log (the health checker reports the state changes themselves).
-        if !use_health && !self.backends.is_empty() {
-            tracing::debug!(lb = %self.lb_name, "all upstream nodes is unhealthy, use default");
-        }
         let eligible = |i: usize| !tried.contains(&i) && (!use_health || healthy(i));
         let hash = match self.lb {
             LbType::Chash => crc32fast::hash(key.unwrap_or_default()),

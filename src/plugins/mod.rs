@@ -234,14 +234,10 @@ pub struct Vars<'a> {
 impl Vars<'_> {
     /// The value of a variable; `None` when unset.
     pub fn get(&self, name: &str) -> Option<String> {
-        let c = self.conn;
+        if let Some(v) = self.conn.var(name) {
+            return Some(v);
+        }
         let v = match name {
-            "remote_addr" => c.remote_addr.to_string(),
-            "remote_port" => c.remote_port.to_string(),
-            "server_addr" => c.server_addr.to_string(),
-            "server_port" => c.server_port.to_string(),
-            "mqtt_client_id" => c.mqtt_client_id.clone()?,
-            "ssl_server_name" => c.sni.clone()?,
             "route_id" => self.chain.route_id.clone(),
             "route_name" => self.chain.route_name.clone()?,
             "service_id" => self.chain.service_id.clone()?,

@@ -69,6 +69,16 @@ impl End {
         }
     }
 
+    /// The session status as nginx logs it: 502 after an upstream failure,
+    /// 400 after a client one, 200 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            End::Upstream(_) => 502,
+            End::Client(_) => 400,
+            _ => 200,
+        }
+    }
+
     /// Short label for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {

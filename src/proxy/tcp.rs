@@ -92,11 +92,8 @@ pub async fn connect(
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::new();
     let mut last: Option<String> = None;
-    let checker = up.health.load_full();
+    let checker = up.checker();
     let healthy = |i: usize| checker.as_ref().is_none_or(|c| c.healthy(i));
-    if let Some(c) = &checker {
-        c.warn_if_all_unhealthy();
-    }
     // The try that just failed: (node, timed out).
     let mut failed_try: Option<(usize, bool)> = None;
     for attempt in 0..=up.retries {
@@ -294,7 +291,7 @@ pub async fn handle(
         sni: None,
     };
     let snapshot = ctx.snapshot.load_full();
-    let client = if listener.spec.tls {
+    let mut client = if listener.spec.tls {
         match Box::pin(tls::terminate(
             client,
             &snapshot,
@@ -328,7 +325,7 @@ pub async fn handle(
     let started = Instant::now();
     let stats = &ctx.stats;
     let _listener_active = ActiveGuard::new(&listener.stats.active);
-    let log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
+    let access_log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
         if let Some(log) = &ctx.access_log {
             log.record(&Record {
                 client: peer,
@@ -346,7 +343,7 @@ pub async fn handle(
     };
     let Some(route) = snapshot.match_route(&conn) else {
         tracing::debug!(%peer, listen = %listener.label, sni = ?conn.sni, "not hit any route");
-        log(503, "-", "-", (0, 0), "not hit any route");
+        access_log(503, "-", "-", (0, 0), "not hit any route");
         return;
     };
     route.stats.total.fetch_add(1, Ordering::Relaxed);
@@ -354,23 +351,19 @@ pub async fn handle(
     // Stream plugins: preread may close the session, delay it, read the
     // client or choose another upstream; the log phase runs wherever the
     // session is logged. A route without plugins skips both.
-    let mut client = client;
     let mut session = plugins::Session::default();
     let preread = if route.chain.has_preread() {
         client.preread(&route.chain, &mut session, &mut conn).await
     } else {
         Ok(())
     };
-    let log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
-        log(status, route_id, node, bytes, end);
+    let plugin_log = |status: u16, node: &str, bytes: (u64, u64)| {
         if route.chain.has_log() {
-            // An idle timeout is an upstream failure for the metrics.
-            let idle = status == 200 && end == copy::End::IdleTimeout.as_str();
             route.chain.log(
                 &conn,
                 &plugins::Finished {
                     protocol: "TCP",
-                    status: if idle { 502 } else { status },
+                    status,
                     listen: &listener.label,
                     node,
                     bytes_in: bytes.0,
@@ -379,6 +372,10 @@ pub async fn handle(
                 },
             );
         }
+    };
+    let log = |status: u16, route_id: &str, node: &str, bytes: (u64, u64), end: &str| {
+        access_log(status, route_id, node, bytes, end);
+        plugin_log(status, node, bytes);
     };
     if let Err(r) = preread {
         tracing::debug!(%peer, route_id = %route.id, plugin = r.plugin, code = r.code, reason = %r.reason, "session closed by plugin");
@@ -440,7 +437,7 @@ pub async fn handle(
     let _node_active = ActiveGuard::new(&node_stats.active);
     let _ = client.tcp().set_nodelay(true);
     let _ = stream.set_nodelay(true);
-    let up_side = match &upstream.tls {
+    let mut up_side = match &upstream.tls {
         None => Side::Plain(stream),
         Some(Err(why)) => {
             tracing::warn!(%peer, route_id = %route.id, reason = %why, "cannot speak TLS to upstream");
@@ -494,7 +491,6 @@ pub async fn handle(
     let (up, down) = (Counters(&up), Counters(&down));
     let idle = upstream.idle_timeout;
     let closed = &mut registered.closed;
-    let mut up_side = up_side;
     if !session.forward.is_empty() {
         let n = session.forward.len();
         if let Err(e) = up_side.send_first(&session.forward, idle).await {
@@ -523,17 +519,16 @@ pub async fn handle(
         entry.bytes_in.load(Ordering::Relaxed),
         entry.bytes_out.load(Ordering::Relaxed),
     );
-    let status = match end {
-        copy::End::Upstream(_) => 502,
-        copy::End::Client(_) => 400,
-        _ => 200,
-    };
+    let status = end.status();
     if status != 200 {
         if let Some(c) = upstream.health.load().as_ref() {
             c.report_session_failure(pick.index);
         }
     }
-    log(status, &route.id, &node, bytes, end.as_str());
+    access_log(status, &route.id, &node, bytes, end.as_str());
+    // An idle timeout is an upstream failure for the metrics.
+    let idle = matches!(end, copy::End::IdleTimeout);
+    plugin_log(if idle { 502 } else { status }, &node, bytes);
     tracing::debug!(
         %peer,
         route_id = %route.id,

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::copy::End;
 use super::listener::ListenerInfo;
 use super::ProxyCtx;
 use crate::access_log::Record;
@@ -167,11 +168,8 @@ async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
     };
     let key = (up.balancer.lb_name() == "chash").then(|| up.key_for(conn));
     let mut tried = Vec::new();
-    let checker = up.health.load_full();
+    let checker = up.checker();
     let healthy = |i: usize| checker.as_ref().is_none_or(|c| c.healthy(i));
-    if let Some(c) = &checker {
-        c.warn_if_all_unhealthy();
-    }
     for _ in 0..=up.retries {
         let pick = up
             .balancer
@@ -230,26 +228,26 @@ async fn reply_loop(
     s: &SessionRt,
     counters: &UdpCounters,
     closed: &mut oneshot::Receiver<()>,
-) -> &'static str {
+) -> End {
     let mut close_armed = true;
     loop {
         let deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
         tokio::select! {
             r = &mut *closed, if close_armed => match r {
-                Ok(()) => return "closed by operator",
+                Ok(()) => return End::Closed,
                 Err(_) => close_armed = false,
             },
             () = tokio::time::sleep_until(deadline) => {
                 // Idle only if nothing moved meanwhile.
                 let now_deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
                 if Instant::now() >= now_deadline {
-                    return "idle timeout";
+                    return End::IdleTimeout;
                 }
             }
             ready = s.upstream.readable() => {
                 if let Err(e) = ready {
                     tracing::debug!(client = %s.client, error = %e, "udp: session socket failed");
-                    return "upstream error";
+                    return End::Upstream(e);
                 }
                 let forwarded = REPLY_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();
@@ -401,7 +399,7 @@ pub async fn serve(
                             bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
                             bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
                             duration: started.elapsed(),
-                            end,
+                            end: end.as_str(),
                         });
                     }
                     if s.route.chain.has_log() {
@@ -409,7 +407,7 @@ pub async fn serve(
                             &conn,
                             &crate::plugins::Finished {
                                 protocol: "UDP",
-                                status: if end == "upstream error" { 502 } else { 200 },
+                                status: end.status(),
                                 listen: &s.info.label,
                                 node: &s.conn.entry.meta.node,
                                 bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),

@@ -152,18 +152,19 @@ impl UpstreamRt {
             .is_some()
     }
 
+    /// The health checker in force, for picking a node; warns (rate-limited)
+    /// when it finds every node unhealthy, as APISIX does.
+    pub fn checker(&self) -> Option<Arc<Checker>> {
+        let checker = self.health.load_full();
+        if let Some(c) = &checker {
+            c.warn_if_all_unhealthy();
+        }
+        checker
+    }
+
     /// The chash key for a connection.
     pub fn key_for(&self, conn: &ConnInfo) -> String {
-        let var = |name: &str| -> Option<String> {
-            match name {
-                "remote_addr" => Some(conn.remote_addr.to_string()),
-                "remote_port" => Some(conn.remote_port.to_string()),
-                "server_addr" => Some(conn.server_addr.to_string()),
-                "server_port" => Some(conn.server_port.to_string()),
-                "mqtt_client_id" => conn.mqtt_client_id.clone(),
-                _ => None,
-            }
-        };
+        let var = |name: &str| conn.var(name);
         let key = match &self.hash_key {
             HashKey::RemoteAddr | HashKey::Unknown(_) => None,
             HashKey::RemotePort => var("remote_port"),
@@ -281,6 +282,21 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// MQTT client id read by the mqtt-proxy plugin (after routing).
     pub mqtt_client_id: Option<String>,
+}
+
+impl ConnInfo {
+    /// The stream variable `name` of this connection (nginx's names), if set.
+    pub fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "remote_addr" => Some(self.remote_addr.to_string()),
+            "remote_port" => Some(self.remote_port.to_string()),
+            "server_addr" => Some(self.server_addr.to_string()),
+            "server_port" => Some(self.server_port.to_string()),
+            "ssl_server_name" => self.sni.clone(),
+            "mqtt_client_id" => self.mqtt_client_id.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// Undo IPv4-mapped IPv6 so filters written as IPv4 match dual-stack sockets.

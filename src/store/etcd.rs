@@ -1210,10 +1210,7 @@ impl Store for EtcdStore {
 
     async fn dump(&self) -> Result<Dump, StoreError> {
         let cache = self.shared.cache();
-        Ok(Dump {
-            revision: cache.revision,
-            entries: cache.entries.values().cloned().collect(),
-        })
+        Ok(Dump::of(cache.revision, &cache.entries))
     }
 
     fn revision(&self) -> u64 {

@@ -461,10 +461,7 @@ impl Store for FileStore {
 
     async fn dump(&self) -> Result<Dump, StoreError> {
         let state = self.shared.lock();
-        Ok(Dump {
-            revision: state.revision,
-            entries: state.entries.values().cloned().collect(),
-        })
+        Ok(Dump::of(state.revision, &state.entries))
     }
 
     fn revision(&self) -> u64 {

@@ -605,10 +605,7 @@ impl Store for LocalStore {
 
     async fn dump(&self) -> Result<Dump, StoreError> {
         let inner = self.shared.lock();
-        Ok(Dump {
-            revision: inner.revision,
-            entries: inner.entries.values().cloned().collect(),
-        })
+        Ok(Dump::of(inner.revision, &inner.entries))
     }
 
     fn revision(&self) -> u64 {

@@ -79,6 +79,16 @@ pub struct Dump {
     pub entries: Vec<Entry>,
 }
 
+impl Dump {
+    /// Every object of an in-memory back-end at `revision`.
+    pub fn of(revision: u64, objects: &Objects) -> Dump {
+        Dump {
+            revision,
+            entries: objects.values().cloned().collect(),
+        }
+    }
+}
+
 /// Storage back-end behind the Admin API and the snapshot publisher.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
