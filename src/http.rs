@@ -58,6 +58,9 @@ pub fn serve(
     what: &'static str,
     limits: Limits,
 ) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "{what} listening");
+    }
     let stop = cancel.clone();
     let conns = tasks.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));

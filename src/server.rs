@@ -492,7 +492,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         state.published = Some(publisher.published.clone());
         state.snapshot = Some(publisher.current.clone());
         let state = Arc::new(state);
-        serve_http(
+        crate::http::serve(
             &tasks,
             &cancel,
             listener,
@@ -513,7 +513,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         let addr = config.apisix.control.socket_addr();
         let listener = bind("apisix.control", addr).await?;
         control_addr = listener.local_addr().ok();
-        serve_http(
+        crate::http::serve(
             &tasks,
             &cancel,
             listener,
@@ -530,7 +530,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         metrics_addr = listener.local_addr().ok();
         let app =
             control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
-        serve_http(
+        crate::http::serve(
             &tasks,
             &cancel,
             listener,
@@ -562,21 +562,6 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         cancel,
         tasks,
     })
-}
-
-/// Serve an HTTP API (admin, control, metrics) until `cancel`.
-fn serve_http(
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
-    listener: TcpListener,
-    app: axum::Router,
-    what: &'static str,
-    limits: crate::http::Limits,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "{what} listening");
-    }
-    crate::http::serve(tasks, cancel, listener, app, what, limits);
 }
 
 /// SIGINT and SIGTERM, watched from creation on: created before anything

@@ -167,8 +167,6 @@ pub struct Session {
     pub forward: Vec<u8>,
     /// The upstream `traffic-split` chose, if any.
     pub upstream: Option<Arc<Target>>,
-    /// The status code of a preread rejection.
-    pub rejected: Option<u16>,
     limits: Vec<limit_conn::Guard>,
 }
 
@@ -501,15 +499,9 @@ impl Chain {
                 Ok(Step::Delay(d)) => tokio::time::sleep(d).await,
                 Ok(Step::ReadMqtt(m)) => match m.preread(client, &mut s.forward).await {
                     Ok(id) => conn.mqtt_client_id = id,
-                    Err(r) => {
-                        s.rejected = Some(r.code);
-                        return Err(r);
-                    }
+                    Err(r) => return Err(r),
                 },
-                Err(r) => {
-                    s.rejected = Some(r.code);
-                    return Err(r);
-                }
+                Err(r) => return Err(r),
             }
         }
         Ok(())
@@ -521,10 +513,7 @@ impl Chain {
     /// every client from one loop, so a session must not sleep there).
     pub fn admit(&self, s: &mut Session, conn: &ConnInfo) -> Result<(), Rejected> {
         for p in &self.plugins {
-            if let Err(r) = self.step(p, s, conn) {
-                s.rejected = Some(r.code);
-                return Err(r);
-            }
+            self.step(p, s, conn)?;
         }
         Ok(())
     }
@@ -685,10 +674,7 @@ mod tests {
         assert_eq!(s.node_stats_for(&snap.routes()[0]).len(), 1);
         let mut again = Session::default();
         let r = chain.admit(&mut again, &conn()).unwrap_err();
-        assert_eq!(
-            (r.plugin, r.code, again.rejected),
-            ("limit-conn", 503, Some(503))
-        );
+        assert_eq!((r.plugin, r.code), ("limit-conn", 503));
         drop(s);
         assert!(chain.admit(&mut Session::default(), &conn()).is_ok());
     }

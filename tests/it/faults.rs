@@ -542,19 +542,7 @@ async fn an_upstream_reset_mid_transfer_reaches_the_client_as_a_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_nodes_close_the_client_at_once_and_a_black_hole_costs_one_connect_timeout() {
     let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
-    let control = s
-        .server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control");
-    let stats = async || -> Value {
-        within(5, reqwest::get(format!("http://{control}/v1/stream/stats")))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json")
-    };
+    let stats = async || s.stream_stats().await;
     // Two nodes where nothing listens: every connect is refused.
     let dead: Vec<SocketAddr> = (0..2).map(|_| loopback(free_port())).collect();
     s.put_route(
@@ -774,19 +762,7 @@ async fn talker() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_resets_mid_reply_close_the_upstream_and_leave_nothing_behind() {
     let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
-    let control = s
-        .server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control");
-    let stats = async || -> Value {
-        within(5, reqwest::get(format!("http://{control}/v1/stream/stats")))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json")
-    };
+    let stats = async || s.stream_stats().await;
     let (up, mut ends) = talker().await;
     s.put_route("1", &route_to(up)).await;
     let proxy = s.tcp[0];
@@ -1335,11 +1311,7 @@ async fn garbage_on_tls_passthrough_and_proxy_ports_is_rejected_while_good_clien
     )
     .await;
     let (tls_port, pass_port, pp_port) = (s.tcp[0], s.tcp[1], s.tcp[2]);
-    let control = s
-        .server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control");
+    let control = s.control();
     let rejected = async |addr: SocketAddr| -> u64 {
         let st: Value = within(5, reqwest::get(format!("http://{control}/v1/stream/stats")))
             .await

@@ -178,6 +178,25 @@ impl TestServer {
         }
     }
 
+    /// Address of the Control API.
+    pub fn control(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|srv| srv.control_addr())
+            .expect("control API enabled")
+    }
+
+    /// `GET /v1/stream/stats` of the Control API.
+    pub async fn stream_stats(&self) -> Value {
+        let url = format!("http://{}/v1/stream/stats", self.control());
+        within(5, reqwest::get(url))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Full URL of an admin path like `/apisix/admin/stream_routes/1`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)

@@ -97,16 +97,9 @@ where
     }
 }
 
-fn control(s: &TestServer) -> SocketAddr {
-    s.server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control API enabled")
-}
-
 /// GET a Control API path: status and JSON body.
 async fn get(s: &TestServer, path: &str) -> (u16, Value) {
-    let url = format!("http://{}{path}", control(s));
+    let url = format!("http://{}{path}", s.control());
     let res = within(5, reqwest::get(&url)).await.expect("GET");
     let status = res.status().as_u16();
     let text = within(5, res.text()).await.expect("body");
@@ -429,7 +422,7 @@ async fn healthcheck_reports_and_errors() {
     );
     let html = within(5, async {
         reqwest::Client::new()
-            .get(format!("http://{}/v1/healthcheck", control(&s)))
+            .get(format!("http://{}/v1/healthcheck", s.control()))
             .header("Accept", "text/html")
             .send()
             .await

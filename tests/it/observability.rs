@@ -1,7 +1,6 @@
 //! Live stats, the Control API, Prometheus metrics and the access log,
 //! checked against traffic of known size.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use apisix_stream::config::ListenSpec;
@@ -18,16 +17,9 @@ async fn get_json(url: &str) -> Value {
     within(5, res.json()).await.expect("json")
 }
 
-fn control(s: &TestServer) -> SocketAddr {
-    s.server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control API enabled")
-}
-
 /// Poll `/v1/stream/stats` until `ok` holds (counters settle as sessions end).
 async fn stats_until(s: &TestServer, ok: impl Fn(&Value) -> bool) -> Value {
-    let url = format!("http://{}/v1/stream/stats", control(s));
+    let url = format!("http://{}/v1/stream/stats", s.control());
     let mut last = Value::Null;
     for _ in 0..100 {
         last = get_json(&url).await;
@@ -113,7 +105,7 @@ async fn live_connections_are_listed_counted_while_open_and_closable() {
     assert_eq!(route(&stats, "1")["bytes_in"], 5);
     assert_eq!(stats["nodes"][0]["active"], 1);
     // The reply can reach the client a moment before the proxy counts it.
-    let url = format!("http://{}/v1/stream/connections", control(&s));
+    let url = format!("http://{}/v1/stream/connections", s.control());
     let mut list = get_json(&url).await;
     for _ in 0..100 {
         if list["connections"][0]["bytes_out"] == 5 {
@@ -135,7 +127,7 @@ async fn live_connections_are_listed_counted_while_open_and_closable() {
     );
     let id = conn["id"].as_u64().expect("id");
     let client = reqwest::Client::new();
-    let url = format!("http://{}/v1/stream/connections/{id}", control(&s));
+    let url = format!("http://{}/v1/stream/connections/{id}", s.control());
     let res = within(5, client.delete(&url).send()).await.expect("delete");
     assert_eq!(res.status(), 200);
     let mut b = [0u8; 4];
@@ -151,7 +143,7 @@ async fn live_connections_are_listed_counted_while_open_and_closable() {
 #[tokio::test]
 async fn control_api_basics() {
     let s = TestServer::start().await;
-    let base = format!("http://{}", control(&s));
+    let base = format!("http://{}", s.control());
     assert_eq!(get_json(&format!("{base}/v1/healthcheck")).await, json!({}));
     let res = within(5, reqwest::get(format!("{base}/v1/nope")))
         .await
@@ -310,7 +302,7 @@ async fn udp_sessions_and_datagrams_are_counted() {
         ),
         (Some(16), Some(16), Some(1))
     );
-    let list = get_json(&format!("http://{}/v1/stream/connections", control(&s))).await;
+    let list = get_json(&format!("http://{}/v1/stream/connections", s.control())).await;
     assert_eq!(list["connections"][0]["protocol"], "udp", "{list}");
     echo.abort();
 }

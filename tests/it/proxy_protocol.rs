@@ -53,9 +53,9 @@ async fn send(proxy: SocketAddr, header: &[u8]) -> TcpStream {
     c
 }
 
-#[tokio::test]
-async fn carried_address_routes_when_the_peer_is_trusted() {
-    let s = TestServer::with_tcp_specs(vec![pp_listener(false)], TRUST_LOOPBACK).await;
+/// Route 1 sends 198.51.100.0/24 to `customers`, route 2 sends 127.0.0.1
+/// to `others`.
+async fn customers_and_others(s: &TestServer) -> (Backend, Backend) {
     let customers = Backend::start("customers", Mode::Echo).await;
     let others = Backend::start("others", Mode::Echo).await;
     s.put_route(
@@ -70,6 +70,13 @@ async fn carried_address_routes_when_the_peer_is_trusted() {
                 "upstream": {"nodes": {others.addr.to_string(): 1}}}),
     )
     .await;
+    (customers, others)
+}
+
+#[tokio::test]
+async fn carried_address_routes_when_the_peer_is_trusted() {
+    let s = TestServer::with_tcp_specs(vec![pp_listener(false)], TRUST_LOOPBACK).await;
+    let (customers, others) = customers_and_others(&s).await;
     let proxy = s.tcp[0];
 
     // v1 and v2 headers both carry 198.51.100.7: route 1.
@@ -86,11 +93,7 @@ async fn carried_address_routes_when_the_peer_is_trusted() {
     // The live connection list shows the carried client, not the peer.
     let mut c = send(proxy, &v1("198.51.100.9:41000", proxy)).await;
     assert_eq!(roundtrip(&mut c, b"x").await, b"x");
-    let control = s
-        .server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control");
+    let control = s.control();
     let list: Value = within(
         5,
         reqwest::get(format!("http://{control}/v1/stream/connections")),
@@ -124,20 +127,7 @@ async fn carried_address_routes_when_the_peer_is_trusted() {
 #[tokio::test]
 async fn untrusted_peers_keep_their_own_address() {
     let s = TestServer::with_tcp_specs(vec![pp_listener(false)], TRUST_OTHERS).await;
-    let customers = Backend::start("customers", Mode::Echo).await;
-    let others = Backend::start("others", Mode::Echo).await;
-    s.put_route(
-        "1",
-        &json!({"remote_addr": "198.51.100.0/24",
-                "upstream": {"nodes": {customers.addr.to_string(): 1}}}),
-    )
-    .await;
-    s.put_route(
-        "2",
-        &json!({"remote_addr": "127.0.0.1",
-                "upstream": {"nodes": {others.addr.to_string(): 1}}}),
-    )
-    .await;
+    let (customers, others) = customers_and_others(&s).await;
     let proxy = s.tcp[0];
     let mut c = send(proxy, &v1("198.51.100.7:40000", proxy)).await;
     assert_eq!(roundtrip(&mut c, b"hi").await, b"hi");

@@ -13,25 +13,6 @@ use tokio::net::TcpStream;
 use crate::backend::{roundtrip, Backend, Mode};
 use crate::harness::{within, TestServer, KEY};
 
-fn control(s: &TestServer) -> SocketAddr {
-    s.server
-        .as_ref()
-        .and_then(|srv| srv.control_addr())
-        .expect("control API enabled")
-}
-
-async fn stats(s: &TestServer) -> Value {
-    within(
-        5,
-        reqwest::get(format!("http://{}/v1/stream/stats", control(s))),
-    )
-    .await
-    .expect("stats")
-    .json()
-    .await
-    .expect("json")
-}
-
 async fn with_nginx_config(extra: &str) -> TestServer {
     let extra = format!("nginx_config:\n{extra}");
     TestServer::start_full(
@@ -67,7 +48,7 @@ async fn past_the_session_cap_new_connections_close_at_once() {
         &json!({"upstream": {"nodes": {echo.addr.to_string(): 1}}}),
     )
     .await;
-    let cap = stats(&s).await["limits"]["max_sessions"]
+    let cap = s.stream_stats().await["limits"]["max_sessions"]
         .as_u64()
         .expect("cap") as usize;
     assert!(cap >= 2, "cap {cap}");
@@ -89,7 +70,7 @@ async fn past_the_session_cap_new_connections_close_at_once() {
     let n = within(5, extra.read(&mut b)).await.unwrap_or(0);
     assert_eq!(n, 0, "no data past the cap");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let st = stats(&s).await;
+    let st = s.stream_stats().await;
     assert_eq!(st["limits"]["sessions"], cap);
     assert!(st["limits"]["refused"].as_u64().expect("refused") >= 1);
     // Held sessions are unharmed; a freed slot serves a new client.
@@ -98,13 +79,19 @@ async fn past_the_session_cap_new_connections_close_at_once() {
     }
     held.pop();
     assert!(
-        eventually(5, async || stats(&s).await["limits"]["sessions"] == cap - 1).await,
+        eventually(5, async || s.stream_stats().await["limits"]["sessions"]
+            == cap - 1)
+        .await,
         "the slot comes back"
     );
     let mut c = within(5, TcpStream::connect(proxy)).await.expect("connect");
     assert_eq!(roundtrip(&mut c, b"again").await, b"again");
     drop((c, held));
-    assert!(eventually(5, async || stats(&s).await["limits"]["sessions"] == 0).await);
+    assert!(
+        eventually(5, async || s.stream_stats().await["limits"]["sessions"]
+            == 0)
+        .await
+    );
 }
 
 #[tokio::test]
@@ -517,7 +504,7 @@ async fn reload_in_process_reports_what_changed() {
     assert!(out.removed.is_empty() && out.failed.is_empty(), "{out:?}");
     assert_eq!(server.tcp_listeners().len(), 2);
     // Listed by the Control API too.
-    let st = stats(&s).await;
+    let st = s.stream_stats().await;
     let labels: Vec<&str> = st["listeners"]
         .as_array()
         .expect("listeners")
