@@ -151,7 +151,7 @@ mod libc_errno {
 pub async fn accept_loop(
     listener: TcpListener,
     info: Arc<ListenerInfo>,
-    ctx: ProxyCtx,
+    ctx: Arc<ProxyCtx>,
     stop: CancellationToken,
 ) {
     let stopped = stop.cancelled();

@@ -249,7 +249,7 @@ impl Side {
 
 /// Handle one accepted connection to its end.
 pub async fn handle(
-    ctx: ProxyCtx,
+    ctx: Arc<ProxyCtx>,
     mut client: TcpStream,
     mut peer: SocketAddr,
     listener: Arc<ListenerInfo>,

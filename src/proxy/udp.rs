@@ -280,7 +280,7 @@ async fn reply_loop(
 pub async fn serve(
     socket: UdpSocket,
     info: Arc<ListenerInfo>,
-    ctx: ProxyCtx,
+    ctx: Arc<ProxyCtx>,
     counters: Arc<UdpCounters>,
     stop: CancellationToken,
 ) {

@@ -55,7 +55,9 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (ctx, stop) = (ctx.clone(), stop.clone());
+            // One shared context per worker: a connection takes one
+            // reference count, not a clone of every field.
+            let (ctx, stop) = (Arc::new(ctx.clone()), stop.clone());
             let (tx, rx) = mpsc::unbounded_channel();
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
@@ -90,7 +92,7 @@ impl Workers {
     }
 }
 
-fn serve_sockets(socks: WorkerSockets, ctx: &ProxyCtx) {
+fn serve_sockets(socks: WorkerSockets, ctx: &Arc<ProxyCtx>) {
     for (info, l, stop) in socks.tcp {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
@@ -116,7 +118,7 @@ fn serve_sockets(socks: WorkerSockets, ctx: &ProxyCtx) {
 async fn run(
     socks: WorkerSockets,
     mut added: mpsc::UnboundedReceiver<WorkerSockets>,
-    ctx: ProxyCtx,
+    ctx: Arc<ProxyCtx>,
     stop: CancellationToken,
 ) {
     serve_sockets(socks, &ctx);
