@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde_yaml::Value;
 
+use super::read::show;
 use super::{ConfigError, ProxyProtocol};
 
 /// One socket to listen on, as expanded from a `stream_proxy` entry.
@@ -75,7 +76,7 @@ pub fn parse_entry(
             if !is_tcp {
                 return Err(err(format!(
                     "table form is only allowed for tcp: {}",
-                    super::show(v)
+                    show(v)
                 )));
             }
             for (k, val) in map {
@@ -94,8 +95,8 @@ pub fn parse_entry(
                     other => {
                         return Err(err(format!(
                             "{key} must be a boolean, got {}: {}",
-                            super::show(other),
-                            super::show(v)
+                            show(other),
+                            show(v)
                         )))
                     }
                 }
@@ -103,17 +104,15 @@ pub fn parse_entry(
             if opts.tls && opts.tls_passthrough {
                 return Err(err(format!(
                     "tls and tls_passthrough cannot both be set: {}",
-                    super::show(v)
+                    show(v)
                 )));
             }
             match map.get("addr") {
-                None | Some(Value::Null) => {
-                    return Err(err(format!("missing addr: {}", super::show(v))))
-                }
+                None | Some(Value::Null) => return Err(err(format!("missing addr: {}", show(v)))),
                 Some(Value::Mapping(_)) => {
                     return Err(err(format!(
                         "addr must be a port number or string: {}",
-                        super::show(v)
+                        show(v)
                     )))
                 }
                 Some(addr) => parse_scalar(addr).map_err(err)?,
@@ -150,7 +149,7 @@ fn parse_scalar(v: &Value) -> Result<(IpAddr, std::ops::RangeInclusive<u16>), St
         Value::String(s) => parse_string(s.trim()),
         other => Err(format!(
             "expected a port number, an \"ip:port\" string or a table, got {}",
-            super::show(other)
+            show(other)
         )),
     }
 }
