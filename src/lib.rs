@@ -25,6 +25,7 @@
 //! - [`server`]: `serve`, wiring the pieces together and handling signals
 //!   (SIGHUP re-applies the listeners); [`http`] fronts the HTTP APIs with
 //!   connection caps and timeouts; [`timefmt`] prints UTC times.
+//! - [`fsutil`]: crash-safe file writes (atomic replace, owner-only files, directory fsync).
 //! - [`cli`]: the command line.
 //! - [`top`]: the `top` dashboard, a Control API client drawn with ratatui.
 //!
@@ -42,6 +43,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fsutil;
 pub mod health;
 pub mod http;
 pub mod model;

@@ -3,17 +3,12 @@
 //! APISIX (`apisix/cli/ops.lua`) gives every `role: admin` entry whose `key` is empty 32 random
 //! letters and rewrites `conf/config.yaml`, so `yq '.deployment.admin.admin_key[0].key'` prints
 //! the key afterwards. APISIX re-serialises the whole merged config; we instead edit only the
-//! bytes of the affected `key` values so the user's comments, quoting and layout survive.
-//! The spans come from yaml-rust2's event parser (scalar start markers, counted in chars), and
-//! the edited text is re-parsed and compared with the original before it is written.
+//! bytes of the affected `key` values (through `yaml_edit`) so the user's comments, quoting
+//! and layout survive, and replace the file atomically with the mode it had.
 
-use std::io::Write;
 use std::path::Path;
 
-use serde_yaml::Value;
-use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::TScalarStyle;
-
+use super::yaml_edit::{Document, ListField};
 use super::{AdminRole, Config, ConfigError, DeploymentRole, Secret};
 
 /// A key generated at start-up, to be printed once.
@@ -53,197 +48,12 @@ pub fn generate_key() -> Result<String, ConfigError> {
     Ok(out)
 }
 
-/// Parsed YAML node with source positions (char indices into the text).
-#[derive(Debug)]
-enum Node {
-    Scalar {
-        value: String,
-        style: TScalarStyle,
-        start: usize,
-    },
-    Seq {
-        items: Vec<Node>,
-    },
-    Map {
-        start: usize,
-        flow: bool,
-        pairs: Vec<(Node, Node)>,
-    },
-    Alias,
-}
-
-impl Node {
-    fn get(&self, key: &str) -> Option<(&Node, &Node)> {
-        match self {
-            Node::Map { pairs, .. } => pairs
-                .iter()
-                .find(|(k, _)| matches!(k, Node::Scalar { value, .. } if value == key))
-                .map(|(k, v)| (k, v)),
-            _ => None,
-        }
-    }
-
-    fn is_null(&self) -> bool {
-        matches!(self, Node::Scalar { value, style: TScalarStyle::Plain, .. }
-            if value.is_empty() || value == "~" || value == "null" || value == "Null" || value == "NULL")
-    }
-}
-
-/// The source text with a char-index to byte-offset table (markers count chars).
-struct Source<'a> {
-    text: &'a str,
-    offsets: Vec<usize>,
-}
-
-impl<'a> Source<'a> {
-    fn new(text: &'a str) -> Self {
-        let mut offsets: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-        offsets.push(text.len());
-        Source { text, offsets }
-    }
-
-    fn byte(&self, char_idx: usize) -> Result<usize, String> {
-        self.offsets
-            .get(char_idx)
-            .copied()
-            .ok_or_else(|| "parser position outside the text".to_string())
-    }
-
-    /// Byte offset of the start of the line containing `byte`.
-    fn line_start(&self, byte: usize) -> usize {
-        self.text[..byte].rfind('\n').map_or(0, |i| i + 1)
-    }
-
-    /// Byte offset just past a scalar that starts at char index `start`.
-    fn scalar_end(&self, value: &str, style: TScalarStyle, start: usize) -> Result<usize, String> {
-        let b = self.byte(start)?;
-        let rest = &self.text[b..];
-        match style {
-            TScalarStyle::SingleQuoted => {
-                let mut i = 1;
-                while let Some(p) = rest[i..].find('\'') {
-                    let q = i + p;
-                    if rest[q + 1..].starts_with('\'') {
-                        i = q + 2;
-                    } else {
-                        return Ok(b + q + 1);
-                    }
-                }
-                Err("unterminated single-quoted scalar".into())
-            }
-            TScalarStyle::DoubleQuoted => {
-                let mut escaped = false;
-                for (i, c) in rest.char_indices().skip(1) {
-                    match c {
-                        _ if escaped => escaped = false,
-                        '\\' => escaped = true,
-                        '"' => return Ok(b + i + 1),
-                        _ => {}
-                    }
-                }
-                Err("unterminated double-quoted scalar".into())
-            }
-            TScalarStyle::Plain if rest.starts_with(value) => Ok(b + value.len()),
-            _ => Err("the value spans several lines or is a block scalar".into()),
-        }
-    }
-}
-
-/// Parse the first document into a positioned tree; `None` for an empty document.
-fn parse_tree(text: &str) -> Result<Option<Node>, String> {
-    let mut parser = Parser::new_from_str(text);
-    loop {
-        let (ev, mark) = parser.next_token().map_err(|e| e.to_string())?;
-        match ev {
-            Event::StreamStart | Event::DocumentStart | Event::Nothing => continue,
-            Event::StreamEnd | Event::DocumentEnd => return Ok(None),
-            ev => return build_node(&mut parser, ev, mark.index(), text).map(Some),
-        }
-    }
-}
-
-fn build_node(
-    parser: &mut Parser<std::str::Chars<'_>>,
-    ev: Event,
-    start: usize,
-    text: &str,
-) -> Result<Node, String> {
-    let next = |parser: &mut Parser<std::str::Chars<'_>>| {
-        parser
-            .next_token()
-            .map(|(e, m)| (e, m.index()))
-            .map_err(|e| e.to_string())
-    };
-    match ev {
-        Event::Scalar(value, style, _, _) => Ok(Node::Scalar {
-            value,
-            style,
-            start,
-        }),
-        Event::Alias(_) => Ok(Node::Alias),
-        Event::SequenceStart(..) => {
-            let mut items = Vec::new();
-            loop {
-                match next(parser)? {
-                    (Event::SequenceEnd, _) => return Ok(Node::Seq { items }),
-                    (e, s) => items.push(build_node(parser, e, s, text)?),
-                }
-            }
-        }
-        Event::MappingStart(..) => {
-            let flow = text.chars().nth(start) == Some('{');
-            let mut pairs = Vec::new();
-            loop {
-                match next(parser)? {
-                    (Event::MappingEnd, _) => return Ok(Node::Map { start, flow, pairs }),
-                    (e, s) => {
-                        let k = build_node(parser, e, s, text)?;
-                        let (e, s) = next(parser)?;
-                        let v = build_node(parser, e, s, text)?;
-                        pairs.push((k, v));
-                    }
-                }
-            }
-        }
-        other => Err(format!("unexpected YAML event {other:?}")),
-    }
-}
-
-/// Whether a key can be written without quotes and still read back as the same string.
-fn plain_safe(v: &str) -> bool {
-    const RESERVED: [&str; 10] = [
-        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "nan",
-    ];
-    v.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && v.chars().all(|c| c.is_ascii_alphanumeric())
-        && !RESERVED.contains(&v.to_ascii_lowercase().as_str())
-}
-
-fn single_quoted(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
-/// The new value in the style of the one it replaces.
-fn quote_like(v: &str, style: TScalarStyle) -> String {
-    match style {
-        TScalarStyle::DoubleQuoted => {
-            format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-        }
-        TScalarStyle::SingleQuoted => single_quoted(v),
-        _ if plain_safe(v) => v.to_string(),
-        _ => single_quoted(v),
-    }
-}
-
-/// One text replacement, in byte offsets.
-struct Edit {
-    from: usize,
-    to: usize,
-    insert: String,
-}
-
-/// The keys from `deployment` down to the admin key list.
-const CHAIN: [&str; 3] = ["deployment", "admin", "admin_key"];
+/// `deployment.admin.admin_key[].key`, and APISIX's default list when it is absent.
+const ADMIN_KEYS: ListField<'static> = ListField {
+    path: &["deployment", "admin", "admin_key"],
+    field: "key",
+    default_entry: &[("name", "admin"), ("key", ""), ("role", "admin")],
+};
 
 /// Pure: return `text` with admin_key[i].key set to the given values, everything else unchanged.
 ///
@@ -251,338 +61,9 @@ const CHAIN: [&str; 3] = ["deployment", "admin", "admin_key"];
 /// no `deployment.admin.admin_key` at all (APISIX's default single `admin` entry is written).
 /// The result is re-parsed and must equal the original with only those keys changed.
 pub fn write_back(text: &str, keys: &[(usize, String)]) -> Result<String, ConfigError> {
-    if keys.is_empty() {
-        return Ok(text.to_string());
-    }
-    let fail = ConfigError::WriteBack;
-    let src = Source::new(text);
-    let masked = mask_placeholders(text);
-    let root = parse_tree(&masked).map_err(fail)?;
-    let mut edits = Vec::new();
-
-    // Walk down deployment -> admin -> admin_key; stop where the chain breaks.
-    let mut node = root.as_ref();
-    let mut depth = 0;
-    while depth < CHAIN.len() {
-        match node.and_then(|n| n.get(CHAIN[depth])) {
-            Some((_, v)) if !v.is_null() => {
-                node = Some(v);
-                depth += 1;
-            }
-            Some(_) => {
-                return Err(fail(format!(
-                    "{} is null; cannot add admin keys under it",
-                    CHAIN[..=depth].join(".")
-                )))
-            }
-            None => break,
-        }
-    }
-
-    if depth < CHAIN.len() {
-        // The list is absent, so the default [{name: admin, key: '', role: admin}] applies.
-        let [(0, key)] = keys else {
-            return Err(fail(
-                "deployment.admin.admin_key is absent; only entry 0 can be written".into(),
-            ));
-        };
-        edits.push(insert_chain(&src, node, &CHAIN[depth..], key).map_err(fail)?);
-    } else {
-        let Some(Node::Seq { items }) = node else {
-            return Err(fail("deployment.admin.admin_key is not a list".into()));
-        };
-        for (i, key) in keys {
-            let entry = items
-                .get(*i)
-                .ok_or_else(|| fail(format!("deployment.admin.admin_key[{i}] does not exist")))?;
-            edits.push(
-                set_entry_key(&src, entry, key)
-                    .map_err(|e| fail(format!("deployment.admin.admin_key[{i}]: {e}")))?,
-            );
-        }
-    }
-
-    edits.sort_by_key(|e| std::cmp::Reverse(e.from));
-    let mut out = text.to_string();
-    for e in edits {
-        out.replace_range(e.from..e.to, &e.insert);
-    }
-    verify(&masked, &mask_placeholders(&out), keys).map_err(fail)?;
-    Ok(out)
-}
-
-/// `text` with every `${{...}}` placeholder replaced by as many `_` as it has chars.
-///
-/// The file is edited before env substitution, and a placeholder inside a flow table
-/// (`{port: ${{PORT}}}`) is not valid YAML; masking keeps every char position unchanged.
-fn mask_placeholders(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${{") {
-        let after = &rest[start + 3..];
-        let end = match (after.find("}}"), after.find('\n')) {
-            (Some(e), Some(nl)) if e < nl => e,
-            (Some(e), None) => e,
-            _ => {
-                out.push_str(&rest[..start + 3]);
-                rest = after;
-                continue;
-            }
-        };
-        out.push_str(&rest[..start]);
-        let placeholder = &rest[start..start + 3 + end + 2];
-        out.push_str(&"_".repeat(placeholder.chars().count()));
-        rest = &rest[start + placeholder.len()..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Edit that sets the `key` of one block or flow admin_key entry.
-fn set_entry_key(src: &Source<'_>, entry: &Node, key: &str) -> Result<Edit, String> {
-    let Node::Map { start, flow, pairs } = entry else {
-        return Err("entry is not a table".into());
-    };
-    if let Some((k, v)) = entry.get("key") {
-        return match v {
-            Node::Scalar {
-                value,
-                style,
-                start,
-            } if !value.is_empty() || *style != TScalarStyle::Plain => {
-                let from = src.byte(*start)?;
-                let to = src.scalar_end(value, *style, *start)?;
-                Ok(Edit {
-                    from,
-                    to,
-                    insert: quote_like(key, *style),
-                })
-            }
-            Node::Scalar { .. } => {
-                // `key:` with nothing after it: put the value right after the colon.
-                let Node::Scalar {
-                    value: kv,
-                    style: ks,
-                    start: kstart,
-                } = k
-                else {
-                    return Err("unexpected key node".into());
-                };
-                let kend = src.scalar_end(kv, *ks, *kstart)?;
-                let colon = src.text[kend..]
-                    .find(':')
-                    .map(|p| kend + p + 1)
-                    .ok_or("no ':' after key")?;
-                Ok(Edit {
-                    from: colon,
-                    to: colon,
-                    insert: format!(" {}", quote_like(key, TScalarStyle::Plain)),
-                })
-            }
-            _ => Err("key is not a string".into()),
-        };
-    }
-    let line = format!("key: {}", quote_like(key, TScalarStyle::Plain));
-    if *flow {
-        // `{name: admin, role: admin}` -> `{key: ..., name: admin, role: admin}`
-        let at = src.byte(*start)? + 1;
-        let sep = if pairs.is_empty() { "" } else { ", " };
-        return Ok(Edit {
-            from: at,
-            to: at,
-            insert: format!("{line}{sep}"),
-        });
-    }
-    // Block entry: insert a line before the last key that starts its own line, reusing its
-    // indentation; otherwise (a one-line entry) after the line of the last value.
-    for (k, _) in pairs.iter().rev() {
-        let Node::Scalar { start, .. } = k else {
-            continue;
-        };
-        let kb = src.byte(*start)?;
-        let ls = src.line_start(kb);
-        let indent = &src.text[ls..kb];
-        if indent.chars().all(|c| c == ' ') {
-            return Ok(Edit {
-                from: ls,
-                to: ls,
-                insert: format!("{indent}{line}\n"),
-            });
-        }
-    }
-    let (first_key, _) = pairs.first().ok_or("empty entry")?;
-    let (_, last_val) = pairs.last().ok_or("empty entry")?;
-    let (
-        Node::Scalar { start: fk, .. },
-        Node::Scalar {
-            value,
-            style,
-            start: vs,
-        },
-    ) = (first_key, last_val)
-    else {
-        return Err("cannot find where to add the key".into());
-    };
-    let fkb = src.byte(*fk)?;
-    let indent = " ".repeat(src.text[src.line_start(fkb)..fkb].chars().count());
-    let vend = if value.is_empty() && *style == TScalarStyle::Plain {
-        fkb
-    } else {
-        src.scalar_end(value, *style, *vs)?
-    };
-    let eol = src.text[vend..]
-        .find('\n')
-        .map_or(src.text.len(), |p| vend + p);
-    Ok(Edit {
-        from: eol,
-        to: eol,
-        insert: format!("\n{indent}{line}"),
-    })
-}
-
-/// Edit that adds the missing tail of deployment.admin.admin_key (`missing`) under `parent`
-/// (`None` = the document root), holding APISIX's default admin entry with `key`.
-fn insert_chain(
-    src: &Source<'_>,
-    parent: Option<&Node>,
-    missing: &[&str],
-    key: &str,
-) -> Result<Edit, String> {
-    let value = quote_like(key, TScalarStyle::Plain);
-    let block = |indent: &str| {
-        let mut s = String::new();
-        let mut pad = indent.to_string();
-        for name in missing {
-            s.push_str(&format!("{pad}{name}:\n"));
-            pad.push_str("  ");
-        }
-        s.push_str(&format!(
-            "{pad}- name: admin\n{pad}  key: {value}\n{pad}  role: admin\n"
-        ));
-        s
-    };
-    match parent {
-        // Empty document, or the root table lacks `deployment`: append at the end.
-        None => Ok(append_at_end(src, block(""))),
-        Some(Node::Map { flow: false, .. }) if missing.len() == CHAIN.len() => {
-            Ok(append_at_end(src, block("")))
-        }
-        Some(Node::Map {
-            flow: true, start, ..
-        }) => {
-            let mut inner = format!("[{{name: admin, key: {value}, role: admin}}]");
-            for name in missing.iter().skip(1).rev() {
-                inner = format!("{{{name}: {inner}}}");
-            }
-            let at = src.byte(*start)? + 1;
-            let has_pairs = matches!(parent, Some(Node::Map { pairs, .. }) if !pairs.is_empty());
-            let sep = if has_pairs { ", " } else { "" };
-            Ok(Edit {
-                from: at,
-                to: at,
-                insert: format!("{}: {inner}{sep}", missing[0]),
-            })
-        }
-        Some(Node::Map {
-            flow: false, pairs, ..
-        }) => {
-            // A nested block table: its first key starts a line; add ours above it.
-            let Some((Node::Scalar { start, .. }, _)) = pairs.first() else {
-                return Err("cannot find where to add admin_key".into());
-            };
-            let kb = src.byte(*start)?;
-            let ls = src.line_start(kb);
-            let indent = &src.text[ls..kb];
-            if !indent.chars().all(|c| c == ' ') {
-                return Err("cannot find where to add admin_key".into());
-            }
-            Ok(Edit {
-                from: ls,
-                to: ls,
-                insert: block(indent),
-            })
-        }
-        Some(_) => Err(format!("{} is not a table", missing[0])),
-    }
-}
-
-fn append_at_end(src: &Source<'_>, block: String) -> Edit {
-    let end = src.text.len();
-    let nl = if src.text.is_empty() || src.text.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
-    Edit {
-        from: end,
-        to: end,
-        insert: format!("{nl}{block}"),
-    }
-}
-
-/// The edited text must read back as the original with exactly the requested keys set.
-fn verify(before: &str, after: &str, keys: &[(usize, String)]) -> Result<(), String> {
-    let parse = |t: &str| serde_yaml::from_str::<Value>(t).map_err(|e| e.to_string());
-    let mut expected = parse(before)?;
-    let got = parse(after).map_err(|e| format!("edited text does not parse: {e}"))?;
-    if expected.is_null() {
-        expected = Value::Mapping(Default::default());
-    }
-    let mut cur = &mut expected;
-    for name in CHAIN {
-        let Value::Mapping(m) = cur else {
-            return Err(format!("{name}'s parent is not a table"));
-        };
-        let default = if name == "admin_key" {
-            serde_yaml::from_str("[{name: admin, key: '', role: admin}]")
-                .map_err(|e| e.to_string())?
-        } else {
-            Value::Mapping(Default::default())
-        };
-        cur = m.entry(Value::from(name)).or_insert(default);
-    }
-    let Value::Sequence(items) = cur else {
-        return Err("admin_key is not a list".into());
-    };
-    for (i, key) in keys {
-        let Some(Value::Mapping(entry)) = items.get_mut(*i) else {
-            return Err(format!("admin_key[{i}] is not a table"));
-        };
-        entry.insert(Value::from("key"), Value::from(key.as_str()));
-    }
-    if expected == got {
-        Ok(())
-    } else {
-        Err("edited text does not read back as expected".into())
-    }
-}
-
-/// For each admin_key entry, whether its `key` is written as a `${{VAR}}` placeholder.
-fn placeholder_keys(text: &str) -> Vec<bool> {
-    let src = Source::new(text);
-    let Ok(Some(root)) = parse_tree(&mask_placeholders(text)) else {
-        return Vec::new();
-    };
-    let mut node = &root;
-    for name in CHAIN {
-        match node.get(name) {
-            Some((_, v)) => node = v,
-            None => return Vec::new(),
-        }
-    }
-    let Node::Seq { items } = node else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|e| match e.get("key") {
-            Some((_, Node::Scalar { start, .. })) => src.byte(*start).is_ok_and(|b| {
-                let line = src.text[b..].split('\n').next().unwrap_or("");
-                line.contains("${{")
-            }),
-            _ => false,
-        })
-        .collect()
+    Document::parse(text)
+        .and_then(|doc| doc.set_fields(&ADMIN_KEYS, keys))
+        .map_err(|e| ConfigError::WriteBack(e.to_string()))
 }
 
 /// Generate keys for empty `role: admin` entries, write them back atomically, update `config`.
@@ -602,7 +83,12 @@ pub fn ensure_admin_keys(
     {
         return Ok(Vec::new());
     }
-    let from_placeholder = placeholder_keys(text);
+    // A file the editor cannot read has no placeholder keys; writing back then reports why.
+    let doc = Document::parse(text);
+    let from_placeholder = doc
+        .as_ref()
+        .map(|d| d.placeholder_fields(&ADMIN_KEYS))
+        .unwrap_or_default();
     let mut generated = Vec::new();
     let mut to_write = Vec::new();
     for (index, entry) in admin.admin_key.iter().enumerate() {
@@ -626,8 +112,15 @@ pub fn ensure_admin_keys(
         });
     }
     if !to_write.is_empty() {
-        let new_text = write_back(text, &to_write)?;
-        write_atomic(path, &new_text)?;
+        let new_text = doc
+            .and_then(|d| d.set_fields(&ADMIN_KEYS, &to_write))
+            .map_err(|e| ConfigError::WriteBack(e.to_string()))?;
+        crate::fsutil::write_atomic(path, new_text.as_bytes()).map_err(|source| {
+            ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         tracing::info!(path = %path.display(), "generated admin key written to config file");
     }
     for g in &generated {
@@ -638,55 +131,11 @@ pub fn ensure_admin_keys(
     Ok(generated)
 }
 
-/// Replace `path` with `text`: temp file in the same directory, fsync, keep mode, rename.
-fn write_atomic(path: &Path, text: &str) -> Result<(), ConfigError> {
-    let werr = |source| ConfigError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config.yaml".into());
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let perms = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        // The text holds the new key: owner-only until the original mode is applied.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        if let Some(p) = perms {
-            f.set_permissions(p)?;
-        }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself; not every platform lets a directory be opened.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_yaml::Value;
 
     fn key_at(text: &str, i: usize) -> String {
         let v: Value = serde_yaml::from_str(text).unwrap();
@@ -816,8 +265,8 @@ mod tests {
         let text = "apisix:\n  control: {ip: 127.0.0.1, port: ${{ CONTROL_PORT:=9090 }}}\ndeployment:\n  admin:\n    admin_key:\n      - {name: admin, key: '', role: admin}\n      - {name: env, key: '${{K}}', role: admin}\n";
         let out = wb(text, "Abc");
         assert_eq!(out, text.replacen("key: ''", "key: 'Abc'", 1));
-        assert_eq!(placeholder_keys(text), [false, true]);
-        assert_eq!(mask_placeholders("a: ${{ é }} ${{x"), "a: ________ ${{x");
+        let doc = Document::parse(text).unwrap();
+        assert_eq!(doc.placeholder_fields(&ADMIN_KEYS), [false, true]);
     }
 
     #[test]

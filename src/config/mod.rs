@@ -22,6 +22,7 @@ mod env;
 pub mod listen;
 mod read;
 mod validate;
+mod yaml_edit;
 
 pub use env::substitute_env;
 pub use listen::ListenSpec;

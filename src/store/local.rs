@@ -16,7 +16,7 @@
 //! instant one complete log is on disk.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,11 +27,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
+use crate::fsutil::{self, create_private_dir, private_file, sync_dir};
 use crate::model::Kind;
 
 const MAGIC: &[u8; 8] = b"APXSTRM1";
 const LOG_NAME: &str = "store.log";
-const TMP_NAME: &str = "store.log.tmp";
 const LOCK_NAME: &str = "LOCK";
 /// Largest record accepted when reading (bodies are limited far below this).
 const MAX_RECORD: u32 = 64 << 20;
@@ -117,32 +117,6 @@ fn corrupt(path: &Path, offset: u64, why: &str) -> StoreError {
          (restore the data directory from a backup or move it away to start empty)",
         path.display()
     ))
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
-}
-
-/// Open options for store files: readable by the owner only.
-fn private_file() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn encode(rec: &Record) -> Result<Vec<u8>, StoreError> {
@@ -285,9 +259,9 @@ fn open_writable(dir: &Path, valid_len: u64) -> Result<(File, File), Writable> {
     if lock.try_lock().is_err() {
         return Err(Writable::InUse);
     }
-    // A compaction that crashed before its rename left only a temp file.
-    let _ = fs::remove_file(dir.join(TMP_NAME));
     let path = dir.join(LOG_NAME);
+    // A compaction that crashed before its rename left only a temp file.
+    let _ = fsutil::remove_stale_temps(&path);
     let mut file = private_file()
         .create(true)
         .append(true)
@@ -456,7 +430,6 @@ impl Shared {
     }
 
     fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        let tmp = self.dir.join(TMP_NAME);
         let path = self.dir.join(LOG_NAME);
         // Records must stay in revision order for the reader's checks.
         let mut live_entries: Vec<&Entry> = inner.entries.values().collect();
@@ -478,15 +451,7 @@ impl Shared {
             op: Op::Bump,
         })?);
         let write = || -> std::io::Result<File> {
-            let mut f = private_file()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)?;
+            fsutil::write_atomic(&path, &buf)?;
             OpenOptions::new().append(true).open(&path)
         };
         match write() {
@@ -495,10 +460,7 @@ impl Shared {
                 inner.log_len = buf.len() as u64;
                 Ok(())
             }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(io_err("cannot compact", &path, e))
-            }
+            Err(e) => Err(io_err("cannot compact", &path, e)),
         }
     }
 }
@@ -624,6 +586,7 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use serde_json::json;
 
     fn rt() -> tokio::runtime::Runtime {
