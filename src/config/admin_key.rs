@@ -55,7 +55,7 @@ const ADMIN_KEYS: ListField<'static> = ListField {
     default_entry: &[("name", "admin"), ("key", ""), ("role", "admin")],
 };
 
-/// Pure: return `text` with admin_key[i].key set to the given values, everything else unchanged.
+/// Pure: return `text` with `admin_key[i].key` set to the given values, everything else unchanged.
 ///
 /// Handles quoted, empty, `~` and missing `key`s in block and flow entries, and a config with
 /// no `deployment.admin.admin_key` at all (APISIX's default single `admin` entry is written).

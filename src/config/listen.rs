@@ -42,7 +42,7 @@ impl ListenSpec {
         }
     }
 
-    /// "ip:port" as APISIX prints listen_addr, e.g. "0.0.0.0:9100", "[::1]:9100".
+    /// "ip:port" as APISIX prints listen_addr, e.g. `0.0.0.0:9100`, `[::1]:9100`.
     pub fn listen_addr(&self) -> String {
         self.addr.to_string()
     }

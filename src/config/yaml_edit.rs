@@ -144,7 +144,7 @@ impl<'a> Document<'a> {
                     },
                 )) => self
                     .scalar_span(value, *style, *start)
-                    .is_ok_and(|(from, to)| self.text[from..to] != self.masked[from..to]),
+                    .is_ok_and(|(from, to)| self.text.get(from..to) != self.masked.get(from..to)),
                 _ => false,
             })
             .collect()
@@ -213,6 +213,10 @@ impl<'a> Document<'a> {
         edits.sort_by_key(|e| std::cmp::Reverse(e.from));
         let mut out = self.text.to_string();
         for e in edits {
+            // Offsets come from the masked copy; one inside a placeholder is refused.
+            if !(out.is_char_boundary(e.from) && out.is_char_boundary(e.to)) {
+                return Err("the value to replace is inside a ${{...}} placeholder".into());
+            }
             out.replace_range(e.from..e.to, &e.insert);
         }
         verify(&self.masked, &mask_placeholders(&out), list, values)?;
