@@ -21,7 +21,8 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use crate::health::Checker;
-use crate::proxy::listener::{ListenerInfo, SharedListeners};
+use crate::proxy::listeners::SharedListeners;
+use crate::proxy::ListenerInfo;
 use crate::snapshot::publish::SharedSnapshot;
 use crate::snapshot::Snapshot;
 use crate::stats::{memory_rss_bytes, NodeReport, RouteReport, Stats};

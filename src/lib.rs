@@ -18,13 +18,20 @@
 //!   prometheus, syslog).
 //! - [`health`]: upstream health checks (active probes, passive reports)
 //!   feeding the balancer and the Control API.
-//! - [`proxy`]: listeners, connection handling and the byte relay.
+//! - [`proxy`]: the data plane: listeners (bound, and changed on SIGHUP by
+//!   a pure plan), per-core workers, connection handling and the byte relay.
+//! - [`tls`]: everything TLS: certificates compiled from SSL objects,
+//!   termination and SNI peeking on listeners, and the client side for
+//!   upstreams, syslog and health probes. It imports neither [`proxy`] nor
+//!   [`snapshot`].
 //! - [`stats`]: live counters per route, node and listener, and the list of
 //!   live connections; [`control`] serves them (Control API, Prometheus);
 //!   [`access_log`] writes one line per finished session.
-//! - [`server`]: `serve`, wiring the pieces together and handling signals
-//!   (SIGHUP re-applies the listeners); [`http`] fronts the HTTP APIs with
-//!   connection caps and timeouts; [`timefmt`] prints UTC times.
+//! - [`server`]: `serve`, wiring the pieces together; `server::signals`
+//!   drains on SIGTERM and re-applies the listeners on SIGHUP,
+//!   `server::limits` sizes the session cap from the open-file limit;
+//!   [`http`] fronts the HTTP APIs with connection caps and timeouts;
+//!   [`timefmt`] prints UTC times.
 //! - [`fsutil`]: crash-safe file writes (atomic replace, owner-only files, directory fsync).
 //! - [`cli`]: the command line.
 //! - [`top`]: the `top` dashboard, a Control API client drawn with ratatui.
@@ -54,4 +61,5 @@ pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod timefmt;
+pub mod tls;
 pub mod top;

@@ -2,7 +2,7 @@
 //! a refusal, never a panic; an SNI is never longer than a DNS name.
 #![no_main]
 
-use apisix_stream::proxy::clienthello::{parse, Hello};
+use apisix_stream::tls::clienthello::{parse, Hello};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use super::{query_pairs, AdminError, AdminState};
-use crate::proxy::tls::normalize_sni;
 use crate::snapshot::{canonical_ip, ConnInfo, RouteRt, Snapshot};
+use crate::tls::normalize_sni;
 
 /// Default `server_addr` and `remote_addr` when the query leaves them out.
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -4,18 +4,17 @@
 //! `run_single_check`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::conf::{Active, ProbeType};
 use super::Target;
-use crate::snapshot::tls as snapshot_tls;
+use crate::tls;
 
 /// What a probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,45 +33,6 @@ pub enum Outcome {
 /// Longest status line read before giving up on it.
 const MAX_STATUS_LINE: usize = 8 * 1024;
 
-/// Where the system's trusted CA bundle usually lives.
-const CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-/// A client configuration that verifies certificates against the system CA
-/// bundle (as OpenResty's `lua_ssl_trusted_certificate system`), built once.
-fn verifying_config() -> Option<Arc<ClientConfig>> {
-    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = RootCertStore::empty();
-            for path in CA_BUNDLES {
-                let Ok(pem) = std::fs::read(path) else {
-                    continue;
-                };
-                let mut reader = pem.as_slice();
-                let certs = rustls_pemfile::certs(&mut reader).flatten();
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added > 0 {
-                    break;
-                }
-            }
-            if roots.is_empty() {
-                tracing::warn!("no system CA bundle found: https health checks that verify certificates will fail");
-            }
-            let config = ClientConfig::builder_with_provider(snapshot_tls::provider())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .ok()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Some(Arc::new(config))
-        })
-        .clone()
-}
-
 /// The TLS client configuration `https` probes use (None for other types or
 /// when it cannot be built).
 pub fn tls_config(active: &Active) -> Option<Arc<ClientConfig>> {
@@ -80,9 +40,9 @@ pub fn tls_config(active: &Active) -> Option<Arc<ClientConfig>> {
         return None;
     }
     if active.https_verify_certificate {
-        verifying_config()
+        tls::system_roots_config()
     } else {
-        snapshot_tls::client_config(None).ok()
+        tls::client_config(None).ok()
     }
 }
 
@@ -168,11 +128,8 @@ pub async fn probe(active: &Active, tls: Option<&Arc<ClientConfig>>, target: &Ta
             let Some(config) = tls else {
                 return Outcome::TcpFailure;
             };
-            let Ok(name) = ServerName::try_from(target.hostname.clone()) else {
-                return Outcome::TcpFailure;
-            };
-            let connector = tokio_rustls::TlsConnector::from(config.clone());
-            match timeout(limit, connector.connect(name, stream)).await {
+            let handshake = tls::handshake(stream, config.clone(), &target.hostname);
+            match timeout(limit, handshake).await {
                 Ok(Ok(s)) => Box::pin(exchange(s, active, &target.hostname, limit)).await,
                 Ok(Err(e)) => {
                     tracing::debug!(target = %target, error = %e, "health check TLS handshake failed");

@@ -285,8 +285,8 @@ async fn send_tcp(t: &Transport, batch: &[String], conn: &mut Option<Conn>) -> R
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect failed: {e}"))?;
         *conn = Some(if t.tls {
-            let config = crate::snapshot::tls::client_config(None)?;
-            Box::new(crate::proxy::tls::connect_upstream(stream, config, &t.host, t.timeout).await?)
+            let config = crate::tls::client_config(None)?;
+            Box::new(crate::tls::connect_upstream(stream, config, &t.host, t.timeout).await?)
         } else {
             Box::new(stream)
         });

@@ -18,11 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::copy::{self, Counters, ResetTarget};
-use super::listener::ListenerInfo;
-use super::{proxy_protocol, tls, ProxyCtx};
+use super::{proxy_protocol, ListenerInfo, ProxyCtx};
 use crate::balancer::Pick;
 use crate::plugins;
 use crate::snapshot::{canonical_ip, ConnInfo, UpstreamRt};
+use crate::tls;
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]

@@ -30,8 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::copy::End;
-use super::listener::ListenerInfo;
-use super::ProxyCtx;
+use super::{ListenerInfo, ProxyCtx};
 use crate::access_log::Record;
 use crate::balancer::Pick;
 use crate::snapshot::RouteRt;

@@ -10,16 +10,22 @@
 //! takes new sockets over a channel, and every listener has its own stop
 //! token (a child of the server's), so cancelling one stops its accept loop
 //! while the connections it accepted carry on to their natural end.
+//!
+//! The accept loop takes a session slot under [`Limits`](super::Limits)
+//! before spawning [`tcp::handle`]; past the cap, and on descriptor or
+//! memory exhaustion, it closes or backs off instead of spinning.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::{self, ListenerInfo};
 use super::udp::{self, UdpCounters};
-use super::ProxyCtx;
+use super::{tcp, ListenerInfo, ProxyCtx};
 
 /// The sockets one worker serves, each with the token that stops it.
 #[derive(Debug, Default)]
@@ -96,7 +102,7 @@ fn serve_sockets(socks: WorkerSockets, ctx: &Arc<ProxyCtx>) {
     for (info, l, stop) in socks.tcp {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(listener::accept_loop(l, info, ctx.clone(), stop));
+                tokio::spawn(accept_loop(l, info, ctx.clone(), stop));
             }
             Err(e) => {
                 tracing::error!(listen = %info.label, error = %e, "cannot serve tcp listener")
@@ -139,5 +145,76 @@ async fn run(
     tokio::select! {
         () = ctx.connections.wait() => {}
         () = ctx.force_close.cancelled() => {}
+    }
+}
+
+/// Errors that mean "out of resources": back off instead of spinning.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == libc_errno::EMFILE || code == libc_errno::ENFILE
+            || code == libc_errno::ENOBUFS || code == libc_errno::ENOMEM
+    )
+}
+
+mod libc_errno {
+    pub const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
+    pub const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
+    pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
+    pub const ENOMEM: i32 = rustix::io::Errno::NOMEM.raw_os_error();
+}
+
+/// Accept until `stop`, handing each connection to [`tcp::handle`].
+async fn accept_loop(
+    listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    ctx: Arc<ProxyCtx>,
+    stop: CancellationToken,
+) {
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let mut backoff = Duration::from_millis(10);
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            r = listener.accept() => r,
+            () = &mut stopped => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let Some(permit) = ctx.limits.try_acquire() else {
+                    // At the cap: close now (the client sees it at once).
+                    drop(stream);
+                    if quiet_until.is_none_or(|t| Instant::now() >= t) {
+                        tracing::warn!(listen = %info.label, max_sessions = ctx.limits.max_sessions, "session limit reached; closing new connections");
+                        quiet_until = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                    continue;
+                };
+                let info = info.clone();
+                let task_ctx = ctx.clone();
+                ctx.connections.spawn(async move {
+                    let _permit = permit;
+                    tcp::handle(task_ctx, stream, peer, info).await;
+                });
+            }
+            Err(e) if is_resource_error(&e) => {
+                // Out of descriptors or memory: retrying at once would spin.
+                ctx.limits.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if quiet_until.is_none_or(|t| Instant::now() >= t) {
+                    tracing::warn!(listen = %info.label, error = %e, "accept failed; backing off");
+                    quiet_until = Some(Instant::now() + Duration::from_secs(10));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => {
+                // Per-connection failures (e.g. aborted before accept).
+                ctx.limits.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listen = %info.label, error = %e, "accept failed");
+            }
+        }
     }
 }

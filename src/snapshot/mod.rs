@@ -9,7 +9,6 @@
 
 pub mod matcher;
 pub mod publish;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +23,7 @@ use crate::health::Checker;
 use crate::model::{Kind, LbType, StreamRoute, Upstream};
 use crate::stats::{NodeStats, RouteStats, Stats};
 use crate::store::Dump;
+use crate::tls;
 use arc_swap::ArcSwapOption;
 
 /// APISIX's default connect timeout (seconds).

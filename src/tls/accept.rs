@@ -1,5 +1,5 @@
-//! TLS on the data path: termination on `tls: true` listeners, SNI peeking
-//! on `tls_passthrough` listeners, and TLS to `scheme: tls` upstreams.
+//! The server side of TLS on the data path: termination on `tls: true`
+//! listeners and SNI peeking on `tls_passthrough` listeners.
 //!
 //! Termination reads the ClientHello first (rustls `LazyConfigAcceptor`), so
 //! the SNI selects the SSL object's configuration (certificate, CA policy,
@@ -11,30 +11,40 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio_rustls::{client, server, LazyConfigAcceptor, TlsConnector};
+use tokio_rustls::{server, LazyConfigAcceptor};
 
 use super::clienthello::{self, Hello};
-use crate::snapshot::Snapshot;
+use super::{normalize_sni, TlsCerts};
 
 /// Deadline for a client's TLS handshake (and for a passthrough ClientHello).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// SNI sent to TLS upstreams when the client connection had none (APISIX).
-pub const DEFAULT_UPSTREAM_SNI: &str = "apisix_backend";
+/// Where [`terminate`] finds the server configuration for an SNI: the
+/// compiled SSL objects, or a snapshot holding them.
+pub trait CertSource {
+    /// The compiled SSL objects.
+    fn certs(&self) -> &TlsCerts;
+}
 
-/// Lower-case and drop one trailing dot, as APISIX normalises SNIs.
-pub fn normalize_sni(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+impl CertSource for TlsCerts {
+    fn certs(&self) -> &TlsCerts {
+        self
+    }
+}
+
+impl<T: CertSource + ?Sized> CertSource for Arc<T> {
+    fn certs(&self) -> &TlsCerts {
+        (**self).certs()
+    }
 }
 
 /// Terminate TLS: the certificate is chosen by SNI (or `fallback_sni` when
 /// the client sent none). Returns the stream and the SNI used.
 pub async fn terminate(
     stream: TcpStream,
-    snapshot: &Snapshot,
+    snapshot: &(impl CertSource + ?Sized),
     fallback_sni: Option<&str>,
 ) -> Result<(server::TlsStream<TcpStream>, String), String> {
     let handshake = async {
@@ -48,7 +58,7 @@ pub async fn terminate(
             .or_else(|| fallback_sni.map(normalize_sni))
             .ok_or_else(|| "failed to find SNI".to_string())?;
         let config = snapshot
-            .tls
+            .certs()
             .lookup(&sni)
             .ok_or_else(|| format!("failed to match any SSL certificate by SNI: {sni}"))?
             .clone();
@@ -112,21 +122,4 @@ pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, peek)
         .await
         .map_err(|_| "no complete ClientHello in time".to_string())?
-}
-
-/// Open TLS to an upstream node, sending `sni` (the client's SNI, or
-/// [`DEFAULT_UPSTREAM_SNI`] for plain clients).
-pub async fn connect_upstream(
-    stream: TcpStream,
-    config: Arc<rustls::ClientConfig>,
-    sni: &str,
-    timeout: Duration,
-) -> Result<client::TlsStream<TcpStream>, String> {
-    let name = ServerName::try_from(sni.to_string())
-        .map_err(|e| format!("bad upstream SNI {sni}: {e}"))?;
-    let connect = TlsConnector::from(config).connect(name, stream);
-    tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| "upstream TLS handshake timed out".to_string())?
-        .map_err(|e| format!("upstream TLS handshake failed: {e}"))
 }

@@ -1,6 +1,6 @@
 //! TLS material compiled from SSL objects: a rustls `ServerConfig` per
-//! server SSL object (picked per handshake by SNI) and client certificates
-//! for upstream mTLS.
+//! server SSL object (picked per handshake by SNI) and the certificates of
+//! `type: client` objects for upstream mTLS.
 //!
 //! Certificate selection (APISIX): exact name first, then a wildcard
 //! `*.suffix` matching exactly one extra label (`*.test.com` serves
@@ -13,24 +13,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme, SupportedProtocolVersion,
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
 };
 use serde_json::Value;
 
+use super::provider;
 use crate::model::{Ssl, SslType};
-
-/// The crypto provider every TLS configuration uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
@@ -185,86 +181,6 @@ pub fn server_config(ssl: &Ssl) -> Result<Arc<ServerConfig>, String> {
         }
     };
     let config = builder.with_cert_resolver(Arc::new(PairResolver { keys }));
-    Ok(Arc::new(config))
-}
-
-/// Accepts any upstream certificate: upstream certificates are not verified
-/// in APISIX's stream proxy (nginx's `proxy_ssl_verify off`).
-#[derive(Debug)]
-struct AnyServerCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Presents one certificate to every upstream that asks for one.
-#[derive(Debug)]
-struct FixedClientCert(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for FixedClientCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// Client configuration for `scheme: tls` upstreams, with an optional
-/// client certificate (upstream mTLS).
-pub fn client_config(client_cert: Option<Arc<CertifiedKey>>) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("bad TLS versions: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)));
-    let config = match client_cert {
-        None => builder.with_no_client_auth(),
-        Some(k) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(k))),
-    };
     Ok(Arc::new(config))
 }
 

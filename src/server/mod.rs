@@ -1,0 +1,302 @@
+//! `serve`: open the store, bind every listener, run until SIGINT/SIGTERM.
+//!
+//! Start-up is all-or-nothing: the store is opened and every socket bound
+//! before anything serves, so a bad data directory or a busy port stops the
+//! process with one line naming it. [`start`] returns a [`Server`] handle with
+//! the addresses actually bound (port 0 in the config picks a free port, which
+//! is how tests run the real server side by side).
+//!
+//! This module only wires the pieces together: which store, the snapshot
+//! publisher, the health checks, the Admin API, the Control API, the
+//! Prometheus export server and the data-plane workers. [`signals`] runs the
+//! process (drain on SIGINT/SIGTERM, listener reload on SIGHUP); [`limits`]
+//! sizes the session cap from the open-file limit.
+
+pub mod limits;
+pub mod signals;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigProvider};
+use crate::control::{self, ControlState};
+use crate::health;
+use crate::model::crypt::Keyring;
+use crate::proxy::listeners::{self, Listeners};
+use crate::proxy::udp::UdpCounters;
+use crate::proxy::worker::Workers;
+use crate::proxy::{ListenerInfo, ProxyConfig, ProxyConfigError, ProxyCtx};
+use crate::snapshot::publish;
+use crate::stats::Stats;
+use crate::store::etcd::EtcdStore;
+use crate::store::file::{self, FileStore};
+use crate::store::local::LocalStore;
+use crate::store::{Store, StoreError};
+
+pub use crate::proxy::listeners::ReloadOutcome;
+pub use limits::{max_sessions, raise_fd_limit};
+pub use signals::run;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened (the message is the whole story, so it
+    /// is not repeated as an error source).
+    #[error("cannot open the store: {0}")]
+    Store(StoreError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} {addr}: {error}")]
+    Bind {
+        /// Which listener (config key).
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The data plane's settings could not be applied.
+    #[error(transparent)]
+    Proxy(#[from] ProxyConfigError),
+    /// A configuration this build cannot serve.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        ServerError::Store(e)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    admin_addr: Option<SocketAddr>,
+    control_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    stats: Arc<Stats>,
+    listeners: Listeners,
+    workers: Option<Workers>,
+    proxy: ProxyCtx,
+    grace: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Address the Admin API is bound to (None when `enable_admin` is off).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Address the Control API is bound to (None when `enable_control` is off).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// Address of the Prometheus export server, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
+    pub fn tcp_listeners(&self) -> Vec<Arc<ListenerInfo>> {
+        self.listeners.current().tcp.clone()
+    }
+
+    /// The UDP listeners with their counters, one per `stream_proxy.udp` entry.
+    pub fn udp_listeners(&self) -> Vec<(Arc<ListenerInfo>, Arc<UdpCounters>)> {
+        self.listeners.current().udp.clone()
+    }
+
+    /// Apply the `stream_proxy` entries of `config` (SIGHUP): bind the new
+    /// ones, stop accepting on the removed ones (their connections finish
+    /// normally) and keep the unchanged ones untouched. An entry that cannot
+    /// be bound is reported and skipped; the others still apply.
+    pub fn reload_listeners(&mut self, config: &Config) -> ReloadOutcome {
+        match self.workers.as_ref() {
+            Some(workers) => self.listeners.reload(&listeners::wanted(config), workers),
+            None => ReloadOutcome::default(),
+        }
+    }
+
+    /// Connections being proxied right now.
+    pub fn active_connections(&self) -> usize {
+        self.proxy.active()
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] stops at once: its
+    /// worker threads close their listeners and connections and exit.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.proxy.connections.close();
+        self.proxy.force_close.cancel();
+    }
+}
+
+async fn open_store(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Arc<dyn Store>, ServerError> {
+    match config.deployment.config_provider {
+        ConfigProvider::Local => Ok(Arc::new(LocalStore::open(
+            &config.deployment.local.data_dir,
+        )?)),
+        provider @ (ConfigProvider::Yaml | ConfigProvider::Json) => {
+            let format = match provider {
+                ConfigProvider::Json => file::Format::Json,
+                _ => file::Format::Yaml,
+            };
+            Ok(Arc::new(
+                FileStore::open(
+                    &config.deployment.standalone_file,
+                    format,
+                    config.stream_plugins.clone(),
+                    cancel.clone(),
+                )
+                .await?,
+            ))
+        }
+        ConfigProvider::Etcd => {
+            let store = EtcdStore::connect(&config.deployment.etcd, cancel.clone()).await?;
+            Ok(store)
+        }
+    }
+}
+
+/// Bind an HTTP API's listener; returns it with the address bound.
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let fail = |error| ServerError::Bind { what, addr, error };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
+}
+
+/// Open the store, bind every listener and start serving.
+pub async fn start(config: Config) -> Result<Server, ServerError> {
+    let fd_limit = raise_fd_limit();
+    let workers = limits::workers();
+    let cancel = CancellationToken::new();
+    let store = open_store(&config, &cancel).await?;
+    let tasks = TaskTracker::new();
+    let (listeners, per_worker) = Listeners::bind(
+        &listeners::wanted(&config),
+        config.apisix.enable_reuseport,
+        workers,
+        &cancel,
+    )
+    .map_err(|e| ServerError::Bind {
+        what: e.entry.protocol.config_key(),
+        addr: e.entry.spec.addr,
+        error: e.error,
+    })?;
+    let stats = Arc::new(Stats::default());
+    stats
+        .plugins
+        .configure(&config.stream_plugins, &config.deployment.etcd.prefix);
+    let publisher = publish::start(
+        store.clone(),
+        stats.clone(),
+        Keyring::new(&config.apisix.data_encryption.keyring),
+        cancel.clone(),
+    )
+    .await?;
+    if config.apisix.disable_upstream_healthcheck {
+        tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
+    } else {
+        health::manager::spawn(
+            publisher.current.clone(),
+            publisher.published.clone(),
+            &tasks,
+            cancel.clone(),
+        );
+    }
+    let max_sessions = max_sessions(config.nginx_config.worker_connections, workers, fd_limit);
+    let proxy = ProxyCtx::new(
+        publisher.current.clone(),
+        stats.clone(),
+        ProxyConfig::from_config(&config, max_sessions)?,
+    );
+    tracing::info!(max_sessions, "session limit");
+
+    let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
+    let mut admin_addr = None;
+    if config.apisix.enable_admin {
+        let addr = config.deployment.admin.admin_listen.socket_addr();
+        let (listener, local) = bind("deployment.admin.admin_listen", addr).await?;
+        admin_addr = Some(local);
+        let mut state = AdminState::new(&config, store.clone());
+        state.body_timeout = config.nginx_config.http.client_body_timeout;
+        state.published = Some(publisher.published.clone());
+        state.snapshot = Some(publisher.current.clone());
+        let app = admin::router(Arc::new(state));
+        crate::http::serve(&tasks, &cancel, listener, app, "admin API", http_limits);
+    }
+    let control_state = ControlState {
+        stats: stats.clone(),
+        snapshot: publisher.current.clone(),
+        listeners: listeners.shared(),
+        prefix: config.deployment.etcd.prefix.clone(),
+        limits: proxy.limits.clone(),
+    };
+    let mut control_addr = None;
+    if config.apisix.enable_control {
+        let addr = config.apisix.control.socket_addr();
+        let (listener, local) = bind("apisix.control", addr).await?;
+        control_addr = Some(local);
+        let app = control::router(control_state.clone());
+        crate::http::serve(&tasks, &cancel, listener, app, "control API", http_limits);
+    }
+    let mut metrics_addr = None;
+    let prom = &config.plugin_attr.prometheus;
+    if prom.enable_export_server {
+        let addr = prom.export_addr.socket_addr();
+        let (listener, local) = bind("plugin_attr.prometheus.export_addr", addr).await?;
+        metrics_addr = Some(local);
+        let app =
+            control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
+        let what = "prometheus export server";
+        crate::http::serve(&tasks, &cancel, listener, app, what, http_limits);
+    }
+    listeners.log_listening();
+    let workers = Workers::spawn(per_worker, &proxy, &cancel).map_err(|e| {
+        cancel.cancel();
+        ServerError::Unsupported(format!("cannot start proxy workers: {e}"))
+    })?;
+    tracing::info!(store = %store.describe(), "apisix-stream started");
+    Ok(Server {
+        admin_addr,
+        control_addr,
+        metrics_addr,
+        stats,
+        listeners,
+        workers: Some(workers),
+        proxy,
+        grace: config.nginx_config.worker_shutdown_timeout,
+        cancel,
+        tasks,
+    })
+}

@@ -1,0 +1,150 @@
+//! How a running server stops and reloads: SIGINT and SIGTERM drain and
+//! exit, SIGHUP re-reads `config.yaml` and applies its `stream_proxy`
+//! listeners.
+//!
+//! Why the signals are watched before anything binds: a signal arriving
+//! during start-up then still stops the process cleanly instead of killing
+//! it with the default action.
+//!
+//! The drain: stop accepting (every listener and the HTTP APIs), let open
+//! connections finish for up to `nginx_config.worker_shutdown_timeout`,
+//! then close the rest and wait for the worker threads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Server, ServerError};
+use crate::config::Config;
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// SIGINT or SIGTERM: drain and exit.
+    Stop,
+    /// SIGHUP: re-apply the listeners of `config.yaml`.
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, watched from creation on.
+struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn watch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch {name}");
+                    None
+                }
+            };
+            Signals {
+                int: watch(SignalKind::interrupt(), "SIGINT"),
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                hup: watch(SignalKind::hangup(), "SIGHUP"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Event {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.int) => Event::Stop,
+                () = recv(&mut self.term) => Event::Stop,
+                () = recv(&mut self.hup) => Event::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Event::Stop
+        }
+    }
+}
+
+/// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly. SIGHUP
+/// re-reads `config_path` and applies its `stream_proxy` listeners.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
+    let mut signals = Signals::watch();
+    let mut server = super::start(config).await?;
+    loop {
+        match signals.next().await {
+            Event::Stop => break,
+            Event::Reload => {
+                if let Some(path) = &config_path {
+                    reload(&mut server, path);
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// SIGHUP: apply the listeners of the file at `path`; a file that does not
+/// load keeps the current ones.
+fn reload(server: &mut Server, path: &Path) {
+    match Config::load(path) {
+        Ok(new) => {
+            let out = server.reload_listeners(&new);
+            tracing::info!(
+                added = out.added.len(),
+                removed = out.removed.len(),
+                failed = out.failed.len(),
+                "reloaded stream_proxy listeners from {} (other settings need a restart)",
+                path.display()
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reload {}; keeping the current listeners", path.display())
+        }
+    }
+}
+
+impl Server {
+    /// Graceful stop: stop accepting, let open connections finish for up to
+    /// `nginx_config.worker_shutdown_timeout`, then close the rest.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let conns = &self.proxy.connections;
+        conns.close();
+        if !conns.is_empty() {
+            tracing::info!(open = conns.len(), grace = ?self.grace, "draining connections");
+        }
+        if tokio::time::timeout(self.grace, conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(open = conns.len(), "grace period over; closing connections");
+            self.proxy.force_close.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+        }
+        if let Some(w) = self.workers.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+}

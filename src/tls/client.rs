@@ -1,0 +1,168 @@
+//! The client side of TLS: to `scheme: tls` upstream nodes, to syslog
+//! servers and for `https` health probes.
+//!
+//! Upstream certificates are not verified, as in APISIX's stream proxy
+//! (nginx's `proxy_ssl_verify off`); an upstream may still ask for a client
+//! certificate (upstream mTLS). Health probes with
+//! `https_verify_certificate` verify against the system's CA bundle.
+
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::{client, TlsConnector};
+
+use super::provider;
+
+/// Where the system's trusted CA bundle usually lives.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Accepts any upstream certificate: upstream certificates are not verified
+/// in APISIX's stream proxy (nginx's `proxy_ssl_verify off`).
+#[derive(Debug)]
+struct AnyServerCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Presents one certificate to every upstream that asks for one.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Client configuration for `scheme: tls` upstreams, with an optional
+/// client certificate (upstream mTLS).
+pub fn client_config(client_cert: Option<Arc<CertifiedKey>>) -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("bad TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)));
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(k) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(k))),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that verifies certificates against the system CA
+/// bundle (as OpenResty's `lua_ssl_trusted_certificate system`), built once.
+pub fn system_roots_config() -> Option<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            for path in CA_BUNDLES {
+                let Ok(pem) = std::fs::read(path) else {
+                    continue;
+                };
+                let mut reader = pem.as_slice();
+                let certs = rustls_pemfile::certs(&mut reader).flatten();
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added > 0 {
+                    break;
+                }
+            }
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no system CA bundle found: TLS clients that verify certificates will fail"
+                );
+            }
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .ok()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        })
+        .clone()
+}
+
+/// The TLS handshake over a connected `stream`, sending `sni`; no deadline
+/// of its own (callers bound it).
+pub async fn handshake(
+    stream: TcpStream,
+    config: Arc<ClientConfig>,
+    sni: &str,
+) -> io::Result<client::TlsStream<TcpStream>> {
+    let name = ServerName::try_from(sni.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("bad SNI {sni}: {e}")))?;
+    TlsConnector::from(config).connect(name, stream).await
+}
+
+/// Open TLS to an upstream node, sending `sni` (the client's SNI, or
+/// [`DEFAULT_UPSTREAM_SNI`](super::DEFAULT_UPSTREAM_SNI) for plain clients).
+pub async fn connect_upstream(
+    stream: TcpStream,
+    config: Arc<ClientConfig>,
+    sni: &str,
+    timeout: Duration,
+) -> Result<client::TlsStream<TcpStream>, String> {
+    tokio::time::timeout(timeout, handshake(stream, config, sni))
+        .await
+        .map_err(|_| "upstream TLS handshake timed out".to_string())?
+        .map_err(|e| format!("upstream TLS handshake failed: {e}"))
+}
