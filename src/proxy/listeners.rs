@@ -271,8 +271,9 @@ impl Listeners {
     /// Carry out `plan` (made against [`entries`](Listeners::entries)):
     /// bind the added entries and hand each worker its sockets, stop the
     /// removed ones (their connections finish normally), then publish the
-    /// new set. An entry that cannot be bound is reported and skipped; the
-    /// rest still applies.
+    /// new set. An entry that cannot be bound is reported and skipped (an
+    /// entry it was to replace on the same address stays); the rest still
+    /// applies.
     pub fn apply(&mut self, plan: Plan, workers: &Workers) -> ReloadOutcome {
         let mut out = ReloadOutcome::default();
         let mut old: Vec<Option<Bound>> = std::mem::take(&mut self.bound)
@@ -283,6 +284,7 @@ impl Listeners {
         self.bound = plan.keep.iter().filter_map(|&i| take(i)).collect();
         let gone: Vec<Bound> = plan.remove.iter().filter_map(|&i| take(i)).collect();
         let mut per_worker = worker_sockets(workers.count());
+        let mut unbound = HashSet::new();
         for entry in &plan.add {
             match bind_entry(entry, self.reuseport, &mut per_worker, &self.stop) {
                 Ok(b) => {
@@ -293,11 +295,20 @@ impl Listeners {
                 Err(e) => {
                     tracing::error!(listen = %entry.spec.addr, protocol = entry.protocol.name(), error = %e, "cannot add listener");
                     out.failed.push(format!("{}: {e}", entry.spec.addr));
+                    unbound.insert((entry.protocol, entry.spec.addr));
                 }
             }
         }
         workers.add(per_worker);
         for b in gone {
+            // Without reuseport, new options on an address cannot be bound
+            // while the old socket holds it: the old one keeps serving
+            // rather than leaving the address unserved.
+            if unbound.contains(&(b.entry.protocol, b.info.local)) {
+                tracing::warn!(listen = %b.info.label, "keeping the current listener: its replacement could not be bound");
+                self.bound.push(b);
+                continue;
+            }
             b.stop.cancel();
             tracing::info!(listen = %b.info.label, "listener removed; its connections drain");
             out.removed.push(b.info.label.clone());
@@ -555,6 +566,48 @@ mod tests {
         assert_ne!(set.tcp[0].local.port(), 0);
         assert_eq!(*label, set.tcp[0].local.to_string());
         assert_eq!(l.entries(), wanted);
+    }
+
+    #[test]
+    fn apply_binds_added_stops_removed_and_publishes_the_set() {
+        let stop = CancellationToken::new();
+        let (mut l, _sockets) =
+            Listeners::bind(&[tcp("127.0.0.1:0")], true, 1, &stop).expect("bind");
+        let old = l.current().tcp[0].clone();
+        let workers = Workers::default();
+        // The same address with new options: the new entry binds beside the
+        // old one (reuseport), the old one stops.
+        let mut changed = tcp(&old.local.to_string());
+        changed.spec.proxy_protocol = true;
+        let wanted = [changed.clone(), udp("127.0.0.1:0")];
+        let out = l.reload(&wanted, &workers);
+        assert_eq!(out.added.len(), 2, "{out:?}");
+        assert_eq!(out.removed, std::slice::from_ref(&old.label));
+        assert!(out.failed.is_empty());
+        assert_eq!(l.entries(), wanted);
+        let set = l.current();
+        assert!(set.tcp[0].spec.proxy_protocol && set.tcp[0].local == old.local);
+        assert_eq!(set.udp.len(), 1);
+        // The same entries again: nothing happens.
+        assert_eq!(l.reload(&wanted, &workers), ReloadOutcome::default());
+    }
+
+    #[test]
+    fn without_reuseport_a_replacement_that_cannot_bind_keeps_the_old_entry() {
+        let stop = CancellationToken::new();
+        // The old socket stays open (held here as a worker would hold it).
+        let (mut l, _sockets) =
+            Listeners::bind(&[tcp("127.0.0.1:0")], false, 1, &stop).expect("bind");
+        let old = l.current().tcp[0].clone();
+        let mut changed = tcp(&old.local.to_string());
+        changed.spec.tls = true;
+        let out = l.reload(&[changed], &Workers::default());
+        assert_eq!(out.failed.len(), 1, "{out:?}");
+        assert!(out.added.is_empty() && out.removed.is_empty(), "{out:?}");
+        assert!(
+            Arc::ptr_eq(&l.current().tcp[0], &old),
+            "the old entry serves on"
+        );
     }
 
     #[test]

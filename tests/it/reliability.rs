@@ -528,3 +528,67 @@ async fn reload_in_process_reports_what_changed() {
     assert!(out.added.is_empty() && out.removed.is_empty());
     assert_eq!(server.tcp_listeners().len(), 2);
 }
+
+#[tokio::test]
+async fn reload_swaps_an_entry_whose_options_changed_on_the_same_address() {
+    let mut s = with_nginx_config("  event:\n    worker_connections: 1000\n").await;
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route(
+        "1",
+        &json!({"upstream": {"nodes": {echo.addr.to_string(): 1}}}),
+    )
+    .await;
+    let addr = s.tcp[0];
+    let mut old = within(5, TcpStream::connect(addr)).await.expect("connect");
+    assert_eq!(roundtrip(&mut old, b"plain").await, b"plain");
+
+    // The same address, now expecting a PROXY protocol header.
+    let mut config = apisix_stream::config::Config::from_yaml(&crate::harness::test_yaml(
+        &s.dir.path().join("data"),
+        0,
+    ))
+    .expect("config");
+    let mut spec = ListenSpec::new(addr);
+    spec.proxy_protocol = true;
+    if let Some(sp) = config.apisix.stream_proxy.as_mut() {
+        sp.tcp = vec![spec];
+        sp.udp = vec![];
+    }
+    let server = s.server.as_mut().expect("running");
+    let out = server.reload_listeners(&config);
+    assert_eq!(out.added, [addr.to_string()], "{out:?}");
+    assert_eq!(out.removed, [addr.to_string()], "{out:?}");
+    assert!(out.failed.is_empty(), "{out:?}");
+    let now = server.tcp_listeners();
+    assert!(now.len() == 1 && now[0].spec.proxy_protocol && now[0].local == addr);
+
+    // New connections are served by the new entry: with a header they are
+    // proxied, without one they are refused.
+    let answer = async |data: &[u8]| -> Option<Vec<u8>> {
+        let mut c = within(5, TcpStream::connect(addr)).await.ok()?;
+        c.write_all(data).await.ok()?;
+        let mut b = [0u8; 5];
+        let wait = Duration::from_secs(2);
+        match tokio::time::timeout(wait, c.read(&mut b)).await {
+            Ok(Ok(n)) => Some(b[..n].to_vec()),
+            // Closed with a reset: nothing came back either.
+            Ok(Err(_)) => Some(Vec::new()),
+            Err(_) => None,
+        }
+    };
+    let header = b"PROXY TCP4 192.0.2.1 127.0.0.1 1111 2222\r\nhello";
+    assert!(
+        eventually(10, async || answer(header).await.as_deref()
+            == Some(b"hello"))
+        .await,
+        "served with a header"
+    );
+    assert!(
+        eventually(10, async || answer(b"hello\r\n").await.as_deref()
+            == Some(b""))
+        .await,
+        "no header, no data"
+    );
+    // The connection accepted before the change carries on.
+    assert_eq!(roundtrip(&mut old, b"still here").await, b"still here");
+}
