@@ -13,7 +13,7 @@
 //! whose options changed on the same address (with reuseport) never stops
 //! listening.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,25 +149,32 @@ pub struct Plan {
 /// Compare the entries `wanted` with those `bound`: a bound entry still
 /// wanted is kept, a wanted entry not bound is added, a bound entry no
 /// longer wanted is removed. An entry whose options changed is a different
-/// entry (the new one added, the old one removed). An entry listed twice
-/// counts once.
+/// entry (the new one added, the old one removed). An entry on a fixed port
+/// listed twice counts once; an entry on port 0 asks for a free port each
+/// time it is listed, so identical port-0 entries are matched one to one.
 pub fn plan(wanted: &[Entry], bound: &[Entry]) -> Plan {
-    let wanted_keys: HashSet<_> = wanted.iter().map(Entry::key).collect();
+    let mut missing: HashMap<_, usize> = HashMap::new();
+    for w in wanted {
+        let n = missing.entry(w.key()).or_default();
+        *n = if w.spec.addr.port() == 0 { *n + 1 } else { 1 };
+    }
+    // Take one wanted slot of `e`'s kind, if one is left.
+    let mut take = |e: &Entry| match missing.get_mut(&e.key()) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
     let mut out = Plan::default();
-    let mut seen = HashSet::new();
     for (i, b) in bound.iter().enumerate() {
-        let key = b.key();
-        if wanted_keys.contains(&key) && seen.insert(key) {
+        if take(b) {
             out.keep.push(i);
         } else {
             out.remove.push(i);
         }
     }
-    for w in wanted {
-        if seen.insert(w.key()) {
-            out.add.push(w.clone());
-        }
-    }
+    out.add = wanted.iter().filter(|w| take(w)).cloned().collect();
     out
 }
 
@@ -538,6 +545,20 @@ mod tests {
         let p = plan(&[tcp("127.0.0.1:0"), tcp("127.0.0.1:9100")], &bound);
         assert_eq!(p.keep, [0]);
         assert_eq!(p.add, [tcp("127.0.0.1:9100")]);
+    }
+
+    #[test]
+    fn each_port_zero_entry_is_its_own_listener() {
+        let any = tcp("127.0.0.1:0");
+        let two = [any.clone(), any.clone()];
+        assert_eq!(plan(&two, &[]).add, two);
+        // One bound, two wanted: one kept, one added.
+        let p = plan(&two, std::slice::from_ref(&any));
+        assert_eq!((p.keep, p.add), (vec![0], vec![any.clone()]));
+        // Two bound, one wanted: the first kept, the second removed.
+        let p = plan(std::slice::from_ref(&any), &two);
+        assert_eq!((p.keep, p.remove), (vec![0], vec![1]));
+        assert!(p.add.is_empty());
     }
 
     #[test]
