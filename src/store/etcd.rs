@@ -28,6 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::index::{Index, Key, Objects, Table};
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::{Etcd, Secret};
 use crate::model::Kind;
@@ -158,27 +159,26 @@ fn change_of(prefix: &str, kv: &Value, delete: bool) -> Option<Change> {
 // ---------------------------------------------------------------------------
 // The cache and how changes are applied to it.
 
-type Key = (Kind, String);
-
-/// The in-memory copy of etcd's objects.
+/// What the etcd store keeps in step with its objects.
 ///
 /// Why `pending`: the watcher task and Admin API writes both update the
-/// cache, each in one step under a plain mutex (never held across an await).
-/// A write is applied as soon as etcd acknowledges it (read-your-writes), so
-/// its watch event may arrive later, after older events for the same key:
-/// remembering the write's revision until the watch passes it keeps those
-/// older events (and a concurrent full re-read) from undoing it.
+/// cache, each in one step under the index's lock (never held across an
+/// await). A write is applied as soon as etcd acknowledges it
+/// (read-your-writes), so its watch event may arrive later, after older
+/// events for the same key: remembering the write's revision until the watch
+/// passes it keeps those older events (and a concurrent full re-read) from
+/// undoing it.
 #[derive(Debug, Default)]
-struct Cache {
-    entries: BTreeMap<Key, Entry>,
-    /// Revision announced on the change feed (only increases).
-    revision: u64,
+struct Tracking {
     /// Highest etcd revision whose watch events have been applied.
     watched: u64,
     /// Our own writes applied before their watch event arrived: the
     /// revision of the write and the entry it left (None for a delete).
     pending: BTreeMap<Key, (u64, Option<Entry>)>,
 }
+
+/// The in-memory copy of etcd's objects, with its tracking.
+type Cache = Table<Tracking>;
 
 fn warn_invalid(key: &str, error: &str) {
     tracing::warn!(
@@ -188,143 +188,126 @@ fn warn_invalid(key: &str, error: &str) {
     );
 }
 
-impl Cache {
-    /// Apply one watch event (events come in revision order); true when
-    /// the data changed.
-    fn apply_event(&mut self, change: Change) -> bool {
-        self.watched = self.watched.max(match &change {
-            Change::Put { mod_rev, .. } | Change::Delete { mod_rev, .. } => *mod_rev,
-        });
-        let (key, rev) = match &change {
-            Change::Put {
-                kind, id, mod_rev, ..
-            }
-            | Change::Delete {
-                kind, id, mod_rev, ..
-            } => ((*kind, id.clone()), *mod_rev),
-        };
-        if let Some((own, _)) = self.pending.get(&key) {
-            if rev < *own {
-                // Our newer write is already in force.
-                return false;
-            }
-            self.pending.remove(&key);
+/// Apply one watch event (events come in revision order); true when the
+/// data changed.
+fn apply_event(c: &mut Cache, change: Change) -> bool {
+    let (key, rev) = match &change {
+        Change::Put {
+            kind, id, mod_rev, ..
         }
-        match change {
-            Change::Put {
+        | Change::Delete {
+            kind, id, mod_rev, ..
+        } => ((*kind, id.clone()), *mod_rev),
+    };
+    note_watched(c, rev);
+    if let Some((own, _)) = c.extra.pending.get(&key) {
+        if rev < *own {
+            // Our newer write is already in force.
+            return false;
+        }
+        c.extra.pending.remove(&key);
+    }
+    match change {
+        Change::Put {
+            kind,
+            id,
+            key: full,
+            value,
+            create_rev,
+            mod_rev,
+        } => match value {
+            Ok(value) => c.insert(Entry {
                 kind,
                 id,
-                key: full,
                 value,
                 create_rev,
                 mod_rev,
-            } => match value {
-                Ok(value) => {
-                    let entry = Entry {
+            }),
+            Err(e) => {
+                warn_invalid(&full, &e);
+                false
+            }
+        },
+        Change::Delete { .. } => c.remove(&key).is_some(),
+    }
+}
+
+/// Record that the watch has seen revision `rev` (for keys we skip too).
+fn note_watched(c: &mut Cache, rev: u64) {
+    c.extra.watched = c.extra.watched.max(rev);
+}
+
+/// Apply one of our own acknowledged writes at `rev` (read-your-writes);
+/// true when the data changed.
+fn apply_own(c: &mut Cache, key: Key, rev: u64, entry: Option<Entry>) -> bool {
+    if rev <= c.extra.watched {
+        // The watch already delivered it (and maybe newer changes).
+        return false;
+    }
+    if let Some((own, _)) = c.extra.pending.get(&key) {
+        if *own >= rev {
+            return false;
+        }
+    }
+    c.extra.pending.insert(key.clone(), (rev, entry.clone()));
+    match entry {
+        Some(e) => c.insert(e),
+        None => c.remove(&key).is_some(),
+    }
+}
+
+/// Replace everything by a full read at `header_rev`: invalid values keep
+/// the previous version, own writes newer than the read stay. True when
+/// the data changed.
+fn replace_all(c: &mut Cache, items: Vec<Change>, header_rev: u64) -> bool {
+    if header_rev < c.extra.watched {
+        // etcd was replaced or restored: our write revisions mean nothing there.
+        c.extra.pending.clear();
+    }
+    let mut next = Objects::new();
+    for item in items {
+        let Change::Put {
+            kind,
+            id,
+            key: full,
+            value,
+            create_rev,
+            mod_rev,
+        } = item
+        else {
+            continue;
+        };
+        let key = (kind, id.clone());
+        match value {
+            Ok(value) => {
+                next.insert(
+                    key,
+                    Entry {
                         kind,
                         id,
                         value,
                         create_rev,
                         mod_rev,
-                    };
-                    if self.entries.get(&key) == Some(&entry) {
-                        return false;
-                    }
-                    self.entries.insert(key, entry);
-                    true
+                    },
+                );
+            }
+            Err(e) => {
+                warn_invalid(&full, &e);
+                if let Some(old) = c.get(&key) {
+                    next.insert(key, old.clone());
                 }
-                Err(e) => {
-                    warn_invalid(&full, &e);
-                    false
-                }
-            },
-            Change::Delete { .. } => self.entries.remove(&key).is_some(),
-        }
-    }
-
-    /// Record that the watch has seen revision `rev` (for keys we skip too).
-    fn note_watched(&mut self, rev: u64) {
-        self.watched = self.watched.max(rev);
-    }
-
-    /// Apply one of our own acknowledged writes at `rev` (read-your-writes);
-    /// true when the data changed.
-    fn apply_own(&mut self, key: Key, rev: u64, entry: Option<Entry>) -> bool {
-        if rev <= self.watched {
-            // The watch already delivered it (and maybe newer changes).
-            return false;
-        }
-        if let Some((own, _)) = self.pending.get(&key) {
-            if *own >= rev {
-                return false;
             }
         }
-        self.pending.insert(key.clone(), (rev, entry.clone()));
+    }
+    c.extra.pending.retain(|_, (rev, _)| *rev > header_rev);
+    for (key, (_, entry)) in &c.extra.pending {
         match entry {
-            Some(e) => {
-                let changed = self.entries.get(&key) != Some(&e);
-                self.entries.insert(key, e);
-                changed
-            }
-            None => self.entries.remove(&key).is_some(),
-        }
+            Some(e) => next.insert(key.clone(), e.clone()),
+            None => next.remove(key),
+        };
     }
-
-    /// Replace everything by a full read at `header_rev`: invalid values
-    /// keep the previous version, own writes newer than the read stay.
-    /// True when the data changed.
-    fn replace_all(&mut self, items: Vec<Change>, header_rev: u64) -> bool {
-        if header_rev < self.watched {
-            // etcd was replaced or restored: our write revisions mean nothing there.
-            self.pending.clear();
-        }
-        let mut next = BTreeMap::new();
-        for item in items {
-            let Change::Put {
-                kind,
-                id,
-                key: full,
-                value,
-                create_rev,
-                mod_rev,
-            } = item
-            else {
-                continue;
-            };
-            let key = (kind, id.clone());
-            match value {
-                Ok(value) => {
-                    next.insert(
-                        key,
-                        Entry {
-                            kind,
-                            id,
-                            value,
-                            create_rev,
-                            mod_rev,
-                        },
-                    );
-                }
-                Err(e) => {
-                    warn_invalid(&full, &e);
-                    if let Some(old) = self.entries.get(&key) {
-                        next.insert(key, old.clone());
-                    }
-                }
-            }
-        }
-        self.pending.retain(|_, (rev, _)| *rev > header_rev);
-        for (key, (_, entry)) in &self.pending {
-            match entry {
-                Some(e) => next.insert(key.clone(), e.clone()),
-                None => next.remove(key),
-            };
-        }
-        self.watched = header_rev;
-        let changed = next != self.entries;
-        self.entries = next;
-        changed
-    }
+    c.extra.watched = header_rev;
+    c.replace(next)
 }
 
 // ---------------------------------------------------------------------------
@@ -463,9 +446,8 @@ struct Shared {
     watch_timeout: Duration,
     resync_delay: Duration,
     creds: Option<(String, Secret)>,
-    cache: Mutex<Cache>,
+    index: Index<Tracking>,
     conn: Mutex<Conn>,
-    tx: watch::Sender<u64>,
     /// Poked when a write finds etcd unreachable, so the watcher resyncs.
     trouble: Notify,
 }
@@ -565,12 +547,6 @@ async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Host>, StoreE
 }
 
 impl Shared {
-    fn cache(&self) -> MutexGuard<'_, Cache> {
-        // Every update of the cache is a single step under the lock, so a
-        // panic elsewhere cannot leave it half-changed.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn conn(&self) -> MutexGuard<'_, Conn> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -578,12 +554,6 @@ impl Shared {
     fn hosts_text(&self) -> String {
         let urls: Vec<&str> = self.hosts.iter().map(|h| h.url.as_str()).collect();
         urls.join(",")
-    }
-
-    /// Announce the cache's new state at `rev` (at least the current one).
-    fn commit(&self, cache: &mut Cache, rev: u64) {
-        cache.revision = cache.revision.max(rev);
-        self.tx.send_replace(cache.revision);
     }
 
     fn key_of(&self, kind: Kind, id: &str) -> String {
@@ -777,18 +747,18 @@ impl Shared {
             .flatten()
             .filter_map(|kv| change_of(&self.prefix, kv, false))
             .collect();
-        let mut cache = self.cache();
-        if rev < cache.watched {
-            tracing::warn!(
-                seen = cache.watched,
-                now = rev,
-                "etcd revision went backwards (etcd replaced or restored); reloading everything"
-            );
-        }
-        let changed = cache.replace_all(items, rev);
-        if changed || rev > cache.revision {
-            self.commit(&mut cache, rev);
-        }
+        self.index.update(|c| {
+            if rev < c.extra.watched {
+                tracing::warn!(
+                    seen = c.extra.watched,
+                    now = rev,
+                    "etcd revision went backwards (etcd replaced or restored); reloading everything"
+                );
+            }
+            if replace_all(c, items, rev) || rev > c.revision() {
+                c.commit(rev);
+            }
+        });
         Ok(rev)
     }
 
@@ -887,23 +857,25 @@ impl Shared {
             }
         }
         let events = r.get("events").and_then(Value::as_array)?;
-        let mut cache = self.cache();
-        let mut changed = false;
-        let mut last = 0;
-        for ev in events {
-            let Some(kv) = ev.get("kv") else { continue };
-            let delete = ev.get("type").and_then(Value::as_str) == Some("DELETE");
-            let rev = num(kv.get("mod_revision"));
-            last = last.max(rev);
-            cache.note_watched(rev);
-            if let Some(change) = change_of(&self.prefix, kv, delete) {
-                changed |= cache.apply_event(change);
+        let last = self.index.update(|c| {
+            let mut changed = false;
+            let mut last = 0;
+            for ev in events {
+                let Some(kv) = ev.get("kv") else { continue };
+                let delete = ev.get("type").and_then(Value::as_str) == Some("DELETE");
+                let rev = num(kv.get("mod_revision"));
+                last = last.max(rev);
+                note_watched(c, rev);
+                if let Some(change) = change_of(&self.prefix, kv, delete) {
+                    changed |= apply_event(c, change);
+                }
             }
-        }
+            if changed {
+                c.commit(last);
+            }
+            last
+        });
         *from = (*from).max(last + 1);
-        if changed {
-            self.commit(&mut cache, last);
-        }
         None
     }
 
@@ -1029,7 +1001,6 @@ impl EtcdStore {
         let timeout = Duration::from_secs(conf.timeout.max(1));
         let hosts = build_hosts(conf, timeout).await?;
         let prefix = conf.prefix.trim_end_matches('/').to_string();
-        let (tx, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             hosts,
             prefix,
@@ -1041,9 +1012,8 @@ impl EtcdStore {
                 .user
                 .as_ref()
                 .map(|u| (u.clone(), conf.password.clone().unwrap_or_default())),
-            cache: Mutex::new(Cache::default()),
+            index: Index::default(),
             conn: Mutex::new(Conn::default()),
-            tx,
             trouble: Notify::new(),
         });
         let tries = conf.startup_retry.max(1);
@@ -1082,7 +1052,7 @@ impl EtcdStore {
                 shared.hosts_text()
             )));
         };
-        let objects = shared.cache().entries.len();
+        let objects = shared.index.read(|c| c.objects().len());
         tracing::info!(
             hosts = %shared.hosts_text(),
             prefix = %shared.conf_prefix,
@@ -1098,11 +1068,11 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(super::object(&self.shared.cache().entries, kind, id))
+        Ok(self.shared.index.get(kind, id))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(super::objects_of(&self.shared.cache().entries, kind))
+        Ok(self.shared.index.list(kind))
     }
 
     async fn put(
@@ -1154,10 +1124,11 @@ impl Store for EtcdStore {
             create_rev,
             mod_rev: rev,
         };
-        let mut cache = s.cache();
-        if cache.apply_own((kind, id.to_string()), rev, Some(entry.clone())) {
-            s.commit(&mut cache, rev);
-        }
+        s.index.update(|c| {
+            if apply_own(c, (kind, id.to_string()), rev, Some(entry.clone())) {
+                c.commit(rev);
+            }
+        });
         Ok(PutOutcome { created, entry })
     }
 
@@ -1175,24 +1146,26 @@ impl Store for EtcdStore {
             return Ok(None);
         };
         let key = (kind, id.to_string());
-        let mut cache = s.cache();
-        let old = cache.entries.get(&key).cloned().unwrap_or_else(|| {
-            let raw = prev
-                .get("value")
-                .and_then(Value::as_str)
-                .and_then(unb64)
-                .unwrap_or_default();
-            Entry {
-                kind,
-                id: id.to_string(),
-                value: Arc::new(serde_json::from_slice(&raw).unwrap_or(Value::Null)),
-                create_rev: num(prev.get("create_revision")),
-                mod_rev: num(prev.get("mod_revision")),
+        let old = s.index.update(|c| {
+            let old = c.get(&key).cloned().unwrap_or_else(|| {
+                let raw = prev
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .and_then(unb64)
+                    .unwrap_or_default();
+                Entry {
+                    kind,
+                    id: id.to_string(),
+                    value: Arc::new(serde_json::from_slice(&raw).unwrap_or(Value::Null)),
+                    create_rev: num(prev.get("create_revision")),
+                    mod_rev: num(prev.get("mod_revision")),
+                }
+            });
+            if apply_own(c, key, rev, None) {
+                c.commit(rev);
             }
+            old
         });
-        if cache.apply_own(key, rev, None) {
-            s.commit(&mut cache, rev);
-        }
         Ok(Some(old))
     }
 
@@ -1209,16 +1182,15 @@ impl Store for EtcdStore {
     }
 
     async fn dump(&self) -> Result<Dump, StoreError> {
-        let cache = self.shared.cache();
-        Ok(Dump::of(cache.revision, &cache.entries))
+        Ok(self.shared.index.dump())
     }
 
     fn revision(&self) -> u64 {
-        *self.shared.tx.borrow()
+        self.shared.index.revision()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.tx.subscribe()
+        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {
@@ -1388,8 +1360,11 @@ mod tests {
     #[test]
     fn events_update_and_invalid_values_keep_the_previous_version() {
         let mut c = Cache::default();
-        assert!(c.apply_event(put("1", up(1), 2, 2)));
-        assert!(!c.apply_event(put("1", up(1), 2, 2)), "same event twice");
+        assert!(apply_event(&mut c, put("1", up(1), 2, 2)));
+        assert!(
+            !apply_event(&mut c, put("1", up(1), 2, 2)),
+            "same event twice"
+        );
         let invalid = Change::Put {
             kind: Kind::Upstream,
             id: "1".into(),
@@ -1398,23 +1373,29 @@ mod tests {
             create_rev: 2,
             mod_rev: 3,
         };
-        assert!(!c.apply_event(invalid));
+        assert!(!apply_event(&mut c, invalid));
         assert_eq!(
-            c.entries[&(Kind::Upstream, "1".into())].value,
+            c.objects()[&(Kind::Upstream, "1".into())].value,
             Arc::new(up(1))
         );
-        assert_eq!(c.watched, 3);
-        assert!(c.apply_event(Change::Delete {
-            kind: Kind::Upstream,
-            id: "1".into(),
-            mod_rev: 4
-        }));
-        assert!(!c.apply_event(Change::Delete {
-            kind: Kind::Upstream,
-            id: "1".into(),
-            mod_rev: 5
-        }));
-        assert!(c.entries.is_empty());
+        assert_eq!(c.extra.watched, 3);
+        assert!(apply_event(
+            &mut c,
+            Change::Delete {
+                kind: Kind::Upstream,
+                id: "1".into(),
+                mod_rev: 4
+            }
+        ));
+        assert!(!apply_event(
+            &mut c,
+            Change::Delete {
+                kind: Kind::Upstream,
+                id: "1".into(),
+                mod_rev: 5
+            }
+        ));
+        assert!(c.objects().is_empty());
     }
 
     #[test]
@@ -1422,34 +1403,60 @@ mod tests {
         let mut c = Cache::default();
         let k = (Kind::Upstream, "1".to_string());
         // Our write at 5 lands before the watch has seen it.
-        assert!(c.apply_own(k.clone(), 5, Some(entry("1", up(5), 5, 5))));
+        assert!(apply_own(
+            &mut c,
+            k.clone(),
+            5,
+            Some(entry("1", up(5), 5, 5))
+        ));
         // Older watch events for the key do not undo it.
-        assert!(!c.apply_event(put("1", up(4), 4, 4)));
-        assert_eq!(c.entries[&k].mod_rev, 5);
+        assert!(!apply_event(&mut c, put("1", up(4), 4, 4)));
+        assert_eq!(c.objects()[&k].mod_rev, 5);
         // Its own event is a no-op; a later one applies.
-        assert!(!c.apply_event(put("1", up(5), 5, 5)));
-        assert!(c.pending.is_empty());
-        assert!(c.apply_event(put("1", up(6), 5, 6)));
+        assert!(!apply_event(&mut c, put("1", up(5), 5, 5)));
+        assert!(c.extra.pending.is_empty());
+        assert!(apply_event(&mut c, put("1", up(6), 5, 6)));
         // A write the watch already passed is ignored (the delete at 7 stays).
-        assert!(c.apply_event(Change::Delete {
-            kind: Kind::Upstream,
-            id: "1".into(),
-            mod_rev: 7
-        }));
-        assert!(!c.apply_own(k.clone(), 6, Some(entry("1", up(6), 5, 6))));
-        assert!(!c.entries.contains_key(&k));
+        assert!(apply_event(
+            &mut c,
+            Change::Delete {
+                kind: Kind::Upstream,
+                id: "1".into(),
+                mod_rev: 7
+            }
+        ));
+        assert!(!apply_own(
+            &mut c,
+            k.clone(),
+            6,
+            Some(entry("1", up(6), 5, 6))
+        ));
+        assert!(!c.objects().contains_key(&k));
         // An own delete is not undone by an older put event.
-        assert!(c.apply_own(k.clone(), 10, Some(entry("1", up(10), 10, 10))));
-        assert!(c.apply_own(k.clone(), 11, None));
-        assert!(!c.apply_event(put("1", up(10), 10, 10)));
-        assert!(!c.entries.contains_key(&k));
+        assert!(apply_own(
+            &mut c,
+            k.clone(),
+            10,
+            Some(entry("1", up(10), 10, 10))
+        ));
+        assert!(apply_own(&mut c, k.clone(), 11, None));
+        assert!(!apply_event(&mut c, put("1", up(10), 10, 10)));
+        assert!(!c.objects().contains_key(&k));
     }
 
     #[test]
     fn full_reads_are_diffed_into_the_cache() {
         let mut c = Cache::default();
-        assert!(c.replace_all(vec![put("1", up(1), 2, 2), put("2", up(2), 3, 3)], 3));
-        assert!(!c.replace_all(vec![put("1", up(1), 2, 2), put("2", up(2), 3, 3)], 4));
+        assert!(replace_all(
+            &mut c,
+            vec![put("1", up(1), 2, 2), put("2", up(2), 3, 3)],
+            3
+        ));
+        assert!(!replace_all(
+            &mut c,
+            vec![put("1", up(1), 2, 2), put("2", up(2), 3, 3)],
+            4
+        ));
         // "2" deleted, "1" replaced by an invalid value: keeps the old one.
         let invalid = Change::Put {
             kind: Kind::Upstream,
@@ -1459,24 +1466,25 @@ mod tests {
             create_rev: 2,
             mod_rev: 6,
         };
-        assert!(c.replace_all(vec![invalid], 6));
-        assert_eq!(c.entries.len(), 1);
-        assert_eq!(c.entries[&(Kind::Upstream, "1".into())].mod_rev, 2);
+        assert!(replace_all(&mut c, vec![invalid], 6));
+        assert_eq!(c.objects().len(), 1);
+        assert_eq!(c.objects()[&(Kind::Upstream, "1".into())].mod_rev, 2);
         // An own write newer than the read survives it.
-        assert!(c.apply_own(
+        assert!(apply_own(
+            &mut c,
             (Kind::Upstream, "9".into()),
             8,
             Some(entry("9", up(9), 8, 8))
         ));
-        assert!(!c.replace_all(vec![put("1", up(1), 2, 2)], 7));
-        assert!(c.entries.contains_key(&(Kind::Upstream, "9".into())));
+        assert!(!replace_all(&mut c, vec![put("1", up(1), 2, 2)], 7));
+        assert!(c.objects().contains_key(&(Kind::Upstream, "9".into())));
         // etcd replaced by one at a lower revision: its content wins.
-        assert!(c.replace_all(vec![put("3", up(3), 2, 2)], 2));
+        assert!(replace_all(&mut c, vec![put("3", up(3), 2, 2)], 2));
         assert_eq!(
-            c.entries.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+            c.objects().keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
             ["3"]
         );
-        assert_eq!(c.watched, 2);
+        assert_eq!(c.extra.watched, 2);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::index::{Index, Objects};
 use super::{Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::substitute_env;
 use crate::model::{self, Kind};
@@ -78,9 +79,8 @@ impl Stamp {
     }
 }
 
-struct State {
-    entries: BTreeMap<(Kind, String), Entry>,
-    revision: u64,
+/// What the last look at the file found.
+struct Seen {
     /// The file version last looked at (`None`: it could not be read).
     seen: Option<Stamp>,
     /// Why the last look at the file did not load it, while the previous
@@ -92,8 +92,8 @@ struct Shared {
     path: PathBuf,
     format: Format,
     stream_plugins: Vec<String>,
-    state: Mutex<State>,
-    tx: watch::Sender<u64>,
+    seen: Mutex<Seen>,
+    index: Index,
 }
 
 /// The read-only standalone store; cheap to clone.
@@ -270,13 +270,11 @@ impl FileStore {
             path: path.to_path_buf(),
             format,
             stream_plugins,
-            state: Mutex::new(State {
-                entries: BTreeMap::new(),
-                revision: 0,
+            seen: Mutex::new(Seen {
                 seen: None,
                 failure: None,
             }),
-            tx: watch::channel(0).0,
+            index: Index::default(),
         });
         let first = shared.clone();
         tokio::task::spawn_blocking(move || first.load_first())
@@ -310,9 +308,9 @@ async fn poll(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every change to the state is a single assignment, never half done.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        // Every change to it is a single assignment, never half done.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stat then read the file.
@@ -338,12 +336,11 @@ impl Shared {
     fn load_first(&self) -> Result<(), StoreError> {
         let (stamp, raw) = self.read().map_err(StoreError::Unavailable)?;
         let items = self.parse(&raw).map_err(StoreError::Corrupt)?;
-        let mut state = self.lock();
-        state.seen = Some(stamp);
-        let rev = self.apply(&mut state, items);
+        self.seen().seen = Some(stamp);
+        let (rev, objects) = self.apply(items);
         tracing::info!(
             file = %self.path.display(),
-            objects = state.entries.len(),
+            objects,
             revision = rev,
             "loaded standalone configuration"
         );
@@ -354,68 +351,71 @@ impl Shared {
     /// file that cannot be used once per change.
     fn check(&self) {
         let stamp = std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m));
-        if stamp == self.lock().seen {
+        if stamp == self.seen().seen {
             return;
         }
         let loaded = self
             .read()
             .and_then(|(stamp, raw)| Ok((stamp, self.parse(&raw)?)));
-        let mut state = self.lock();
+        let mut seen = self.seen();
         match loaded {
             Ok((stamp, items)) => {
-                state.seen = Some(stamp);
-                state.failure = None;
-                let before = state.revision;
-                let rev = self.apply(&mut state, items);
+                seen.seen = Some(stamp);
+                seen.failure = None;
+                let before = self.index.read(|t| t.revision());
+                let (rev, objects) = self.apply(items);
                 if rev != before {
                     tracing::info!(
                         file = %self.path.display(),
-                        objects = state.entries.len(),
+                        objects,
                         revision = rev,
                         "reloaded standalone configuration"
                     );
                 }
             }
             Err(why) => {
-                state.seen = stamp;
+                seen.seen = stamp;
                 tracing::warn!(
                     file = %self.path.display(),
                     "{why}; keeping the previous configuration"
                 );
-                state.failure = Some(why);
+                seen.failure = Some(why);
             }
         }
     }
 
     /// Install a freshly parsed file. Unchanged items keep their revisions;
     /// the revision advances (and the change feed fires) only when
-    /// something changed. Returns the revision now in force.
-    fn apply(&self, state: &mut State, items: Items) -> u64 {
-        let rev = state.revision + 1;
-        let mut changed = items.len() != state.entries.len();
-        let mut entries = BTreeMap::new();
-        for ((kind, id), value) in items {
-            let entry = match state.entries.get(&(kind, id.clone())) {
-                Some(old) if *old.value == value => old.clone(),
-                old => {
-                    changed = true;
-                    Entry {
-                        kind,
-                        id: id.clone(),
-                        value: Arc::new(value),
-                        create_rev: old.map_or(rev, |o| o.create_rev),
-                        mod_rev: rev,
+    /// something changed. Returns the revision now in force and the number
+    /// of objects.
+    fn apply(&self, items: Items) -> (u64, usize) {
+        self.index.update(|t| {
+            let rev = t.revision() + 1;
+            let objects = items.len();
+            let mut changed = objects != t.objects().len();
+            let mut entries = Objects::new();
+            for ((kind, id), value) in items {
+                let entry = match t.get(&(kind, id.clone())) {
+                    Some(old) if *old.value == value => old.clone(),
+                    old => {
+                        changed = true;
+                        Entry {
+                            kind,
+                            id: id.clone(),
+                            value: Arc::new(value),
+                            create_rev: old.map_or(rev, |o| o.create_rev),
+                            mod_rev: rev,
+                        }
                     }
-                }
-            };
-            entries.insert((kind, id), entry);
-        }
-        if changed || state.revision == 0 {
-            state.entries = entries;
-            state.revision = rev;
-            self.tx.send_replace(rev);
-        }
-        state.revision
+                };
+                entries.insert((kind, id), entry);
+            }
+            if changed || t.revision() == 0 {
+                t.replace(entries);
+                t.commit(rev);
+            }
+            (t.revision(), objects)
+        })
     }
 
     fn read_only(&self) -> StoreError {
@@ -434,11 +434,11 @@ impl Shared {
 #[async_trait]
 impl Store for FileStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(super::object(&self.shared.lock().entries, kind, id))
+        Ok(self.shared.index.get(kind, id))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(super::objects_of(&self.shared.lock().entries, kind))
+        Ok(self.shared.index.list(kind))
     }
 
     async fn put(
@@ -460,16 +460,15 @@ impl Store for FileStore {
     }
 
     async fn dump(&self) -> Result<Dump, StoreError> {
-        let state = self.shared.lock();
-        Ok(Dump::of(state.revision, &state.entries))
+        Ok(self.shared.index.dump())
     }
 
     fn revision(&self) -> u64 {
-        *self.shared.tx.borrow()
+        self.shared.index.revision()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.tx.subscribe()
+        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {
@@ -482,7 +481,7 @@ impl Store for FileStore {
 
     fn stale(&self) -> Option<String> {
         self.shared
-            .lock()
+            .seen()
             .failure
             .as_ref()
             .map(|why| format!("{why}; serving the last valid configuration"))

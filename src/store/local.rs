@@ -14,6 +14,9 @@
 //! log grows well past the live data it is compacted by writing a new file,
 //! `fsync`, `rename` over the old one and `fsync` of the directory, so at any
 //! instant one complete log is on disk.
+//!
+//! The objects themselves are served from the shared [`Index`]; this module
+//! keeps only the log, its lock and its compaction.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::index::{Index, Key, Objects};
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::fsutil::{self, create_private_dir, private_file, sync_dir};
 use crate::model::Kind;
@@ -63,9 +67,9 @@ enum Op {
     Bump,
 }
 
-struct Inner {
-    entries: BTreeMap<(Kind, String), Entry>,
-    revision: u64,
+/// The log file and what is known of it; writers hold its lock from the
+/// precondition check until the index is updated, so writes are serial.
+struct Log {
     /// The log, open for appending; `None` while the data directory is
     /// read-only (reads are served from memory, writes fail until it is
     /// writable again).
@@ -74,14 +78,14 @@ struct Inner {
     lock: Option<File>,
     log_len: u64,
     /// Encoded size of each live object's record, to know when to compact.
-    sizes: BTreeMap<(Kind, String), u64>,
+    sizes: BTreeMap<Key, u64>,
     /// A failed write could not be cut back (e.g. the file system turned
     /// read-only): the file may end in a partial record, and nothing may be
     /// appended behind it until it is cut back to `log_len`.
     torn: bool,
 }
 
-impl Inner {
+impl Log {
     fn live_bytes(&self) -> u64 {
         self.sizes.values().sum()
     }
@@ -89,8 +93,8 @@ impl Inner {
 
 struct Shared {
     dir: PathBuf,
-    inner: Mutex<Inner>,
-    tx: watch::Sender<u64>,
+    log: Mutex<Log>,
+    index: Index,
 }
 
 /// The embedded store; cheap to clone.
@@ -135,16 +139,16 @@ fn encode(rec: &Record) -> Result<Vec<u8>, StoreError> {
 
 /// Result of scanning a log file.
 struct Loaded {
-    entries: BTreeMap<(Kind, String), Entry>,
+    entries: Objects,
     revision: u64,
     /// Length of the valid prefix (a torn tail after it is cut off).
     valid_len: u64,
-    sizes: BTreeMap<(Kind, String), u64>,
+    sizes: BTreeMap<Key, u64>,
 }
 
 fn parse_log(path: &Path, data: &[u8]) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded {
-        entries: BTreeMap::new(),
+        entries: Objects::new(),
         revision: 0,
         valid_len: MAGIC.len() as u64,
         sizes: BTreeMap::new(),
@@ -326,7 +330,6 @@ impl LocalStore {
             Err(Writable::Io(e)) => return Err(io_err("cannot open", &path, e)),
         };
         let log_len = loaded.valid_len.max(MAGIC.len() as u64);
-        let (tx, _) = watch::channel(loaded.revision);
         tracing::info!(
             path = %path.display(),
             objects = loaded.entries.len(),
@@ -336,16 +339,14 @@ impl LocalStore {
         Ok(LocalStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
-                inner: Mutex::new(Inner {
-                    entries: loaded.entries,
-                    revision: loaded.revision,
+                log: Mutex::new(Log {
                     file,
                     lock,
                     log_len,
                     sizes: loaded.sizes,
                     torn: false,
                 }),
-                tx,
+                index: Index::new(loaded.entries, loaded.revision, ()),
             }),
         })
     }
@@ -363,24 +364,24 @@ impl LocalStore {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the map half-updated:
-        // the map is changed only after the record is durable, in one step.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panic while holding the lock cannot leave the log half-updated:
+        // its length moves only once a record is durable.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Append one record durably; on failure the file is cut back so the
     /// log never keeps a partial record in the middle.
-    fn append(&self, inner: &mut Inner, rec: &Record) -> Result<u64, StoreError> {
+    fn append(&self, log: &mut Log, rec: &Record) -> Result<u64, StoreError> {
         let buf = encode(rec)?;
         let path = self.dir.join(LOG_NAME);
-        if inner.file.is_none() {
-            match open_writable(&self.dir, inner.log_len) {
+        if log.file.is_none() {
+            match open_writable(&self.dir, log.log_len) {
                 Ok((lock, file)) => {
                     tracing::info!(dir = %self.dir.display(), "data directory writable again");
-                    inner.lock = Some(lock);
-                    inner.file = Some(file);
-                    inner.torn = false;
+                    log.lock = Some(lock);
+                    log.file = Some(file);
+                    log.torn = false;
                 }
                 Err(Writable::InUse) => {
                     return Err(StoreError::Unavailable(format!(
@@ -391,15 +392,15 @@ impl Shared {
                 Err(Writable::Io(e)) => return Err(io_err("cannot write", &path, e)),
             }
         }
-        let log_len = inner.log_len;
-        let Some(file) = inner.file.as_mut() else {
+        let log_len = log.log_len;
+        let Some(file) = log.file.as_mut() else {
             return Err(StoreError::Unavailable("store is not writable".into()));
         };
-        if inner.torn {
+        if log.torn {
             file.set_len(log_len)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| io_err("cannot repair", &path, e))?;
-            inner.torn = false;
+            log.torn = false;
             tracing::info!(path = %path.display(), "store writable again");
         }
         let res = file.write_all(&buf).and_then(|()| file.sync_data());
@@ -407,35 +408,34 @@ impl Shared {
             // Cut the partial record off so the log stays valid; if even that
             // fails, remember it and refuse appends until it succeeds.
             let cut = file.set_len(log_len).and_then(|()| file.sync_data());
-            inner.torn = cut.is_err();
+            log.torn = cut.is_err();
             tracing::warn!(path = %path.display(), error = %e, "store write failed; nothing was changed");
             return Err(io_err("cannot write", &path, e));
         }
-        inner.log_len += buf.len() as u64;
+        log.log_len += buf.len() as u64;
         Ok(buf.len() as u64)
     }
 
-    fn publish(&self, rev: u64) {
-        self.tx.send_replace(rev);
-    }
-
-    fn maybe_compact(&self, inner: &mut Inner) {
-        if inner.log_len < COMPACT_MIN_BYTES || inner.log_len < inner.live_bytes() * 4 {
+    fn maybe_compact(&self, log: &mut Log) {
+        if log.log_len < COMPACT_MIN_BYTES || log.log_len < log.live_bytes() * 4 {
             return;
         }
-        match self.compact(inner) {
-            Ok(()) => tracing::debug!(bytes = inner.log_len, "compacted local store"),
+        match self.compact(log) {
+            Ok(()) => tracing::debug!(bytes = log.log_len, "compacted local store"),
             Err(e) => tracing::warn!(error = %e, "store compaction failed; keeping the old log"),
         }
     }
 
-    fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
+    fn compact(&self, log: &mut Log) -> Result<(), StoreError> {
         let path = self.dir.join(LOG_NAME);
         // Records must stay in revision order for the reader's checks.
-        let mut live_entries: Vec<&Entry> = inner.entries.values().collect();
+        let Dump {
+            revision,
+            entries: mut live_entries,
+        } = self.index.dump();
         live_entries.sort_by_key(|e| e.mod_rev);
         let mut buf = MAGIC.to_vec();
-        for e in live_entries {
+        for e in &live_entries {
             buf.extend_from_slice(&encode(&Record {
                 rev: e.mod_rev,
                 op: Op::Put {
@@ -447,7 +447,7 @@ impl Shared {
             })?);
         }
         buf.extend_from_slice(&encode(&Record {
-            rev: inner.revision,
+            rev: revision,
             op: Op::Bump,
         })?);
         let write = || -> std::io::Result<File> {
@@ -456,8 +456,8 @@ impl Shared {
         };
         match write() {
             Ok(file) => {
-                inner.file = Some(file);
-                inner.log_len = buf.len() as u64;
+                log.file = Some(file);
+                log.log_len = buf.len() as u64;
                 Ok(())
             }
             Err(e) => Err(io_err("cannot compact", &path, e)),
@@ -468,11 +468,11 @@ impl Shared {
 #[async_trait]
 impl Store for LocalStore {
     async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(super::object(&self.shared.lock().entries, kind, id))
+        Ok(self.shared.index.get(kind, id))
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(super::objects_of(&self.shared.lock().entries, kind))
+        Ok(self.shared.index.list(kind))
     }
 
     async fn put(
@@ -484,17 +484,18 @@ impl Store for LocalStore {
     ) -> Result<PutOutcome, StoreError> {
         let id = id.to_string();
         self.blocking(move |shared| {
-            let mut inner = shared.lock();
+            let mut log = shared.log();
             let key = (kind, id.clone());
-            let prev = inner.entries.get(&key);
+            let (prev, revision) = shared
+                .index
+                .read(|t| (t.get(&key).map(|p| (p.create_rev, p.mod_rev)), t.revision()));
             if let Expect::ModRev(rev) = expect {
-                if prev.map(|p| p.mod_rev) != Some(rev) {
+                if prev.map(|(_, m)| m) != Some(rev) {
                     return Err(StoreError::Conflict);
                 }
             }
-            let rev = inner.revision + 1;
-            let create_rev = prev.map_or(rev, |p| p.create_rev);
-            let created = prev.is_none();
+            let rev = revision + 1;
+            let create_rev = prev.map_or(rev, |(c, _)| c);
             let rec = Record {
                 rev,
                 op: Op::Put {
@@ -504,11 +505,11 @@ impl Store for LocalStore {
                     value,
                 },
             };
-            let size = shared.append(&mut inner, &rec)?;
+            let size = shared.append(&mut log, &rec)?;
             let Op::Put { value, .. } = rec.op else {
                 return Err(StoreError::Unavailable("internal error: bad record".into()));
             };
-            inner.sizes.insert(key.clone(), size);
+            log.sizes.insert(key, size);
             let entry = Entry {
                 kind,
                 id,
@@ -516,12 +517,15 @@ impl Store for LocalStore {
                 create_rev,
                 mod_rev: rev,
             };
-            inner.entries.insert(key, entry.clone());
-            inner.revision = rev;
-            shared.maybe_compact(&mut inner);
-            drop(inner);
-            shared.publish(rev);
-            Ok(PutOutcome { created, entry })
+            shared.index.update(|t| {
+                t.insert(entry.clone());
+                t.commit(rev);
+            });
+            shared.maybe_compact(&mut log);
+            Ok(PutOutcome {
+                created: prev.is_none(),
+                entry,
+            })
         })
         .await
     }
@@ -529,12 +533,13 @@ impl Store for LocalStore {
     async fn delete(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
         let id = id.to_string();
         self.blocking(move |shared| {
-            let mut inner = shared.lock();
+            let mut log = shared.log();
             let key = (kind, id.clone());
-            if !inner.entries.contains_key(&key) {
+            let (present, revision) = shared.index.read(|t| (t.get(&key).is_some(), t.revision()));
+            if !present {
                 return Ok(None);
             }
-            let rev = inner.revision + 1;
+            let rev = revision + 1;
             let rec = Record {
                 rev,
                 op: Op::Delete {
@@ -542,13 +547,13 @@ impl Store for LocalStore {
                     id,
                 },
             };
-            shared.append(&mut inner, &rec)?;
-            let old = inner.entries.remove(&key);
-            inner.sizes.remove(&key);
-            inner.revision = rev;
-            shared.maybe_compact(&mut inner);
-            drop(inner);
-            shared.publish(rev);
+            shared.append(&mut log, &rec)?;
+            log.sizes.remove(&key);
+            let old = shared.index.update(|t| {
+                t.commit(rev);
+                t.remove(&key)
+            });
+            shared.maybe_compact(&mut log);
             Ok(old)
         })
         .await
@@ -556,26 +561,25 @@ impl Store for LocalStore {
 
     async fn next_id(&self) -> Result<String, StoreError> {
         self.blocking(|shared| {
-            let mut inner = shared.lock();
-            let rev = inner.revision + 1;
-            shared.append(&mut inner, &Record { rev, op: Op::Bump })?;
-            inner.revision = rev;
+            let mut log = shared.log();
+            let rev = shared.index.read(|t| t.revision()) + 1;
+            shared.append(&mut log, &Record { rev, op: Op::Bump })?;
+            shared.index.update(|t| t.advance(rev));
             Ok(format_generated_id(rev))
         })
         .await
     }
 
     async fn dump(&self) -> Result<Dump, StoreError> {
-        let inner = self.shared.lock();
-        Ok(Dump::of(inner.revision, &inner.entries))
+        Ok(self.shared.index.dump())
     }
 
     fn revision(&self) -> u64 {
-        *self.shared.tx.borrow()
+        self.shared.index.revision()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.tx.subscribe()
+        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {

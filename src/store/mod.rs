@@ -4,13 +4,16 @@
 //! trait: reads, writes that are durable before they return, an etcd-like
 //! revision counter and a change feed (a `watch` of the latest revision).
 //! Back-ends plug in behind it without the Admin API knowing which one runs:
-//! [`local::LocalStore`] is the embedded, crash-safe default.
+//! [`local::LocalStore`] is the embedded, crash-safe default,
+//! [`etcd::EtcdStore`] follows an etcd cluster and [`file::FileStore`] reads
+//! a standalone `apisix.yaml`. All three keep their objects, revision and
+//! change feed in one [`index::Index`].
 
 pub mod etcd;
 pub mod file;
+pub mod index;
 pub mod local;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -79,16 +82,6 @@ pub struct Dump {
     pub entries: Vec<Entry>,
 }
 
-impl Dump {
-    /// Every object of an in-memory back-end at `revision`.
-    pub fn of(revision: u64, objects: &Objects) -> Dump {
-        Dump {
-            revision,
-            entries: objects.values().cloned().collect(),
-        }
-    }
-}
-
 /// Storage back-end behind the Admin API and the snapshot publisher.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -122,24 +115,6 @@ pub trait Store: Send + Sync + 'static {
     fn stale(&self) -> Option<String> {
         None
     }
-}
-
-/// Objects held in memory by a back-end, keyed by kind then id (byte-wise,
-/// as etcd orders keys).
-pub type Objects = BTreeMap<(Kind, String), Entry>;
-
-/// One object of `objects`, if present.
-pub fn object(objects: &Objects, kind: Kind, id: &str) -> Option<Entry> {
-    objects.get(&(kind, id.to_string())).cloned()
-}
-
-/// Every object of `kind` in id order.
-pub fn objects_of(objects: &Objects, kind: Kind) -> Vec<Entry> {
-    objects
-        .range((kind, String::new())..)
-        .take_while(|((k, _), _)| *k == kind)
-        .map(|(_, e)| e.clone())
-        .collect()
 }
 
 /// Format a revision as APISIX formats generated ids.
