@@ -2,26 +2,24 @@
 //! SSL object without a panic, and PATCH merges of it stay total.
 #![no_main]
 
-use apisix_stream::model::{self, Kind};
+use apisix_stream::model::{self, EnabledPlugins, Kind, NotEnabled};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    let plugins: Vec<String> = [
+    let plugins = EnabledPlugins::new([
         "ip-restriction",
         "limit-conn",
         "mqtt-proxy",
         "syslog",
         "traffic-split",
         "prometheus",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     for kind in Kind::ALL {
-        let _ = model::validate(kind, &value, &plugins);
+        let _ = model::validate(kind, &value, &plugins, NotEnabled::Refuse);
+        let _ = model::validate(kind, &value, &plugins, NotEnabled::Skip);
         let _ = model::references(kind, &value);
         let mut stripped = value.clone();
         model::strip_secrets(kind, &mut stripped);

@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{percent_decode, query_pairs, AdminError, AdminState, BODY_LIMIT};
-use crate::model::{self, Kind};
+use crate::model::{self, Kind, NotEnabled};
 use crate::store::{Entry, Expect};
 
 type Result<T> = std::result::Result<T, AdminError>;
@@ -350,7 +350,7 @@ async fn check_references(
 }
 
 fn validate(state: &AdminState, kind: Kind, conf: &Value) -> Result<()> {
-    model::validate(kind, conf, &state.stream_plugins).map_err(AdminError::BadRequest)
+    model::validate(kind, conf, &state.plugins, NotEnabled::Refuse).map_err(AdminError::BadRequest)
 }
 
 fn set_field(conf: &mut Value, name: &str, v: Value) {

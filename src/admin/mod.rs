@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{AdminRole, Config};
 use crate::model::crypt::Keyring;
+use crate::model::EnabledPlugins;
 use crate::store::Store;
 pub use error::AdminError;
 
@@ -50,7 +51,7 @@ pub struct AdminState {
     /// Key prefix in answers (`/apisix`).
     pub prefix: String,
     /// Stream plugins enabled in config.yaml.
-    pub stream_plugins: Vec<String>,
+    pub plugins: EnabledPlugins,
     /// Revision of the data-plane snapshot in force, when a data plane runs:
     /// writes answer only once their revision is published.
     pub published: Option<watch::Receiver<u64>>,
@@ -101,7 +102,7 @@ impl AdminState {
                 .prefix
                 .trim_end_matches('/')
                 .to_string(),
-            stream_plugins: config.stream_plugins.clone(),
+            plugins: EnabledPlugins::of(config),
             published: None,
             snapshot: None,
             keyring: Keyring::new(&config.apisix.data_encryption.keyring),

@@ -10,7 +10,7 @@ mod certs;
 pub mod crypt;
 mod defs;
 mod patch;
-pub(crate) mod plugins;
+pub mod plugins;
 mod schema;
 pub mod types;
 mod validate;
@@ -21,6 +21,7 @@ mod tests;
 use serde_json::Value;
 
 pub use patch::{merge_patch, patch_sub_path};
+pub use plugins::{EnabledPlugins, NotEnabled};
 pub use types::{LbType, Node, Ssl, SslType, StreamRoute, Timeout, Upstream, UpstreamTls};
 
 /// The three Admin API resources.
@@ -109,11 +110,16 @@ pub fn check_forbidden_times(v: &Value) -> Result<(), String> {
 }
 
 /// Everything APISIX checks without other stored objects, in APISIX's order, returning the
-/// exact `error_msg`. `stream_plugins` lists the plugin names enabled by config. Private keys
-/// must be given in clear (PEM) or as secret references.
-pub fn validate(kind: Kind, v: &Value, stream_plugins: &[String]) -> Result<(), String> {
+/// exact `error_msg`. A plugin that `enabled` does not list is refused or skipped as
+/// `not_enabled` says. Private keys must be given in clear (PEM) or as secret references.
+pub fn validate(
+    kind: Kind,
+    v: &Value,
+    enabled: &EnabledPlugins,
+    not_enabled: NotEnabled,
+) -> Result<(), String> {
     match kind {
-        Kind::StreamRoute => validate::stream_route(v, stream_plugins),
+        Kind::StreamRoute => validate::stream_route(v, enabled, not_enabled),
         Kind::Upstream => validate::upstream(v),
         Kind::Ssl => validate::ssl(v),
     }

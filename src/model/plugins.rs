@@ -1,9 +1,70 @@
 //! Checks of a stream route's `plugins` block, as APISIX's `stream_check_schema`
 //! (apisix/plugin.lua): conf type, plugin enabled, plugin schema, plugin-specific checks.
+//!
+//! Which plugins are enabled is answered here once, by [`EnabledPlugins`]
+//! (config.yaml's `stream_plugins`), for the Admin API, the standalone file,
+//! the etcd store and the plugins at run time alike; [`NotEnabled`] says what
+//! an object naming any other plugin gets.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::defs;
+use crate::config::Config;
+
+/// `stream_plugins` when config.yaml does not set it (APISIX's default).
+pub const DEFAULT_ENABLED: [&str; 5] = [
+    "ip-restriction",
+    "limit-conn",
+    "mqtt-proxy",
+    "syslog",
+    "traffic-split",
+];
+
+/// The stream plugins this instance enables; cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnabledPlugins(Arc<[String]>);
+
+impl Default for EnabledPlugins {
+    fn default() -> Self {
+        EnabledPlugins::new(DEFAULT_ENABLED)
+    }
+}
+
+impl EnabledPlugins {
+    /// Exactly these plugins.
+    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> EnabledPlugins {
+        EnabledPlugins(names.into_iter().map(|n| n.as_ref().to_string()).collect())
+    }
+
+    /// The plugins config.yaml's `stream_plugins` enables.
+    pub fn of(config: &Config) -> EnabledPlugins {
+        EnabledPlugins::new(&config.stream_plugins)
+    }
+
+    /// Whether `name` is enabled.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|p| p == name)
+    }
+
+    /// The enabled names, in config order.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// What an object naming a plugin this instance does not enable gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotEnabled {
+    /// Refused with APISIX's `unknown plugin [name]`: Admin API writes and
+    /// the standalone file, both written for this instance.
+    Refuse,
+    /// Accepted, the plugin left unchecked and unused: objects read from
+    /// etcd, which instances enabling other plugins share (APISIX's
+    /// data-plane check skips them the same way).
+    Skip,
+}
 
 /// Operators a resty.expr rule may use.
 const EXPR_OPS: &[&str] = &[
@@ -11,18 +72,22 @@ const EXPR_OPS: &[&str] = &[
 ];
 
 /// Checks every plugin of a `plugins` object in order, returning APISIX's message for the first
-/// failure. `stream_plugins` lists the plugins enabled by config.
+/// failure; a plugin `enabled` does not list is refused or skipped as `not_enabled` says.
 pub(crate) fn check_plugins(
     plugins: &Map<String, Value>,
-    stream_plugins: &[String],
+    enabled: &EnabledPlugins,
+    not_enabled: NotEnabled,
 ) -> Result<(), String> {
     for (name, conf) in plugins {
         let Some(conf_obj) = conf.as_object() else {
             let json = serde_json::to_string(conf).unwrap_or_default();
             return Err(format!("invalid plugin conf {json} for plugin [{name}]"));
         };
-        if !stream_plugins.iter().any(|p| p == name) {
-            return Err(format!("unknown plugin [{name}]"));
+        if !enabled.contains(name) {
+            match not_enabled {
+                NotEnabled::Refuse => return Err(format!("unknown plugin [{name}]")),
+                NotEnabled::Skip => continue,
+            }
         }
         let disabled = conf_obj
             .get("_meta")

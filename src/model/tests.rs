@@ -5,30 +5,27 @@ use serde_json::{json, Value};
 
 use super::*;
 
-fn plugins() -> Vec<String> {
-    [
+fn plugins() -> EnabledPlugins {
+    EnabledPlugins::new([
         "ip-restriction",
         "limit-conn",
         "mqtt-proxy",
         "syslog",
         "traffic-split",
         "prometheus",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
 fn route(v: Value) -> Result<(), String> {
-    validate(Kind::StreamRoute, &v, &plugins())
+    validate(Kind::StreamRoute, &v, &plugins(), NotEnabled::Refuse)
 }
 
 fn upstream(v: Value) -> Result<(), String> {
-    validate(Kind::Upstream, &v, &plugins())
+    validate(Kind::Upstream, &v, &plugins(), NotEnabled::Refuse)
 }
 
 fn ssl(v: Value) -> Result<(), String> {
-    validate(Kind::Ssl, &v, &plugins())
+    validate(Kind::Ssl, &v, &plugins(), NotEnabled::Refuse)
 }
 
 fn err(r: Result<(), String>) -> String {
@@ -86,7 +83,12 @@ fn ids() {
 #[test]
 fn invalid_id_in_body() {
     for kind in Kind::ALL {
-        let e = err(validate(kind, &json!({"id": "*invalid"}), &plugins()));
+        let e = err(validate(
+            kind,
+            &json!({"id": "*invalid"}),
+            &plugins(),
+            NotEnabled::Refuse,
+        ));
         assert_eq!(
             e,
             r#"invalid configuration: property "id" validation failed: object matches none of the required"#
@@ -270,14 +272,41 @@ fn route_plugins() {
         "unknown plugin [nope]"
     );
     // plugin not enabled in config
-    let only = vec!["limit-conn".to_string()];
+    let only = EnabledPlugins::new(["limit-conn"]);
+    let not_enabled = json!({"plugins": {"prometheus": {}}});
     assert_eq!(
         err(validate(
             Kind::StreamRoute,
-            &json!({"plugins": {"prometheus": {}}}),
-            &only
+            &not_enabled,
+            &only,
+            NotEnabled::Refuse
         )),
         "unknown plugin [prometheus]"
+    );
+    // objects shared through etcd: a plugin not enabled here is not checked
+    // (an invalid conf included), an enabled one still is
+    let shared = |v: Value| validate(Kind::StreamRoute, &v, &only, NotEnabled::Skip);
+    shared(json!({"plugins": {"prometheus": {"prefer_name": "x"}, "x-custom": {}}})).unwrap();
+    assert_eq!(
+        err(shared(json!({"plugins": {"x-custom": 1}}))),
+        "invalid plugin conf 1 for plugin [x-custom]"
+    );
+    assert!(
+        err(shared(json!({"plugins": {"limit-conn": {"conn": "x"}}})))
+            .starts_with("failed to check the configuration of stream plugin [limit-conn]")
+    );
+}
+
+#[test]
+fn enabled_plugins_come_from_stream_plugins_with_apisix_default() {
+    use crate::config::Config;
+    let d = EnabledPlugins::default();
+    assert!(d.contains("limit-conn") && !d.contains("prometheus"));
+    assert_eq!(EnabledPlugins::of(&Config::default()), d);
+    let set = Config::from_yaml("stream_plugins: [prometheus, limit-conn]\n").unwrap();
+    assert_eq!(
+        EnabledPlugins::of(&set).names(),
+        ["prometheus", "limit-conn"]
     );
 }
 

@@ -13,14 +13,18 @@ use serde_json::Value;
 
 use super::certs;
 use super::defs;
-use super::plugins;
+use super::plugins::{self, EnabledPlugins, NotEnabled};
 use super::schema::quote;
 
 /// Known xRPC protocol names.
 const XRPC_PROTOCOLS: &[&str] = &["redis", "dubbo", "pingpong"];
 
 /// Stream route checks (schema, plugins, addresses, protocol).
-pub(crate) fn stream_route(v: &Value, stream_plugins: &[String]) -> Result<(), String> {
+pub(crate) fn stream_route(
+    v: &Value,
+    enabled: &EnabledPlugins,
+    not_enabled: NotEnabled,
+) -> Result<(), String> {
     defs::stream_route()
         .check(v)
         .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -28,7 +32,7 @@ pub(crate) fn stream_route(v: &Value, stream_plugins: &[String]) -> Result<(), S
         upstream_checks(up)?;
     }
     if let Some(p) = v.get("plugins").and_then(Value::as_object) {
-        plugins::check_plugins(p, stream_plugins)?;
+        plugins::check_plugins(p, enabled, not_enabled)?;
     }
     for field in ["remote_addr", "server_addr"] {
         if let Some(addr) = v.get(field).and_then(Value::as_str) {

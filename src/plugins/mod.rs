@@ -35,17 +35,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::io::AsyncRead;
 
+use crate::model::{EnabledPlugins, NotEnabled};
 use crate::snapshot::{ConnInfo, RouteRt, UpstreamRt};
 use crate::stats::NodeStats;
 
-/// `stream_plugins` when config.yaml does not set it (APISIX's default).
-pub const DEFAULT_ENABLED: [&str; 5] = [
-    "ip-restriction",
-    "limit-conn",
-    "mqtt-proxy",
-    "syslog",
-    "traffic-split",
-];
+pub use crate::model::plugins::DEFAULT_ENABLED;
 
 /// Run order: APISIX's plugin priorities (higher runs first).
 pub fn priority(name: &str) -> Option<i32> {
@@ -63,7 +57,7 @@ pub fn priority(name: &str) -> Option<i32> {
 /// Process-wide plugin state shared by every snapshot.
 #[derive(Debug)]
 pub struct Shared {
-    enabled: RwLock<Arc<[String]>>,
+    enabled: RwLock<EnabledPlugins>,
     prefix: RwLock<String>,
     /// limit-conn's concurrent-session counters.
     pub limit_conn: Arc<limit_conn::Counters>,
@@ -76,7 +70,7 @@ pub struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Shared {
-            enabled: RwLock::new(DEFAULT_ENABLED.iter().map(|s| s.to_string()).collect()),
+            enabled: RwLock::new(EnabledPlugins::default()),
             prefix: RwLock::new("/apisix".to_string()),
             limit_conn: Arc::default(),
             metrics: Arc::default(),
@@ -91,7 +85,7 @@ impl Shared {
     /// limit-conn keys). Call before the first snapshot is built.
     pub fn configure(&self, stream_plugins: &[String], prefix: &str) {
         if let Ok(mut e) = self.enabled.write() {
-            *e = stream_plugins.iter().cloned().collect();
+            *e = EnabledPlugins::new(stream_plugins);
         }
         if let Ok(mut p) = self.prefix.write() {
             *p = prefix.trim_end_matches('/').to_string();
@@ -99,11 +93,11 @@ impl Shared {
     }
 
     /// The plugin names config enables.
-    pub fn enabled(&self) -> Arc<[String]> {
+    pub fn enabled(&self) -> EnabledPlugins {
         self.enabled
             .read()
-            .map(|e| Arc::clone(&e))
-            .unwrap_or_else(|_| Arc::from(Vec::new()))
+            .map(|e| e.clone())
+            .unwrap_or_else(|_| EnabledPlugins::new::<&str>([]))
     }
 
     fn prefix(&self) -> String {
@@ -353,7 +347,7 @@ impl Chain {
         let enabled = ctx.shared.enabled();
         let mut active = Map::new();
         for (name, conf) in plugins {
-            if !enabled.iter().any(|e| e == name) {
+            if !enabled.contains(name) {
                 ctx.shared.warn_once(
                     name,
                     "plugin is not enabled by stream_plugins; ignored on every route",
@@ -369,7 +363,7 @@ impl Chain {
                 active.insert(name.clone(), conf.clone());
             }
         }
-        crate::model::plugins::check_plugins(&active, &enabled)?;
+        crate::model::plugins::check_plugins(&active, &enabled, NotEnabled::Refuse)?;
         for (name, conf) in &active {
             let conf = resolve_env(conf);
             let plugin = match name.as_str() {

@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigProvider};
 use crate::control::{self, ControlState};
 use crate::health;
 use crate::model::crypt::Keyring;
+use crate::model::EnabledPlugins;
 use crate::proxy::listeners::{self, Listeners};
 use crate::proxy::udp::UdpCounters;
 use crate::proxy::worker::Workers;
@@ -171,14 +172,16 @@ async fn open_store(
                 FileStore::open(
                     &config.deployment.standalone_file,
                     format,
-                    config.stream_plugins.clone(),
+                    EnabledPlugins::of(config),
                     cancel.clone(),
                 )
                 .await?,
             ))
         }
         ConfigProvider::Etcd => {
-            let store = EtcdStore::connect(&config.deployment.etcd, cancel.clone()).await?;
+            let plugins = EnabledPlugins::of(config);
+            let store =
+                EtcdStore::connect(&config.deployment.etcd, plugins, cancel.clone()).await?;
             Ok(store)
         }
     }

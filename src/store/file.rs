@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::index::{Index, Objects};
 use super::{Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::substitute_env;
-use crate::model::{self, Kind};
+use crate::model::{self, EnabledPlugins, Kind, NotEnabled};
 
 /// How often the file's modification time and size are checked.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,7 +91,7 @@ struct Seen {
 struct Shared {
     path: PathBuf,
     format: Format,
-    stream_plugins: Vec<String>,
+    plugins: EnabledPlugins,
     seen: Mutex<Seen>,
     index: Index,
 }
@@ -197,7 +197,7 @@ fn parse_items(
     raw: &[u8],
     format: Format,
     path: &Path,
-    stream_plugins: &[String],
+    plugins: &EnabledPlugins,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Items, String> {
     let doc = parse_document(raw, format, path, env)?;
@@ -237,7 +237,9 @@ fn parse_items(
                 );
                 continue;
             }
-            if let Err(e) = model::validate(kind, item, stream_plugins) {
+            // The file is written for this instance: a plugin it does not
+            // enable is an error, as in an Admin API write.
+            if let Err(e) = model::validate(kind, item, plugins, NotEnabled::Refuse) {
                 tracing::warn!(
                     file = %path.display(),
                     kind = segment,
@@ -263,13 +265,13 @@ impl FileStore {
     pub async fn open(
         path: &Path,
         format: Format,
-        stream_plugins: Vec<String>,
+        plugins: EnabledPlugins,
         cancel: CancellationToken,
     ) -> Result<FileStore, StoreError> {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             format,
-            stream_plugins,
+            plugins,
             seen: Mutex::new(Seen {
                 seen: None,
                 failure: None,
@@ -323,13 +325,7 @@ impl Shared {
     }
 
     fn parse(&self, raw: &[u8]) -> Result<Items, String> {
-        parse_items(
-            raw,
-            self.format,
-            &self.path,
-            &self.stream_plugins,
-            &process_env,
-        )
+        parse_items(raw, self.format, &self.path, &self.plugins, &process_env)
     }
 
     /// Start-up load: any problem stops the server.
@@ -495,11 +491,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn plugins() -> Vec<String> {
-        ["ip-restriction", "limit-conn", "mqtt-proxy"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+    fn plugins() -> EnabledPlugins {
+        EnabledPlugins::new(["ip-restriction", "limit-conn", "mqtt-proxy"])
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -696,7 +689,7 @@ upstreams:
     fn unknown_plugin_is_rejected() {
         let route = json!({"upstream_id": 1, "plugins": {"x-rewrite": {}}});
         assert_eq!(
-            model::validate(Kind::StreamRoute, &route, &plugins()).unwrap_err(),
+            model::validate(Kind::StreamRoute, &route, &plugins(), NotEnabled::Refuse).unwrap_err(),
             "unknown plugin [x-rewrite]"
         );
         let text =

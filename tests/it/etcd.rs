@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apisix_stream::config::{Etcd, EtcdTls, Secret};
-use apisix_stream::model::Kind;
+use apisix_stream::model::{EnabledPlugins, Kind};
 use apisix_stream::store::etcd::EtcdStore;
 use apisix_stream::store::{Expect, Store, StoreError};
 use reqwest::{Method, StatusCode};
@@ -538,7 +538,7 @@ async fn store_follows_etcd_with_authentication() {
     conf.startup_retry = 1;
     let err = tokio::time::timeout(
         Duration::from_secs(20),
-        EtcdStore::connect(&conf, cancel.clone()),
+        EtcdStore::connect(&conf, EnabledPlugins::default(), cancel.clone()),
     )
     .await
     .expect("bounded")
@@ -556,7 +556,7 @@ async fn store_follows_etcd_with_authentication() {
     conf.host = vec![dead.clone(), etcd.url()];
     let store = tokio::time::timeout(
         Duration::from_secs(20),
-        EtcdStore::connect(&conf, cancel.clone()),
+        EtcdStore::connect(&conf, EnabledPlugins::default(), cancel.clone()),
     )
     .await
     .expect("bounded")
@@ -742,7 +742,7 @@ async fn tls_with_a_client_certificate_and_sni() {
     });
     let store = tokio::time::timeout(
         Duration::from_secs(30),
-        EtcdStore::connect(&conf, cancel.clone()),
+        EtcdStore::connect(&conf, EnabledPlugins::default(), cancel.clone()),
     )
     .await
     .expect("bounded")
@@ -769,9 +769,12 @@ async fn tls_with_a_client_certificate_and_sni() {
         t.cert = None;
         t.key = None;
     }
-    let err = within(20, EtcdStore::connect(&no_cert, cancel.clone()))
-        .await
-        .expect_err("no client certificate");
+    let err = within(
+        20,
+        EtcdStore::connect(&no_cert, EnabledPlugins::default(), cancel.clone()),
+    )
+    .await
+    .expect_err("no client certificate");
     assert!(err.to_string().contains(&etcd.url()), "{err}");
     // verify: true checks the server certificate (its CA is not trusted here).
     let mut verify = conf.clone();
@@ -779,9 +782,12 @@ async fn tls_with_a_client_certificate_and_sni() {
     if let Some(t) = verify.tls.as_mut() {
         t.verify = true;
     }
-    let err = within(20, EtcdStore::connect(&verify, cancel.clone()))
-        .await
-        .expect_err("untrusted server certificate");
+    let err = within(
+        20,
+        EtcdStore::connect(&verify, EnabledPlugins::default(), cancel.clone()),
+    )
+    .await
+    .expect_err("untrusted server certificate");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::{b64, header_rev, num, range_end, unb64, CallError};
 use super::Shared;
-use crate::model::Kind;
+use crate::model::{self, EnabledPlugins, Kind, NotEnabled};
 use crate::store::index::{Key, Objects, Table};
 use crate::store::Entry;
 
@@ -24,20 +24,19 @@ pub(super) fn parse_key(prefix: &str, key: &str) -> Option<(Kind, String)> {
     Some((Kind::from_segment(dir)?, id.to_string()))
 }
 
-/// Check a stored value as APISIX's readers do. Plugins are checked with
-/// their own names counted as enabled: a route naming a plugin this
-/// instance does not enable is still accepted (the plugin is ignored).
-pub(super) fn check_value(kind: Kind, raw: &[u8]) -> Result<Value, String> {
+/// Check a stored value as APISIX's readers do: a route naming a plugin
+/// this instance does not enable is still accepted (the plugin is not used
+/// here; another instance sharing the prefix may enable it).
+pub(super) fn check_value(
+    kind: Kind,
+    raw: &[u8],
+    plugins: &EnabledPlugins,
+) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(raw).map_err(|e| format!("invalid JSON: {e}"))?;
     if !v.is_object() {
         return Err("not a JSON object".into());
     }
-    let plugins: Vec<String> = v
-        .get("plugins")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
-    crate::model::validate(kind, &v, &plugins)?;
+    model::validate(kind, &v, plugins, NotEnabled::Skip)?;
     Ok(v)
 }
 
@@ -64,7 +63,12 @@ pub(super) enum Change {
 }
 
 /// Decode one `kv` of the gateway; `None` for keys that are not our objects.
-pub(super) fn change_of(prefix: &str, kv: &Value, delete: bool) -> Option<Change> {
+pub(super) fn change_of(
+    prefix: &str,
+    plugins: &EnabledPlugins,
+    kv: &Value,
+    delete: bool,
+) -> Option<Change> {
     let key = String::from_utf8(unb64(kv.get("key")?.as_str()?)?).ok()?;
     let (kind, id) = parse_key(prefix, &key)?;
     let mod_rev = num(kv.get("mod_revision"));
@@ -73,9 +77,9 @@ pub(super) fn change_of(prefix: &str, kv: &Value, delete: bool) -> Option<Change
     }
     // The gateway leaves out empty values.
     let value = match kv.get("value").and_then(Value::as_str) {
-        None => check_value(kind, b""),
+        None => check_value(kind, b"", plugins),
         Some(text) => match unb64(text) {
-            Some(raw) => check_value(kind, &raw),
+            Some(raw) => check_value(kind, &raw, plugins),
             None => Err("value is not base64".into()),
         },
     };
@@ -260,7 +264,7 @@ impl Shared {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|kv| change_of(&self.prefix, kv, false))
+            .filter_map(|kv| change_of(&self.prefix, &self.plugins, kv, false))
             .collect();
         self.index.update(|c| {
             if rev < c.extra.watched {
@@ -315,6 +319,10 @@ mod tests {
         }
     }
 
+    fn decode(kv: &Value, delete: bool) -> Option<Change> {
+        change_of("/apisix", &EnabledPlugins::default(), kv, delete)
+    }
+
     fn up(n: u32) -> Value {
         json!({"nodes": {"127.0.0.1:80": n}})
     }
@@ -348,8 +356,7 @@ mod tests {
 
     #[test]
     fn decoding_checks_values() {
-        let c = change_of(
-            "/apisix",
+        let c = decode(
             &kv(
                 "/apisix/upstreams/1",
                 r#"{"nodes":{"127.0.0.1:1":1}}"#,
@@ -368,38 +375,45 @@ mod tests {
             })
         ));
         for bad in ["init_dir", "[1]", r#"{"nodes": 5}"#] {
-            let c = change_of("/apisix", &kv("/apisix/upstreams/1", bad, 3, 5), false);
+            let c = decode(&kv("/apisix/upstreams/1", bad, 3, 5), false);
             assert!(
                 matches!(c, Some(Change::Put { value: Err(_), .. })),
                 "{bad}"
             );
         }
-        // A plugin unknown here is accepted; a known one is still checked.
+        // A plugin not enabled here is accepted unchecked (another instance
+        // may enable it); an enabled one is still checked.
         let route = r#"{"server_port": 9100, "upstream_id": "1", "plugins": {"x-custom": {}}}"#;
+        let c = decode(&kv("/apisix/stream_routes/r", route, 3, 5), false);
+        assert!(matches!(c, Some(Change::Put { value: Ok(_), .. })), "{c:?}");
+        let other = r#"{"upstream_id": "1", "plugins": {"prometheus": {"prefer_name": 1}}}"#;
+        let c = decode(&kv("/apisix/stream_routes/r", other, 3, 5), false);
+        assert!(matches!(c, Some(Change::Put { value: Ok(_), .. })), "{c:?}");
+        let enabled = EnabledPlugins::new(["prometheus"]);
         let c = change_of(
             "/apisix",
-            &kv("/apisix/stream_routes/r", route, 3, 5),
+            &enabled,
+            &kv("/apisix/stream_routes/r", other, 3, 5),
             false,
         );
-        assert!(matches!(c, Some(Change::Put { value: Ok(_), .. })), "{c:?}");
+        assert!(
+            matches!(c, Some(Change::Put { value: Err(_), .. })),
+            "{c:?}"
+        );
         let bad = r#"{"upstream_id": "1", "plugins": {"limit-conn": {"conn": "x"}}}"#;
-        let c = change_of("/apisix", &kv("/apisix/stream_routes/r", bad, 3, 5), false);
+        let c = decode(&kv("/apisix/stream_routes/r", bad, 3, 5), false);
         assert!(
             matches!(c, Some(Change::Put { value: Err(_), .. })),
             "{c:?}"
         );
         // Placeholders and other keys are skipped; deletions carry their revision.
         assert_eq!(
-            change_of(
-                "/apisix",
-                &kv("/apisix/upstreams/", "init_dir", 1, 1),
-                false
-            ),
+            decode(&kv("/apisix/upstreams/", "init_dir", 1, 1), false),
             None
         );
         let del = json!({"key": b64(b"/apisix/upstreams/1"), "mod_revision": "9"});
         assert_eq!(
-            change_of("/apisix", &del, true),
+            decode(&del, true),
             Some(Change::Delete {
                 kind: Kind::Upstream,
                 id: "1".into(),

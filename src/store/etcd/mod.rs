@@ -37,7 +37,7 @@ use self::client::{b64, build_hosts, header_rev, header_safe, num, unb64, CallEr
 use super::index::Index;
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::{Etcd, Secret};
-use crate::model::Kind;
+use crate::model::{EnabledPlugins, Kind};
 
 /// Value of the `<prefix>/<dir>/` placeholders APISIX writes at start-up.
 const INIT_DIR: &str = "init_dir";
@@ -55,6 +55,8 @@ struct Shared {
     watch_timeout: Duration,
     resync_delay: Duration,
     creds: Option<(String, Secret)>,
+    /// The plugins this instance enables (others are accepted, not used).
+    plugins: EnabledPlugins,
     index: Index<Tracking>,
     conn: Mutex<Conn>,
     /// Poked when a write finds etcd unreachable, so the watcher resyncs.
@@ -130,9 +132,11 @@ impl Shared {
 }
 
 impl EtcdStore {
-    /// Connect, load everything under the prefix, start the watch; fails with a clear message after `startup_retry` tries.
+    /// Connect, load everything under the prefix (checked against `plugins`), start the watch;
+    /// fails with a clear message after `startup_retry` tries.
     pub async fn connect(
         conf: &Etcd,
+        plugins: EnabledPlugins,
         cancel: CancellationToken,
     ) -> Result<Arc<EtcdStore>, StoreError> {
         let timeout = Duration::from_secs(conf.timeout.max(1));
@@ -149,6 +153,7 @@ impl EtcdStore {
                 .user
                 .as_ref()
                 .map(|u| (u.clone(), conf.password.clone().unwrap_or_default())),
+            plugins,
             index: Index::default(),
             conn: Mutex::new(Conn::default()),
             trouble: Notify::new(),

@@ -138,7 +138,7 @@ impl Shared {
                 let rev = num(kv.get("mod_revision"));
                 last = last.max(rev);
                 note_watched(c, rev);
-                if let Some(change) = change_of(&self.prefix, kv, delete) {
+                if let Some(change) = change_of(&self.prefix, &self.plugins, kv, delete) {
                     changed |= apply_event(c, change);
                 }
             }
