@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::backend::{closed_without_data, roundtrip, Backend, Mode};
-use crate::harness::{bin, free_port, run_cli, test_yaml, within, TestServer, KEY, VIEWER_KEY};
+use crate::harness::{
+    bin, free_port, program, run_cli, test_yaml, within, TestServer, KEY, VIEWER_KEY,
+};
 
 /// What one run of the binary produced.
 #[derive(Debug)]
@@ -859,9 +861,7 @@ fn usage_errors_exit_2_and_version_prints() {
 
 #[test]
 fn bash_completion_reaches_subcommands_and_flags() {
-    if Command::new("bash").arg("--version").output().is_err() {
-        return; // no bash on this machine
-    }
+    let bash = program("bash", "bash");
     let file = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/completions/apisix-stream.bash"
@@ -871,7 +871,7 @@ fn bash_completion_reaches_subcommands_and_flags() {
 COMP_WORDS=(apisix-stream route ""); COMP_CWORD=2; _apisix__stream apisix-stream "" route; echo "${{COMPREPLY[*]}}"
 COMP_WORDS=(apisix-stream route add --server-p); COMP_CWORD=3; _apisix__stream apisix-stream --server-p add; echo "${{COMPREPLY[*]}}""#
     );
-    let out = Command::new("bash")
+    let out = Command::new(bash)
         .arg("-c")
         .arg(script)
         .output()

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
-    call, free_port, run_cli, spawn_serve, test_yaml, wait_listening, within, ChildGuard, KEY,
+    call, free_port, program, run_cli, spawn_serve, test_yaml, wait_listening, within, ChildGuard,
+    KEY,
 };
 
 /// One etcd member on loopback, killed when dropped.
@@ -72,7 +73,7 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
-        let child = Command::new(tool("etcd"))
+        let child = Command::new(program("etcd", "etcd-server"))
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--name", "default"])
@@ -133,7 +134,7 @@ impl EtcdServer {
     async fn ctl_on(&self, port: u16, args: &[&str]) -> String {
         let out = tokio::time::timeout(
             Duration::from_secs(15),
-            tokio::process::Command::new(tool("etcdctl"))
+            tokio::process::Command::new(program("etcdctl", "etcd-client"))
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints=http://127.0.0.1:{port}"))
                 .args(["--dial-timeout=3s", "--command-timeout=5s"])
@@ -792,16 +793,4 @@ async fn tls_with_a_client_certificate_and_sni() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
-}
-
-/// `etcd` / `etcdctl` from PATH; a missing one fails with what to install.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} not found on PATH: install etcd-server and etcd-client (.ci/run does)")
-        })
 }

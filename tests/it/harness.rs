@@ -274,6 +274,24 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_apisix-stream"))
 }
 
+/// A program a test starts (etcd, dnsmasq, tmux), looked up on PATH and in
+/// the sbin directories. A missing one fails the test, naming the Debian
+/// package to install: no test is skipped for want of a program.
+pub fn program(name: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found on PATH: install the {package} package \
+                 (tests/run.sh installs what the tests need, then runs them)"
+            )
+        })
+}
+
 /// Spawn `apisix-stream serve -c <config>` with stderr captured.
 pub fn spawn_serve(config: &Path) -> ChildGuard {
     let child = Command::new(bin())

@@ -2,7 +2,7 @@
 //! real server with one long-lived connection through route 1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -11,17 +11,18 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::backend::{roundtrip, Backend, Mode};
-use crate::harness::{bin, within, TestServer};
+use crate::harness::{bin, program, within, TestServer};
 
 /// A tmux server on a private socket, killed (with its sessions) on drop,
 /// so a failed test never leaves a dashboard running.
 struct Tmux {
+    program: PathBuf,
     socket: String,
 }
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
+        Command::new(&self.program)
             .arg("-L")
             .arg(&self.socket)
             .args(args)
@@ -78,10 +79,7 @@ fn table_value(screen: &str, header_mark: &str, first: &str, column: &str) -> Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_shows_a_live_connection_closes_it_and_quits_on_q() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIPPED top end-to-end test: tmux is not installed");
-        return;
-    }
+    let program = program("tmux", "tmux");
     let tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
     let s = TestServer::start_full(
         tempfile::tempdir().expect("tempdir"),
@@ -117,6 +115,7 @@ async fn top_shows_a_live_connection_closes_it_and_quits_on_q() {
     let rc_file = dir.path().join("rc");
     let err_file = dir.path().join("stderr");
     let tmux = Tmux {
+        program,
         socket: format!("apisix-stream-top-test-{}", std::process::id()),
     };
     let session = "top";

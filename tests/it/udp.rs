@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::harness::{within, ChildGuard, TestServer};
+use crate::harness::{program, within, ChildGuard, TestServer};
 
 /// A UDP backend answering `<name>:<datagram>` to each datagram.
 struct UdpBackend {
@@ -235,11 +235,7 @@ fn dns_query(name: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn dns_queries_are_answered_by_a_real_dns_server() {
-    let Ok(path) = which("dnsmasq") else {
-        // .ci/run installs dnsmasq; a developer machine without it skips.
-        eprintln!("dnsmasq not installed; skipping the real DNS server test");
-        return;
-    };
+    let path = program("dnsmasq", "dnsmasq-base");
     // A port below the ephemeral range, so the many client sockets of the
     // other tests cannot take it between our check and dnsmasq's bind.
     let mut started = None;
@@ -296,23 +292,6 @@ async fn dns_queries_are_answered_by_a_real_dns_server() {
         answer.windows(4).any(|w| w == [192, 0, 2, 7]),
         "A record in the answer"
     );
-}
-
-fn which(name: &str) -> Result<String, ()> {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let p = format!("{dir}/{name}");
-        if std::path::Path::new(&p).exists() {
-            return Ok(p);
-        }
-    }
-    Err(())
 }
 
 #[tokio::test]
