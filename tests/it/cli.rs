@@ -5,13 +5,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::backend::{closed_without_data, roundtrip, Backend, Mode};
 use crate::harness::{
-    bin, free_port, program, run_cli, test_yaml, within, TestServer, KEY, VIEWER_KEY,
+    bin, free_port, program, run_cli, test_yaml, wait_exit, within, TestServer, KEY, VIEWER_KEY,
 };
 
 /// What one run of the binary produced.
@@ -85,18 +84,7 @@ fn exec(args: Vec<String>, opts: Opts) -> Run {
     };
     let out = reader(Box::new(child.stdout.take().expect("stdout")));
     let err = reader(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("apisix-stream {args:?} did not finish in 20s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, 20, &format!("apisix-stream {args:?}"));
     Run {
         code: status.code().unwrap_or(-1),
         out: out.join().expect("stdout reader"),

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
-    call, free_port, program, run_cli, spawn_serve, test_yaml, wait_listening, within, ChildGuard,
-    KEY,
+    call, eventually, eventually_some, free_port, program, run_cli, spawn_serve, wait_listening,
+    within, ChildConfig, ChildGuard, KEY,
 };
 
 /// One etcd member on loopback, killed when dropped.
@@ -175,29 +175,16 @@ struct Proxy {
 
 /// The test config with `config_provider: etcd`, one TCP listener on
 /// `tcp_port`, no UDP, and quick reconnection settings.
-fn etcd_yaml(dir: &Path, admin_port: u16, tcp_port: u16, etcd_url: &str) -> String {
-    let y = test_yaml(&dir.join("data"), admin_port)
-        .replace("config_provider: local", "config_provider: etcd")
-        .replace(
-            "    tcp:\n      - 9100\n",
-            &format!("    tcp:\n      - \"127.0.0.1:{tcp_port}\"\n"),
-        )
-        .replace("    udp:\n      - 9200\n", "");
-    y.replacen(
-        "deployment:\n",
-        &format!(
-            "deployment:\n  etcd:\n    host:\n      - \"{etcd_url}\"\n    prefix: /apisix\n    \
-             timeout: 3\n    resync_delay: 1\n"
-        ),
-        1,
-    )
+fn etcd_config(admin_port: u16, tcp_port: u16, etcd_url: &str) -> ChildConfig {
+    ChildConfig::new(admin_port).tcp(tcp_port).etcd(&format!(
+        "    host:\n      - \"{etcd_url}\"\n    prefix: /apisix\n    timeout: 3\n    resync_delay: 1\n"
+    ))
 }
 
 fn spawn_proxy(etcd_url: &str) -> Proxy {
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin_port, tcp_port) = (free_port(), free_port());
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, etcd_yaml(dir.path(), admin_port, tcp_port, etcd_url)).expect("config");
+    let cfg = etcd_config(admin_port, tcp_port, etcd_url).write(dir.path());
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().expect("addr");
     let mut child = spawn_serve(&cfg);
@@ -388,21 +375,14 @@ async fn two_proxies_share_one_etcd_and_survive_its_outage() {
         "not fail-fast"
     );
     for p in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let what = format!("an x-apisix-stale header on {}", p.admin);
+        let why = eventually_some(5, &what, async || {
             let (st, stale) = get_stale(p, "/apisix/admin/stream_routes/1").await;
             assert_eq!(st, StatusCode::OK);
-            if let Some(why) = stale {
-                assert!(why.contains("etcd unreachable since"), "{why}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no x-apisix-stale header on {}",
-                p.admin
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            stale
+        })
+        .await;
+        assert!(why.contains("etcd unreachable since"), "{why}");
         let (st, stale) = get_stale(p, "/apisix/admin/stream_routes").await;
         assert_eq!((st, stale.is_some()), (StatusCode::OK, true));
     }
@@ -420,15 +400,15 @@ async fn two_proxies_share_one_etcd_and_survive_its_outage() {
         wait_greeting(p.tcp, Some("b2"), Duration::from_secs(20)).await;
     }
     for p in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while get_stale(p, "/apisix/admin/stream_routes/1")
-            .await
-            .1
-            .is_some()
-        {
-            assert!(Instant::now() < deadline, "still stale on {}", p.admin);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert!(
+            eventually(5, async || get_stale(p, "/apisix/admin/stream_routes/1")
+                .await
+                .1
+                .is_none())
+            .await,
+            "still stale on {}",
+            p.admin
+        );
     }
     // Writes work again, and a change made through etcdctl reaches both.
     let (st, v) = admin(
@@ -457,15 +437,18 @@ async fn two_proxies_share_one_etcd_and_survive_its_outage() {
         r#"{"id":"zz","upstream_id":"u3"}"#,
     ])
     .await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while admin(&a, Method::GET, "/apisix/admin/stream_routes/zz", None)
+    assert!(
+        eventually(2, async || admin(
+            &a,
+            Method::GET,
+            "/apisix/admin/stream_routes/zz",
+            None
+        )
         .await
-        .0
-        != StatusCode::OK
-    {
-        assert!(Instant::now() < deadline, "route zz never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .0 == StatusCode::OK)
+        .await,
+        "route zz never arrived"
+    );
     let (st, v) = admin(&a, Method::GET, "/apisix/admin/stream_routes/1", None).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["value"]["upstream_id"], "u3", "{v}");
@@ -629,16 +612,15 @@ async fn store_follows_etcd_with_authentication() {
     put("/apisix/upstreams/u2", r#"{"nodes": 7}"#).await;
     put("/apisix/routes/9", r#"{"uri":"/x"}"#).await;
     put("/apisix/upstreams/u3", r#"{"nodes":{"127.0.0.1:82":1}}"#).await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while store
-        .get(Kind::Upstream, "u3")
-        .await
-        .expect("get")
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "u3 never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        eventually(2, async || store
+            .get(Kind::Upstream, "u3")
+            .await
+            .expect("get")
+            .is_some())
+        .await,
+        "u3 never arrived"
+    );
     let u2_now = store
         .get(Kind::Upstream, "u2")
         .await
@@ -675,8 +657,7 @@ async fn store_follows_etcd_with_authentication() {
 fn serve_exits_with_one_line_when_etcd_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, etcd_yaml(dir.path(), free_port(), free_port(), &dead)).expect("config");
+    let cfg = etcd_config(free_port(), free_port(), &dead).write(dir.path());
     let (code, _out, err) = run_cli(&["serve", "-c", cfg.to_str().expect("utf-8 path")]);
     assert_ne!(code, 0);
     let last = err.lines().last().unwrap_or_default();

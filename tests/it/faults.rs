@@ -24,7 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::backend::{closed_without_data, roundtrip, Backend, BlackHole, Mode};
-use crate::harness::{bin, call, free_port, test_yaml, within, ChildGuard, TestServer, KEY};
+use crate::harness::{
+    bin, call, eventually, free_port, wait_listening_logged, within, ChildConfig, ChildGuard,
+    TestServer, KEY,
+};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -32,46 +35,6 @@ const MIB: u64 = 1024 * 1024;
 // ---------------------------------------------------------------------------
 // A child `apisix-stream serve` with known ports, and what /proc says of it.
 // ---------------------------------------------------------------------------
-
-/// The test config with the Control API on `control`, TCP listeners on
-/// `tcp` and no UDP listener; `extra` is appended at the top level.
-fn child_yaml(data: &Path, admin: u16, control: u16, tcp: &[u16], extra: &str) -> String {
-    let plain: Vec<(u16, &str)> = tcp.iter().map(|p| (*p, "")).collect();
-    child_yaml_with(data, admin, control, &plain, extra)
-}
-
-/// As [`child_yaml`], each listener with its options (`tls: true`, ...).
-fn child_yaml_with(
-    data: &Path,
-    admin: u16,
-    control: u16,
-    tcp: &[(u16, &str)],
-    extra: &str,
-) -> String {
-    let listeners: String = tcp
-        .iter()
-        .map(|(p, opts)| match *opts {
-            "" => format!("      - \"127.0.0.1:{p}\"\n"),
-            o => format!("      - {{addr: \"127.0.0.1:{p}\", {o}}}\n"),
-        })
-        .collect();
-    let base = test_yaml(data, admin);
-    let out = base
-        .replace(
-            "    tcp:\n      - 9100\n",
-            &format!("    tcp:\n{listeners}"),
-        )
-        .replace("    udp:\n      - 9200\n", "    udp:\n")
-        .replace(
-            "  control:\n    ip: 127.0.0.1\n    port: 0\n",
-            &format!("  control:\n    ip: 127.0.0.1\n    port: {control}\n"),
-        );
-    assert!(
-        out.contains(&format!("port: {control}\n")) && !out.contains("- 9100"),
-        "the test config changed shape:\n{base}"
-    );
-    format!("{out}{extra}")
-}
 
 /// A running child server.
 struct Serve {
@@ -108,8 +71,14 @@ impl Serve {
     fn start_with(dir: &Path, opts: &[&str], extra: &str, wrapper: &[String]) -> Serve {
         let (admin, control) = (free_port(), free_port());
         let tcp: Vec<(u16, &str)> = opts.iter().map(|o| (free_port(), *o)).collect();
+        let config = tcp
+            .iter()
+            .fold(ChildConfig::new(admin).control(control), |c, (p, o)| {
+                c.tcp_with(*p, o)
+            });
         let cfg = dir.join("config.yaml");
-        let yaml = child_yaml_with(&dir.join("data"), admin, control, &tcp, extra);
+        // `extra` goes at the top level.
+        let yaml = format!("{}{extra}", config.yaml(&dir.join("data")));
         let tcp: Vec<u16> = tcp.iter().map(|(p, _)| *p).collect();
         std::fs::write(&cfg, yaml).expect("write config");
         Serve::spawn(dir, &cfg, admin, control, &tcp, wrapper)
@@ -149,7 +118,7 @@ impl Serve {
         let (admin, control) = (loopback(admin), loopback(control));
         let tcp: Vec<SocketAddr> = tcp.iter().map(|p| loopback(*p)).collect();
         for a in [admin, control].iter().chain(&tcp) {
-            wait_up(*a, &mut guard, &stderr);
+            wait_listening_logged(*a, &mut guard, &stderr);
         }
         Serve {
             guard,
@@ -194,23 +163,6 @@ impl Serve {
     }
 }
 
-/// Wait until `addr` accepts; a server that exits first fails the test
-/// with its log.
-fn wait_up(addr: SocketAddr, guard: &mut ChildGuard, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = guard.child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("serve exited early with {status}: {log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listening on {addr} after 15s");
-}
-
 /// Open descriptors of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -246,18 +198,6 @@ fn nofile_limit(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// Poll `f` until it holds, for at most `secs`.
-async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    f().await
 }
 
 fn route_to(addr: SocketAddr) -> Value {
@@ -1071,12 +1011,9 @@ async fn acknowledged_admin_writes_survive_repeated_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin_port = free_port();
     let control_port = free_port();
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(
-        &cfg,
-        child_yaml(&dir.path().join("data"), admin_port, control_port, &[], ""),
-    )
-    .expect("config");
+    let cfg = ChildConfig::new(admin_port)
+        .control(control_port)
+        .write(dir.path());
     let start = || Serve::spawn(dir.path(), &cfg, admin_port, control_port, &[], &[]);
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let mut attempted_total = 0u64;

@@ -1,9 +1,11 @@
-//! Shared test helpers: an in-process server on ephemeral ports, a child
-//! `apisix-stream serve` process that is always killed, and an HTTP client.
+//! Shared test helpers: an in-process server on ephemeral ports; child
+//! `apisix-stream serve` processes (their config, start, readiness, exit),
+//! always killed; the programs tests start; an HTTP client; and bounded
+//! waits (`within`, `eventually`) instead of sleeps.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use apisix_stream::config::{Config, ListenSpec};
@@ -60,6 +62,150 @@ plugin_attr:
     )
 }
 
+/// `text` with `from` replaced by `to`, insisting `from` is there (a test
+/// config that changed shape fails loudly instead of silently keeping a
+/// fixed port).
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "test config has no {from:?}; it changed shape:\n{text}"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// `yaml` reading its objects from etcd: `config_provider: etcd` and these
+/// `deployment.etcd` keys (YAML lines indented by four spaces).
+pub fn with_etcd(yaml: &str, keys: &str) -> String {
+    let yaml = replace_once(yaml, "config_provider: local", "config_provider: etcd");
+    replace_once(
+        &yaml,
+        "deployment:\n",
+        &format!("deployment:\n  etcd:\n{keys}"),
+    )
+}
+
+/// A config.yaml for a child `apisix-stream serve`: the test config with
+/// every listener on a loopback port the test chose (a child process cannot
+/// report the ports it bound), no fixed port left.
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    admin: u16,
+    control: u16,
+    metrics: u16,
+    tcp: Vec<String>,
+    udp: Vec<String>,
+    admin_key: Option<String>,
+    etcd: Option<String>,
+}
+
+impl ChildConfig {
+    /// The Admin API on `admin`; no proxy listener; the Control API and the
+    /// metrics on ephemeral ports.
+    pub fn new(admin: u16) -> ChildConfig {
+        ChildConfig {
+            admin,
+            control: 0,
+            metrics: 0,
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            admin_key: None,
+            etcd: None,
+        }
+    }
+
+    /// Add a TCP listener on `127.0.0.1:port`.
+    pub fn tcp(self, port: u16) -> ChildConfig {
+        self.tcp_with(port, "")
+    }
+
+    /// Add a TCP listener on `127.0.0.1:port` with options (`tls: true`, ...).
+    pub fn tcp_with(mut self, port: u16, opts: &str) -> ChildConfig {
+        self.tcp.push(match opts {
+            "" => format!("\"127.0.0.1:{port}\""),
+            o => format!("{{addr: \"127.0.0.1:{port}\", {o}}}"),
+        });
+        self
+    }
+
+    /// Add a UDP listener on `127.0.0.1:port`.
+    pub fn udp(mut self, port: u16) -> ChildConfig {
+        self.udp.push(format!("\"127.0.0.1:{port}\""));
+        self
+    }
+
+    /// The Control API on `port`.
+    pub fn control(mut self, port: u16) -> ChildConfig {
+        self.control = port;
+        self
+    }
+
+    /// The Prometheus export server on `port`.
+    pub fn metrics(mut self, port: u16) -> ChildConfig {
+        self.metrics = port;
+        self
+    }
+
+    /// This admin key instead of [`KEY`].
+    pub fn admin_key(mut self, key: &str) -> ChildConfig {
+        self.admin_key = Some(key.to_string());
+        self
+    }
+
+    /// Objects from etcd, with these `deployment.etcd` keys (see [`with_etcd`]).
+    pub fn etcd(mut self, keys: &str) -> ChildConfig {
+        self.etcd = Some(keys.to_string());
+        self
+    }
+
+    /// The config text, its store in `data`.
+    pub fn yaml(&self, data: &Path) -> String {
+        let list = |items: &[String]| -> String {
+            items.iter().map(|i| format!("      - {i}\n")).collect()
+        };
+        let mut y = test_yaml(data, self.admin);
+        y = replace_once(
+            &y,
+            "    tcp:\n      - 9100\n",
+            &format!("    tcp:\n{}", list(&self.tcp)),
+        );
+        y = replace_once(
+            &y,
+            "    udp:\n      - 9200\n",
+            &format!("    udp:\n{}", list(&self.udp)),
+        );
+        y = replace_once(
+            &y,
+            "  control:\n    ip: 127.0.0.1\n    port: 0\n",
+            &format!(
+                "  control:\n    ip: 127.0.0.1\n    port: {}\n",
+                self.control
+            ),
+        );
+        y = replace_once(
+            &y,
+            "    export_addr:\n      ip: 127.0.0.1\n      port: 0\n",
+            &format!(
+                "    export_addr:\n      ip: 127.0.0.1\n      port: {}\n",
+                self.metrics
+            ),
+        );
+        if let Some(key) = &self.admin_key {
+            y = replace_once(&y, &format!("key: {KEY}\n"), &format!("key: {key}\n"));
+        }
+        match &self.etcd {
+            Some(keys) => with_etcd(&y, keys),
+            None => y,
+        }
+    }
+
+    /// Write `dir/config.yaml` (its store in `dir/data`) and return its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, self.yaml(&dir.join("data"))).expect("write config.yaml");
+        path
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub server: Option<Server>,
@@ -77,6 +223,38 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .expect("timed out")
+}
+
+/// How often [`eventually`] and [`eventually_some`] look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Poll `f` until it holds, for at most `secs` (and once more at the
+/// deadline): whether it held. The caller asserts, with its own message.
+pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    f().await
+}
+
+/// Poll `f` until it yields a value, for at most `secs`; the test fails
+/// naming `what` when it never does.
+pub async fn eventually_some<T>(secs: u64, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {secs}s waiting: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 impl TestServer {
@@ -307,24 +485,58 @@ pub fn spawn_serve(config: &Path) -> ChildGuard {
     ChildGuard { child }
 }
 
-/// Wait until something accepts TCP connections on `addr`.
+/// Wait until something accepts TCP connections on `addr`; a child that
+/// exits first fails the test with its stderr (piped).
 pub fn wait_listening(addr: SocketAddr, child: &mut ChildGuard) {
+    wait_accepting(addr, child, |c| {
+        let mut err = String::new();
+        if let Some(mut e) = c.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    });
+}
+
+/// As [`wait_listening`], for a child whose stderr goes to the file `log`.
+pub fn wait_listening_logged(addr: SocketAddr, child: &mut ChildGuard, log: &Path) {
+    wait_accepting(addr, child, |_| {
+        std::fs::read_to_string(log).unwrap_or_default()
+    });
+}
+
+fn wait_accepting(addr: SocketAddr, child: &mut ChildGuard, stderr: impl Fn(&mut Child) -> String) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return;
         }
         if let Ok(Some(status)) = child.child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("serve exited early with {status}: {err}");
+            panic!(
+                "serve exited early with {status}: {}",
+                stderr(&mut child.child)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("nothing listening on {addr} after 15s");
+}
+
+/// Wait for a child to exit, for at most `secs`; past that it is killed and
+/// the test fails naming `what`.
+pub fn wait_exit(child: &mut Child, secs: u64, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish in {secs}s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Run `apisix-stream` with arguments to completion (bounded), returning
@@ -338,25 +550,15 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            use std::io::Read;
-            let mut out = String::new();
-            let mut err = String::new();
-            if let Some(mut o) = child.stdout.take() {
-                let _ = o.read_to_string(&mut out);
-            }
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.code().unwrap_or(-1), out, err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("apisix-stream {args:?} did not finish in 20s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let status = wait_exit(&mut child, 20, &format!("apisix-stream {args:?}"));
+    use std::io::Read;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
     }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code().unwrap_or(-1), out, err)
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::backend::{read_line, Backend, Mode};
-use crate::harness::{within, TestServer};
+use crate::harness::{eventually_some, within, TestServer};
 
 /// A greeting backend that can be stopped and started again on its port.
 struct Flappy {
@@ -61,7 +61,7 @@ impl Flappy {
 
     /// Listen on the same port again.
     async fn restart(&mut self) {
-        let l = eventually("rebind the backend port", || async {
+        let l = eventually_some(15, "rebind the backend port", async || {
             TcpListener::bind(self.addr).await.ok()
         })
         .await;
@@ -78,22 +78,6 @@ impl Drop for Flappy {
         if let Some(t) = &self.task {
             t.abort();
         }
-    }
-}
-
-/// Poll `f` every 50 ms until it yields a value, for at most 15 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -120,7 +104,7 @@ fn node(report: &Value, addr: SocketAddr) -> Value {
 
 /// Wait until the checker of `path` reports `addr` with `status`.
 async fn status_becomes(s: &TestServer, path: &str, addr: SocketAddr, status: &str) -> Value {
-    eventually(&format!("{addr} {status} in {path}"), || async {
+    eventually_some(15, &format!("{addr} {status} in {path}"), async || {
         let (code, report) = get(s, path).await;
         (code == 200 && node(&report, addr)["status"] == status).then_some(report)
     })
@@ -200,7 +184,7 @@ async fn dead_node_is_skipped_until_it_comes_back() {
     a.restart().await;
     let report = status_becomes(&s, path, a.addr, "healthy").await;
     assert_eq!(node(&report, a.addr)["counter"]["success"], 1, "{report}");
-    eventually("node a used again", || async {
+    eventually_some(15, "node a used again", async || {
         (greeting(s.tcp[0]).await == "a").then_some(())
     })
     .await;
@@ -231,7 +215,7 @@ async fn resty_events_example_and_checker_released_on_delete() {
     }
     // Probes reach the live node every second while the checker runs.
     let probes = live.accepted();
-    eventually("another probe of the live node", || async {
+    eventually_some(15, "another probe of the live node", async || {
         (live.accepted() > probes).then_some(())
     })
     .await;
@@ -395,7 +379,7 @@ async fn healthcheck_reports_and_errors() {
             "counter": {"success": 0, "tcp_failure": 0, "http_failure": 0,
                 "timeout_failure": 0}}]})
     };
-    let all = eventually("both checkers listed", || async {
+    let all = eventually_some(15, "both checkers listed", async || {
         let (code, v) = get(&s, "/v1/healthcheck").await;
         (code == 200 && v.as_array().is_some_and(|a| a.len() == 2)).then_some(v)
     })
@@ -461,7 +445,7 @@ async fn healthcheck_reports_and_errors() {
         )
         .await;
     assert!(st.is_success());
-    eventually("upstream u1 without checker", || async {
+    eventually_some(15, "upstream u1 without checker", async || {
         (get(&s, "/v1/healthcheck/upstreams/u1").await
             == (404, err("no checker for upstreams[u1]")))
             .then_some(())

@@ -1,15 +1,13 @@
 //! Live stats, the Control API, Prometheus metrics and the access log,
 //! checked against traffic of known size.
 
-use std::time::Duration;
-
 use apisix_stream::config::ListenSpec;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::{roundtrip, Backend, Mode};
-use crate::harness::{within, TestServer};
+use crate::harness::{eventually, within, TestServer};
 
 async fn get_json(url: &str) -> Value {
     let res = within(5, reqwest::get(url)).await.expect("GET");
@@ -21,14 +19,13 @@ async fn get_json(url: &str) -> Value {
 async fn stats_until(s: &TestServer, ok: impl Fn(&Value) -> bool) -> Value {
     let url = format!("http://{}/v1/stream/stats", s.control());
     let mut last = Value::Null;
-    for _ in 0..100 {
+    let settled = eventually(5, async || {
         last = get_json(&url).await;
-        if ok(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    panic!("stats never settled: {last}");
+        ok(&last)
+    })
+    .await;
+    assert!(settled, "stats never settled: {last}");
+    last
 }
 
 fn route<'a>(stats: &'a Value, id: &str) -> &'a Value {
@@ -106,14 +103,12 @@ async fn live_connections_are_listed_counted_while_open_and_closable() {
     assert_eq!(stats["nodes"][0]["active"], 1);
     // The reply can reach the client a moment before the proxy counts it.
     let url = format!("http://{}/v1/stream/connections", s.control());
-    let mut list = get_json(&url).await;
-    for _ in 0..100 {
-        if list["connections"][0]["bytes_out"] == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut list = Value::Null;
+    eventually(5, async || {
         list = get_json(&url).await;
-    }
+        list["connections"][0]["bytes_out"] == 5
+    })
+    .await;
     let conns = list["connections"].as_array().expect("list");
     assert_eq!(conns.len(), 1, "{list}");
     let conn = &conns[0];
@@ -245,13 +240,11 @@ async fn access_log_has_one_line_per_session() {
     within(5, c.read_to_end(&mut rest)).await.expect("eof");
     let client = c.local_addr().expect("addr");
     let mut text = String::new();
-    for _ in 0..100 {
+    eventually(5, async || {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if !text.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+        !text.is_empty()
+    })
+    .await;
     let line = text.lines().next().expect("one line");
     assert!(line.starts_with("127.0.0.1 ["), "{line}");
     assert!(line.contains(" TCP 200 5 5 "), "{line}");

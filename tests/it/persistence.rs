@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::harness::{
-    call, free_port, run_cli, spawn_serve, test_yaml, wait_listening, TestServer, KEY,
+    call, free_port, run_cli, spawn_serve, wait_listening, ChildConfig, TestServer, KEY,
 };
 
 #[tokio::test]
@@ -57,8 +57,7 @@ async fn data_survives_a_clean_restart() {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, test_yaml(&dir.path().join("data"), port)).expect("write config");
+    let cfg = ChildConfig::new(port).write(dir.path());
     let admin = format!("127.0.0.1:{port}").parse().expect("addr");
     let client = reqwest::Client::new();
     let mut child = spawn_serve(&cfg);
@@ -114,8 +113,7 @@ fn a_damaged_store_stops_start_up_with_one_line() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
     std::fs::write(data.join("store.log"), b"this is not a store file at all").expect("write");
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, test_yaml(&data, free_port())).expect("write config");
+    let cfg = ChildConfig::new(free_port()).write(dir.path());
     let (code, _, err) = run_cli(&["serve", "-c", cfg.to_str().expect("utf8")]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");

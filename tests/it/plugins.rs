@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::backend::{closed_without_data, connect_from, read_line, roundtrip, Backend, Mode};
-use crate::harness::{within, TestServer};
+use crate::harness::{eventually, within, TestServer};
 
 /// APISIX's v4 CONNECT test packet (client id `foo`).
 const CONNECT_V4: [u8; 17] = [
@@ -76,14 +76,13 @@ async fn metrics(s: &TestServer) -> String {
 /// Poll the metrics until a line equals `want` (sessions are counted as they end).
 async fn metrics_until(s: &TestServer, want: &[&str]) -> String {
     let mut text = String::new();
-    for _ in 0..100 {
+    let shown = eventually(5, async || {
         text = metrics(s).await;
-        if want.iter().all(|w| text.lines().any(|l| l == *w)) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    panic!("metrics never showed {want:?}:\n{text}");
+        want.iter().all(|w| text.lines().any(|l| l == *w))
+    })
+    .await;
+    assert!(shown, "metrics never showed {want:?}:\n{text}");
+    text
 }
 
 async fn put(s: &TestServer, path: &str, body: &Value) {
@@ -154,12 +153,7 @@ async fn ip_restriction_on_udp() {
         .map(|x| x.udp_listeners()[0].1.clone())
         .expect("udp listener");
     let dropped = || counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
-    for _ in 0..100 {
-        if dropped() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(5, async || dropped() >= 3).await;
     assert_eq!(
         dropped(),
         3,
@@ -217,12 +211,7 @@ async fn limit_conn_conn_2_burst_1_serves_three() {
     let stats = s.server.as_ref().map(|x| x.stats()).expect("stats");
     assert_eq!(stats.plugins.limit_conn.in_use(), 3);
     drop(outcomes);
-    for _ in 0..100 {
-        if stats.plugins.limit_conn.in_use() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(5, async || stats.plugins.limit_conn.in_use() == 0).await;
     assert_eq!(
         stats.plugins.limit_conn.in_use(),
         0,

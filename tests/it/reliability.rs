@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::{roundtrip, Backend, Mode};
-use crate::harness::{within, TestServer, KEY};
+use crate::harness::{eventually, within, ChildConfig, TestServer, KEY};
 
 async fn with_nginx_config(extra: &str) -> TestServer {
     let extra = format!("nginx_config:\n{extra}");
@@ -25,18 +25,6 @@ async fn with_nginx_config(extra: &str) -> TestServer {
         },
     )
     .await
-}
-
-/// Poll `f` until it holds, for at most `secs`.
-async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -166,24 +154,18 @@ async fn too_many_idle_admin_connections_are_refused_not_hoarded() {
     assert_eq!(n, 0);
     drop(idle);
     // Slots come back as soon as the idle sockets go.
-    let mut ok = false;
-    for _ in 0..100 {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            s.client
-                .get(format!("http://{}/apisix/admin/upstreams", s.admin))
-                .header("X-API-KEY", KEY)
-                .send(),
+    let ok = eventually(5, async || {
+        let get = s
+            .client
+            .get(format!("http://{}/apisix/admin/upstreams", s.admin))
+            .header("X-API-KEY", KEY)
+            .send();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), get).await,
+            Ok(Ok(r)) if r.status() == 200
         )
-        .await
-        {
-            ok = r.status() == 200;
-            if ok {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(ok, "the admin API serves again");
 }
 
@@ -379,37 +361,6 @@ async fn full_or_read_only_disk_fails_writes_cleanly_and_recovers() {
     drop(fs);
 }
 
-fn config_with_listeners(dir: &std::path::Path, admin: u16, tcp: &[u16], udp: &[u16]) -> String {
-    let list = |ports: &[u16]| {
-        ports
-            .iter()
-            .map(|p| format!("      - \"127.0.0.1:{p}\"\n"))
-            .collect::<String>()
-    };
-    let base = crate::harness::test_yaml(&dir.join("data"), admin);
-    let mut out = String::new();
-    let mut skip = false;
-    for line in base.lines() {
-        if line == "    tcp:" {
-            out.push_str(&format!("    tcp:\n{}", list(tcp)));
-            skip = true;
-            continue;
-        }
-        if line == "    udp:" {
-            out.push_str(&format!("    udp:\n{}", list(udp)));
-            skip = true;
-            continue;
-        }
-        if skip && line.starts_with("      - ") {
-            continue;
-        }
-        skip = false;
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 fn refuses(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err()
 }
@@ -419,8 +370,7 @@ async fn sighup_adds_and_removes_listeners_without_dropping_connections() {
     use crate::harness::{free_port, spawn_serve, wait_listening};
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin, a, b) = (free_port(), free_port(), free_port());
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, config_with_listeners(dir.path(), admin, &[a], &[])).expect("write");
+    let path = ChildConfig::new(admin).tcp(a).write(dir.path());
     let mut child = spawn_serve(&path);
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
     wait_listening(admin_addr, &mut child);
@@ -445,7 +395,7 @@ async fn sighup_adds_and_removes_listeners_without_dropping_connections() {
     assert!(refuses(b_addr));
 
     // Swap listener a for b and signal.
-    std::fs::write(&path, config_with_listeners(dir.path(), admin, &[b], &[])).expect("write");
+    ChildConfig::new(admin).tcp(b).write(dir.path());
     let pid = child.child.id().to_string();
     let hup = || {
         let st = std::process::Command::new("kill")

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apisix_stream::config::SAMPLE_ADMIN_KEY;
 use reqwest::{Method, StatusCode};
@@ -24,8 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
-    bin, free_port, run_cli, spawn_serve, test_yaml, wait_listening, within, ChildGuard,
-    TestServer, KEY, VIEWER_KEY,
+    bin, free_port, run_cli, spawn_serve, wait_exit, wait_listening, wait_listening_logged,
+    with_etcd, within, ChildConfig, ChildGuard, TestServer, KEY, VIEWER_KEY,
 };
 
 // ---------------------------------------------------------------------------
@@ -524,24 +524,13 @@ async fn a_client_outside_allow_admin_is_refused_before_the_key_whatever_it_clai
 /// A config for a child `serve`: every listener on a loopback port of our
 /// choosing (no fixed ports), the given admin key.
 fn child_yaml(dir: &Path, ports: &ChildPorts, admin_key: &str) -> String {
-    test_yaml(&dir.join("data"), ports.admin)
-        .replace(
-            "      - 9100\n",
-            &format!("      - \"127.0.0.1:{}\"\n", ports.tcp),
-        )
-        .replace(
-            "      - 9200\n",
-            &format!("      - \"127.0.0.1:{}\"\n", ports.udp),
-        )
-        .replace(
-            "    ip: 127.0.0.1\n    port: 0\n",
-            &format!("    ip: 127.0.0.1\n    port: {}\n", ports.control),
-        )
-        .replace(
-            "      ip: 127.0.0.1\n      port: 0\n",
-            &format!("      ip: 127.0.0.1\n      port: {}\n", ports.metrics),
-        )
-        .replace(&format!("key: {KEY}\n"), &format!("key: {admin_key}\n"))
+    ChildConfig::new(ports.admin)
+        .tcp(ports.tcp)
+        .udp(ports.udp)
+        .control(ports.control)
+        .metrics(ports.metrics)
+        .admin_key(admin_key)
+        .yaml(&dir.join("data"))
 }
 
 struct ChildPorts {
@@ -738,18 +727,7 @@ fn run_traced(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("apisix-stream {args:?} did not finish in 30s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, 30, &format!("apisix-stream {args:?}"));
     (
         status.code().unwrap_or(-1),
         std::fs::read_to_string(out_path).unwrap_or_default(),
@@ -873,16 +851,7 @@ async fn keys_and_private_keys_never_show_in_logs_output_answers_or_metrics() {
         .spawn()
         .expect("spawn serve");
     let mut child = ChildGuard { child };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect_timeout(&ports.admin(), Duration::from_millis(200)).is_err()
-    {
-        if let Ok(Some(st)) = child.child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("serve exited early with {st}: {log}");
-        }
-        assert!(Instant::now() < deadline, "serve did not listen in 15s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening_logged(ports.admin(), &mut child, &log_path);
     let admin = ports.admin();
     let control = SocketAddr::from(([127, 0, 0, 1], ports.control));
     let metrics = SocketAddr::from(([127, 0, 0, 1], ports.metrics));
@@ -1255,13 +1224,12 @@ async fn keys_and_private_keys_never_show_in_logs_output_answers_or_metrics() {
     // refuses the login, and plain configuration errors.
     let refusing = RefusingEtcd::start();
     let etcd_yaml = |host: &str| {
-        yaml.replace("config_provider: local", "config_provider: etcd")
-            .replace(
-                "deployment:\n",
-                &format!(
-                    "deployment:\n  etcd:\n    host: [\"{host}\"]\n    user: root\n    password: etcd-password-9f8e7d6c5b\n    timeout: 1\n    startup_retry: 1\n"
-                ),
-            )
+        with_etcd(
+            &yaml,
+            &format!(
+                "    host: [\"{host}\"]\n    user: root\n    password: etcd-password-9f8e7d6c5b\n    timeout: 1\n    startup_retry: 1\n"
+            ),
+        )
     };
     secrets.push("etcd-password-9f8e7d6c5b".into());
     secrets.push("424242424242".into());

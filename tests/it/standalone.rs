@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use apisix_stream::config::{Config, ListenSpec};
 use apisix_stream::server::{self, Server};
@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use crate::backend::{read_line, Backend, Mode};
 use crate::harness::{
-    bin, free_port, run_cli, wait_listening, within, ChildGuard, TestServer, KEY,
+    bin, eventually, eventually_some, free_port, run_cli, wait_listening, within, ChildGuard,
+    TestServer, KEY,
 };
 
 /// Longest wait for an edit of the file to show (it is checked every second).
@@ -55,18 +56,13 @@ async fn greeting(proxy: SocketAddr) -> String {
 
 /// Poll fresh connections until the proxy answers `want`.
 async fn wait_greeting(proxy: SocketAddr, want: &str) {
-    let deadline = Instant::now() + APPLY_WITHIN;
-    loop {
-        let got = greeting(proxy).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy still answers {got:?}, expected {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut got = String::new();
+    let applied = eventually(APPLY_WITHIN.as_secs(), async || {
+        got = greeting(proxy).await;
+        got == want
+    })
+    .await;
+    assert!(applied, "proxy still answers {got:?}, expected {want:?}");
 }
 
 /// Start an in-process server whose stream listener is 127.0.0.1:0 and whose
@@ -177,17 +173,18 @@ async fn traditional_yaml_serves_reloads_and_refuses_admin_writes() {
     let half = yaml_route_to(&a.addr.to_string()).replace("#END\n", "");
     write_file(&file, &half);
     let url = s.url("/apisix/admin/stream_routes");
-    let deadline = Instant::now() + APPLY_WITHIN;
-    let stale = loop {
-        let res = within(10, s.client.get(&url).header("X-API-KEY", KEY).send())
-            .await
-            .expect("GET");
-        if let Some(h) = res.headers().get("x-apisix-stale") {
-            break h.to_str().unwrap_or_default().to_string();
-        }
-        assert!(Instant::now() < deadline, "broken edit never reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let stale = eventually_some(
+        APPLY_WITHIN.as_secs(),
+        "the broken edit reported",
+        async || {
+            let res = within(10, s.client.get(&url).header("X-API-KEY", KEY).send())
+                .await
+                .expect("GET");
+            let stale = res.headers().get("x-apisix-stale")?;
+            Some(stale.to_str().unwrap_or_default().to_string())
+        },
+    )
+    .await;
     assert!(stale.contains("missing valid end flag"), "{stale}");
     assert_eq!(greeting(proxy).await, "b");
 
@@ -242,12 +239,9 @@ async fn data_plane_yaml_child_reloads_and_logs_broken_edits() {
             .matches(needle)
             .count()
     };
-    let wait_logged = |needle: &'static str| async move {
-        let deadline = Instant::now() + APPLY_WITHIN;
-        while logged(needle) == 0 {
-            assert!(Instant::now() < deadline, "no log line {needle:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let wait_logged = async |needle: &str| {
+        let seen = eventually(APPLY_WITHIN.as_secs(), async || logged(needle) > 0).await;
+        assert!(seen, "no log line {needle:?}");
     };
 
     // Invalid YAML (with the marker): ignored, logged.

@@ -1,11 +1,11 @@
 //! `serve` start-up: admin key generation and write-back, and clear one-line
 //! errors for bad configuration before anything binds.
 
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 
-use crate::harness::{call, free_port, run_cli, spawn_serve, test_yaml, wait_listening};
+use crate::harness::{
+    call, free_port, run_cli, spawn_serve, test_yaml, wait_exit, wait_listening, ChildConfig,
+};
 
 const WITH_COMMENTS: &str = r#"# top comment kept
 apisix:
@@ -159,10 +159,12 @@ fn bad_configuration_stops_start_up_with_one_line_naming_it() {
 fn env_default_is_used_when_the_variable_is_unset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let yaml = test_yaml(&dir.path().join("data"), port).replace(
-        &format!("port: {port}\n"),
-        &format!("port: ${{{{APISIX_STREAM_TEST_UNSET_PORT:={port}}}}}\n"),
-    );
+    let yaml = ChildConfig::new(port)
+        .yaml(&dir.path().join("data"))
+        .replace(
+            &format!("port: {port}\n"),
+            &format!("port: ${{{{APISIX_STREAM_TEST_UNSET_PORT:={port}}}}}\n"),
+        );
     assert!(yaml.contains(":="), "{yaml}");
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, yaml).expect("write");
@@ -189,8 +191,7 @@ fn a_busy_admin_port_is_named() {
 fn sigterm_stops_serve_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, test_yaml(&dir.path().join("data"), port)).expect("write");
+    let cfg = ChildConfig::new(port).write(dir.path());
     let mut child = spawn_serve(&cfg);
     wait_listening(
         format!("127.0.0.1:{port}").parse().expect("addr"),
@@ -202,18 +203,8 @@ fn sigterm_stops_serve_cleanly() {
         .status()
         .expect("kill");
     assert!(st.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_exit(&mut child.child, 10, "serve after SIGTERM");
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
 }
 
 #[test]

@@ -386,17 +386,14 @@ async fn shutdown_drains_open_connections() {
 
 #[tokio::test]
 async fn sigterm_drains_then_exits() {
-    use crate::harness::{call, free_port, spawn_serve, test_yaml, wait_listening, KEY};
+    use crate::harness::{
+        call, eventually_some, free_port, spawn_serve, wait_listening, ChildConfig, KEY,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let (admin_port, proxy_port) = (free_port(), free_port());
-    let yaml = test_yaml(&dir.path().join("data"), admin_port)
-        .replace(
-            "      - 9100\n",
-            &format!("      - \"127.0.0.1:{proxy_port}\"\n"),
-        )
-        .replace("    udp:\n      - 9200\n", "");
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, yaml).expect("write config");
+    let cfg = ChildConfig::new(admin_port)
+        .tcp(proxy_port)
+        .write(dir.path());
     let mut child = spawn_serve(&cfg);
     let admin = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
@@ -432,18 +429,11 @@ async fn sigterm_drains_then_exits() {
         "exited with a connection open"
     );
     drop(open);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.child.try_wait().expect("wait") {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not exit after the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = eventually_some(10, "serve exits after the drain", async || {
+        child.child.try_wait().expect("wait")
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]

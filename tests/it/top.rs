@@ -4,14 +4,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use apisix_stream::config::{ListenAddr, ListenSpec};
 use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::backend::{roundtrip, Backend, Mode};
-use crate::harness::{bin, program, within, TestServer};
+use crate::harness::{bin, eventually, program, within, TestServer};
 
 /// A tmux server on a private socket, killed (with its sessions) on drop,
 /// so a failed test never leaves a dashboard running.
@@ -143,21 +142,19 @@ async fn top_shows_a_live_connection_closes_it_and_quits_on_q() {
     );
 
     let node = echo.addr.to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let screen = loop {
-        let screen = tmux.capture(session);
+    let mut screen = String::new();
+    let shown = eventually(20, async || {
+        screen = tmux.capture(session);
         let route_active = table_value(&screen, "MATCH", "1", "ACTIVE");
         let node_active = table_value(&screen, "HEALTH", &node, "ACTIVE");
-        if route_active.as_deref() == Some("1") && node_active.as_deref() == Some("1") {
-            break screen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "top never showed route 1 with 1 active connection on {node}:\n{screen}\nstderr: {}",
-            read(&err_file)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        route_active.as_deref() == Some("1") && node_active.as_deref() == Some("1")
+    })
+    .await;
+    assert!(
+        shown,
+        "top never showed route 1 with 1 active connection on {node}:\n{screen}\nstderr: {}",
+        read(&err_file)
+    );
     println!("top at 120x40:\n{screen}");
     assert!(screen.contains(&format!("http://{control}")), "{screen}");
     assert!(!screen.contains("disconnected"), "{screen}");
@@ -174,15 +171,11 @@ async fn top_shows_a_live_connection_closes_it_and_quits_on_q() {
     wait_for(&tmux, session, "closed connection").await;
 
     tmux.cmd(&["send-keys", "-t", session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tmux.alive(session) {
-        assert!(
-            Instant::now() < deadline,
-            "top did not quit on q:\n{}",
-            tmux.capture(session)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        eventually(5, async || !tmux.alive(session)).await,
+        "top did not quit on q:\n{}",
+        tmux.capture(session)
+    );
     assert_eq!(
         read(&rc_file).trim(),
         "0",
@@ -194,18 +187,13 @@ async fn top_shows_a_live_connection_closes_it_and_quits_on_q() {
 
 /// Wait until the pane shows `text`.
 async fn wait_for(tmux: &Tmux, session: &str, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let screen = tmux.capture(session);
-        if screen.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} on screen:\n{screen}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut screen = String::new();
+    let shown = eventually(10, async || {
+        screen = tmux.capture(session);
+        screen.contains(text)
+    })
+    .await;
+    assert!(shown, "no {text:?} on screen:\n{screen}");
 }
 
 fn read(p: &Path) -> String {

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::harness::{program, within, ChildGuard, TestServer};
+use crate::harness::{eventually, eventually_some, program, within, ChildGuard, TestServer};
 
 /// A UDP backend answering `<name>:<datagram>` to each datagram.
 struct UdpBackend {
@@ -143,12 +143,12 @@ async fn idle_sessions_expire_and_are_freed() {
         .1
         .clone();
     assert_eq!(counters.sessions_active.load(Ordering::Relaxed), 1);
-    within(5, async {
-        while counters.sessions_active.load(Ordering::Relaxed) != 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    assert!(
+        eventually(5, async || counters.sessions_active.load(Ordering::Relaxed)
+            == 0)
+        .await,
+        "the idle session ends"
+    );
     // The same client gets a fresh session afterwards.
     assert!(ask(&c, proxy, b"y").await.is_some());
     assert_eq!(counters.sessions_total.load(Ordering::Relaxed), 2);
@@ -277,15 +277,10 @@ async fn dns_queries_are_answered_by_a_real_dns_server() {
     )
     .await;
     let c = client("127.0.0.1").await;
-    let mut answer = None;
-    for _ in 0..20 {
-        answer = ask(&c, proxy, &dns_query("www.apisix-stream.test")).await;
-        if answer.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let answer = answer.expect("DNS answer through the proxy");
+    let answer = eventually_some(30, "a DNS answer through the proxy", async || {
+        ask(&c, proxy, &dns_query("www.apisix-stream.test")).await
+    })
+    .await;
     assert_eq!(&answer[..2], &[0x12, 0x34], "same query id");
     assert_eq!(answer[3] & 0x0f, 0, "NOERROR");
     assert!(
