@@ -8,7 +8,8 @@
 //!   APISIX's rules and error texts.
 //! - [`store`]: where those objects live (the embedded crash-safe store by
 //!   default, an etcd cluster shared with other proxies, or a read-only
-//!   standalone `apisix.yaml`) behind one trait with a change feed.
+//!   standalone `apisix.yaml`) behind one trait; the three share one
+//!   in-memory index (objects, revision, change feed).
 //! - [`admin`]: the APISIX-3-compatible Admin API over the store.
 //! - [`snapshot`]: the compiled, immutable routes and upstreams the data
 //!   plane reads, rebuilt on every store change and swapped atomically.
