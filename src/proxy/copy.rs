@@ -6,7 +6,9 @@
 //! keeps going; a read or write error ends the whole session and the peer
 //! gets a reset instead of a clean FIN (a reset is never passed on as a
 //! clean finish). The session also ends after `idle` without traffic in
-//! either direction.
+//! either direction, and, once the server drains (SIGTERM), as soon as the
+//! upstream has finished and its bytes are delivered: a client that keeps
+//! its socket open after the whole reply does not hold the process.
 //!
 //! Each direction starts by copying through a small user-space buffer, which
 //! is cheapest for request/response traffic. Once a direction has carried
@@ -27,6 +29,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Size of one transfer (also the user-space buffer size).
 const CHUNK: usize = 64 * 1024;
@@ -48,6 +51,9 @@ pub enum End {
     Upstream(io::Error),
     /// An operator closed it (Control API).
     Closed,
+    /// The server drains and the upstream had finished (all its bytes
+    /// delivered); the client's side was not waited for.
+    Drained,
 }
 
 /// Which side gets a reset when a session ended in error.
@@ -66,27 +72,6 @@ impl End {
             End::Client(_) => Some(ResetTarget::Upstream),
             End::Upstream(_) => Some(ResetTarget::Client),
             _ => None,
-        }
-    }
-
-    /// The session status as nginx logs it: 502 after an upstream failure,
-    /// 400 after a client one, 200 otherwise.
-    pub fn status(&self) -> u16 {
-        match self {
-            End::Upstream(_) => 502,
-            End::Client(_) => 400,
-            _ => 200,
-        }
-    }
-
-    /// Short label for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            End::Clean => "closed",
-            End::IdleTimeout => "idle timeout",
-            End::Client(_) => "client error",
-            End::Upstream(_) => "upstream error",
-            End::Closed => "closed by operator",
         }
     }
 }
@@ -319,20 +304,40 @@ pub fn set_reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
-/// Run both directions until both finish, one fails, or `idle` passes
-/// without a byte moving.
+/// When a relay stops besides its sockets: the idle timeout, an operator's
+/// close, and the server's drain.
+pub struct Stops<'a> {
+    /// Longest time without a byte moving.
+    pub idle: Duration,
+    /// Fires when an operator closes the session.
+    pub closed: &'a mut oneshot::Receiver<()>,
+    /// Cancelled when the server drains.
+    pub drain: &'a CancellationToken,
+}
+
+/// Run both directions until both finish, one fails, `idle` passes without
+/// a byte moving, or the server drains after the upstream has finished.
 async fn drive(
     to_up: impl Future<Output = Result<(), PumpError>>,
     to_down: impl Future<Output = Result<(), PumpError>>,
-    idle: Duration,
     act: &Activity,
-    closed: &mut oneshot::Receiver<()>,
+    stops: Stops<'_>,
 ) -> End {
+    let Stops {
+        idle,
+        closed,
+        drain,
+    } = stops;
     tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
     let mut close_armed = true;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    // Polled only once the upstream has finished (rare, and then only until
+    // the client finishes too), so a busy session never touches the shared
+    // token.
+    let drained = drain.cancelled();
+    tokio::pin!(drained);
     loop {
         tokio::select! {
             r = &mut to_up, if !up_done => match r {
@@ -357,6 +362,7 @@ async fn drive(
                 // A dropped sender is not a close request; stop polling it.
                 Err(_) => close_armed = false,
             },
+            () = &mut drained, if down_done && !up_done => return End::Drained,
         }
         if up_done && down_done {
             return End::Clean;
@@ -370,10 +376,9 @@ async fn drive(
 pub async fn relay_tcp(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
-    closed: &mut oneshot::Receiver<()>,
+    stops: Stops<'_>,
 ) -> End {
     let act = Activity::new();
     let (mut client_r, mut client_w) = client.split();
@@ -381,9 +386,8 @@ pub async fn relay_tcp(
     drive(
         pump_tcp(&mut client_r, &mut up_w, up, &act),
         pump_tcp(&mut up_r, &mut client_w, down, &act),
-        idle,
         &act,
-        closed,
+        stops,
     )
     .await
 }
@@ -392,10 +396,9 @@ pub async fn relay_tcp(
 pub async fn relay_io<C, U>(
     client: &mut C,
     upstream: &mut U,
-    idle: Duration,
     up: Counters<'_>,
     down: Counters<'_>,
-    closed: &mut oneshot::Receiver<()>,
+    stops: Stops<'_>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -407,9 +410,8 @@ where
     drive(
         pump_io(&mut client_r, &mut up_w, up, &act),
         pump_io(&mut up_r, &mut client_w, down, &act),
-        idle,
         &act,
-        closed,
+        stops,
     )
     .await
 }

@@ -5,16 +5,22 @@
 //! - [`listeners`]: binding `stream_proxy` entries, the accept loop, and
 //!   listener reload as a pure plan applied by a thin function.
 //! - [`worker`]: one thread per core running accept loops and sessions.
-//! - [`tcp`], [`udp`]: one session each; [`copy`] relays the bytes;
-//!   [`proxy_protocol`] reads and writes PROXY headers.
+//! - [`tcp`], [`udp`]: one session each; [`connect`] reaches a node with
+//!   retries; [`copy`] relays the bytes; [`proxy_protocol`] reads and
+//!   writes PROXY headers.
+//! - [`session`]: a session's end ([`error::ProxyError`] or a normal end)
+//!   turned into its one status and written once.
 //!
 //! Imports go one way: `listeners` and `worker` start `tcp` and `udp`
 //! sessions, and the sessions see only what this module defines
 //! ([`ProxyCtx`], [`ListenerInfo`], [`Limits`]).
 
+pub mod connect;
 pub mod copy;
+pub mod error;
 pub mod listeners;
 pub mod proxy_protocol;
+pub mod session;
 pub mod tcp;
 pub mod udp;
 pub mod worker;
@@ -117,6 +123,10 @@ pub struct ProxyCtx {
     /// Cancelled when open connections must close now (grace period over):
     /// each worker then drops its runtime, and with it every connection task.
     pub force_close: CancellationToken,
+    /// Cancelled when the server starts draining (SIGTERM): a session whose
+    /// upstream has finished then ends once its bytes are delivered, and a
+    /// UDP session once its client's datagrams are answered.
+    pub draining: CancellationToken,
     /// The process-wide session cap and its counters.
     pub limits: Arc<Limits>,
 }
@@ -138,6 +148,7 @@ impl ProxyCtx {
             fallback_sni,
             real_ip_from,
             force_close: CancellationToken::new(),
+            draining: CancellationToken::new(),
             limits,
         }
     }

@@ -1,25 +1,31 @@
 //! UDP proxying: one session per client address and listener socket.
 //!
-//! The first datagram of a client matches a route (`server_addr`,
-//! `server_port`, `remote_addr`) and picks a node with the route's balancer;
-//! the session then owns a socket connected to that node, so later datagrams
-//! of the client go to the same node and the node's replies come back to
-//! that client only, sent from the listener's own socket. A session ends
-//! after the upstream's idle timeout without datagrams either way (nginx's
-//! `proxy_timeout`) and its socket is closed.
+//! The first datagram of a client opens a session: the session cap, a route
+//! (`server_addr`, `server_port`, `remote_addr`), the route's preread
+//! plugins, then a node picked by the route's balancer (with retries, as
+//! TCP). The session then owns a socket connected to that node, so later
+//! datagrams of the client go to the same node and the node's replies come
+//! back to that client only, sent from the listener's own socket. A session
+//! ends after the upstream's idle timeout without datagrams either way
+//! (nginx's `proxy_timeout`: status 200), and ends with 502 when the node is
+//! unreachable (an ICMP error before its first reply). A refused first
+//! datagram is a session too: it is written with its status and dropped.
+//!
+//! Sessions run on the drain tracker: at shutdown the listener stops
+//! reading, and each session ends once every datagram its client sent has
+//! been answered (or at its idle timeout), so a reply already on its way
+//! still reaches the client.
 //!
 //! Memory stays bounded with many clients: a session holds a socket and a
 //! small task, no buffer; replies are read into one per-thread buffer and
 //! sent on at once. A datagram is forwarded whole or counted as dropped
-//! (never truncated: buffers hold the largest UDP payload). An ICMP
-//! unreachable from a node surfaces as an error on that session's socket
-//! only; the listener carries on.
+//! (never truncated: buffers hold the largest UDP payload).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +34,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::connect::{connect_udp, Connected};
 use super::copy::End;
+use super::error::{Kind, ProxyError};
+use super::session::{self, Facts, NodeUsed, Protocol, SessionEnd};
 use super::{ListenerInfo, ProxyCtx};
-use crate::access_log::Record;
 use crate::balancer::Pick;
-use crate::snapshot::RouteRt;
-use crate::snapshot::{canonical_ip, ConnInfo};
+use crate::plugins;
+use crate::snapshot::{canonical_ip, ConnInfo, RouteRt, UpstreamRt};
 use crate::stats::{ActiveGuard, ConnHandle, NewConn, NodeStats};
 
 /// Largest datagram handled (the IPv4 UDP payload limit rounded up).
@@ -61,6 +70,24 @@ pub struct UdpCounters {
     pub dropped: AtomicU64,
 }
 
+/// One open session on [`UdpCounters::sessions_active`], released when
+/// dropped (whichever way the session's task ends).
+struct OpenSession(Arc<UdpCounters>);
+
+impl OpenSession {
+    fn new(counters: &Arc<UdpCounters>) -> OpenSession {
+        counters.sessions_total.fetch_add(1, Ordering::Relaxed);
+        counters.sessions_active.fetch_add(1, Ordering::Relaxed);
+        OpenSession(counters.clone())
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What both directions of a session share.
 struct SessionRt {
     listener: Arc<UdpSocket>,
@@ -69,6 +96,9 @@ struct SessionRt {
     idle: Duration,
     base: Instant,
     last: AtomicU64,
+    /// Client datagrams not answered yet (never below 0): a draining
+    /// server ends the session once it is 0.
+    owed: AtomicI64,
     route: Arc<RouteRt>,
     node: Arc<NodeStats>,
     info: Arc<ListenerInfo>,
@@ -91,6 +121,7 @@ impl SessionRt {
             .stats
             .datagrams_in
             .fetch_add(1, Ordering::Relaxed);
+        self.owed.fetch_add(1, Ordering::Relaxed);
         self.last.store(stamp(self.base), Ordering::Relaxed);
     }
 
@@ -109,7 +140,26 @@ impl SessionRt {
             .stats
             .datagrams_out
             .fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                (o > 0).then_some(o - 1)
+            });
         self.last.store(stamp(self.base), Ordering::Relaxed);
+    }
+
+    /// True when every client datagram has had a reply.
+    fn answered(&self) -> bool {
+        self.owed.load(Ordering::Relaxed) <= 0
+    }
+
+    /// Bytes from and to the client so far.
+    fn bytes(&self) -> (u64, u64) {
+        let e = &self.conn.entry;
+        (
+            e.bytes_in.load(Ordering::Relaxed),
+            e.bytes_out.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -125,110 +175,76 @@ fn stamp(base: Instant) -> u64 {
     base.elapsed().as_millis() as u64
 }
 
-fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-    }
-}
-
 /// The route a new session takes and the socket to the node its balancer
 /// picked.
 struct Opened {
     route: Arc<RouteRt>,
-    upstream: Arc<UdpSocket>,
+    upstream: Arc<UpstreamRt>,
+    socket: Arc<UdpSocket>,
     pick: Pick,
-    idle: Duration,
     node: String,
     /// The plugins' decisions (limit-conn counts end when it drops).
-    plugins: crate::plugins::Session,
+    plugins: plugins::Session,
 }
 
-/// Open the session's socket to the node the route's balancer picks.
-async fn open_upstream(ctx: &ProxyCtx, conn: &ConnInfo) -> Option<Opened> {
-    let snapshot = ctx.snapshot.load_full();
-    let Some(route) = snapshot.match_route(conn).cloned() else {
-        tracing::debug!(client = %conn.remote_addr, "udp: not hit any route");
-        return None;
-    };
-    let mut plugins = crate::plugins::Session::default();
-    if route.chain.has_preread() {
-        if let Err(r) = route.chain.admit(&mut plugins, conn) {
-            tracing::debug!(client = %conn.remote_addr, route_id = %route.id, plugin = r.plugin, code = r.code, reason = %r.reason, "udp: session refused by plugin");
-            return None;
+/// What opening a session has found so far, for the finish of a refusal.
+#[derive(Default)]
+struct Opening {
+    route: Option<Arc<RouteRt>>,
+    upstream: Option<Arc<UpstreamRt>>,
+}
+
+impl Opening {
+    /// Route, preread plugins, then a node.
+    async fn open(&mut self, ctx: &ProxyCtx, conn: &ConnInfo) -> Result<Opened, ProxyError> {
+        let snapshot = ctx.snapshot.load_full();
+        let route = snapshot.match_route(conn).ok_or(Kind::NoRoute)?.clone();
+        self.route = Some(route.clone());
+        let mut plugins = plugins::Session::default();
+        if route.chain.has_preread() {
+            route
+                .chain
+                .admit(&mut plugins, conn)
+                .map_err(Kind::Refused)?;
         }
-    }
-    let up = match plugins.upstream_for(&route) {
-        Ok(u) => u.clone(),
-        Err(why) => {
-            tracing::debug!(route_id = %route.id, reason = %why, "udp: route has no usable upstream");
-            return None;
-        }
-    };
-    let key = (up.balancer.lb_name() == "chash").then(|| up.key_for(conn));
-    let mut tried = Vec::new();
-    let checker = up.checker();
-    let healthy = |i: usize| checker.as_ref().is_none_or(|c| c.healthy(i));
-    for _ in 0..=up.retries {
-        let pick = up
-            .balancer
-            .pick(key.as_deref().map(str::as_bytes), &tried, &healthy)?;
-        tried.push(pick.index);
-        let backend = &up.balancer.backends()[pick.index];
-        let fail = |why: String| {
-            route.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            if let Some(n) = plugins.node_stats_for(&route).get(pick.index) {
-                n.failed(why);
-            }
-        };
-        let addr = match backend.addr {
-            Some(a) => a,
-            None => match tokio::net::lookup_host((backend.host.as_str(), backend.port))
-                .await
-                .ok()
-                .and_then(|mut it| it.next())
-            {
-                Some(a) => a,
-                None => {
-                    tracing::debug!(node = %backend.label, "udp: cannot resolve node");
-                    fail("cannot resolve".into());
-                    continue;
-                }
-            },
-        };
-        let sock = match UdpSocket::bind(unspecified_for(&addr)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "udp: cannot open a session socket");
-                return None;
-            }
-        };
-        if let Err(e) = sock.connect(addr).await {
-            tracing::debug!(node = %backend.label, error = %e, "udp: cannot use node");
-            fail(e.to_string());
-            continue;
-        }
-        let node = backend.label.clone();
-        return Some(Opened {
+        let upstream = plugins
+            .upstream_for(&route)
+            .map_err(|why| Kind::NoUpstream(why.clone()))?
+            .clone();
+        self.upstream = Some(upstream.clone());
+        let Connected { stream, pick, node } = connect_udp(
+            &upstream,
+            conn,
+            &route.stats,
+            plugins.node_stats_for(&route),
+        )
+        .await
+        .map_err(Kind::Connect)?;
+        Ok(Opened {
             route,
-            upstream: Arc::new(sock),
+            upstream,
+            socket: Arc::new(stream),
             pick,
-            idle: up.idle_timeout,
             node,
             plugins,
-        });
+        })
     }
-    None
 }
 
 /// Relay a session's replies to its client until it has been idle long
-/// enough or an operator closes it.
+/// enough, its node turns out unreachable, an operator closes it, or the
+/// server drains and every client datagram has been answered.
 async fn reply_loop(
     s: &SessionRt,
     counters: &UdpCounters,
     closed: &mut oneshot::Receiver<()>,
+    drain: &CancellationToken,
 ) -> End {
     let mut close_armed = true;
+    let mut draining = false;
+    let mut replied = false;
+    let drained = drain.cancelled();
+    tokio::pin!(drained);
     loop {
         let deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
         tokio::select! {
@@ -236,6 +252,12 @@ async fn reply_loop(
                 Ok(()) => return End::Closed,
                 Err(_) => close_armed = false,
             },
+            () = &mut drained, if !draining => {
+                draining = true;
+                if s.answered() {
+                    return End::Drained;
+                }
+            }
             () = tokio::time::sleep_until(deadline) => {
                 // Idle only if nothing moved meanwhile.
                 let now_deadline = s.base + Duration::from_millis(s.last.load(Ordering::Relaxed)) + s.idle;
@@ -245,27 +267,33 @@ async fn reply_loop(
             }
             ready = s.upstream.readable() => {
                 if let Err(e) = ready {
-                    tracing::debug!(client = %s.client, error = %e, "udp: session socket failed");
                     return End::Upstream(e);
                 }
                 let forwarded = REPLY_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();
                     match s.upstream.try_recv(&mut buf) {
-                        Ok(n) => Some(s.listener.try_send_to(&buf[..n], s.client).map(|_| n)),
+                        Ok(n) => Some(Ok(s.listener.try_send_to(&buf[..n], s.client).map(|_| n))),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                         Err(e) => Some(Err(e)),
                     }
                 });
                 match forwarded {
                     None => {}
-                    Some(Ok(n)) => {
+                    Some(Ok(Ok(n))) => {
+                        replied = true;
                         counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
                         s.outbound(n);
+                        if draining && s.answered() {
+                            return End::Drained;
+                        }
                     }
-                    Some(Err(e)) => {
-                        // ICMP unreachable from the node, or a full send
-                        // buffer: this datagram is lost, the session and
-                        // listener go on.
+                    // An ICMP error before the node ever answered: it
+                    // cannot be reached (nginx: 502).
+                    Some(Err(e)) if !replied => return End::Upstream(e),
+                    Some(Err(e)) | Some(Ok(Err(e))) => {
+                        // A late ICMP error, or a full send buffer towards
+                        // the client: this datagram is lost, the session
+                        // and listener go on.
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(client = %s.client, error = %e, "udp: reply dropped");
                     }
@@ -275,7 +303,71 @@ async fn reply_loop(
     }
 }
 
-/// Serve one listener socket until `stop`.
+/// Open a session for a client's first datagram (`len` bytes), or write
+/// its refusal and return `None`.
+async fn open_session(
+    ctx: &ProxyCtx,
+    info: &ListenerInfo,
+    conn: &ConnInfo,
+    client: SocketAddr,
+    len: usize,
+) -> Option<Opened> {
+    let started = std::time::Instant::now();
+    let mut opening = Opening::default();
+    match opening.open(ctx, conn).await {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            let mut facts = Facts::new(Protocol::Udp, client, info, started);
+            facts.conn = Some(conn);
+            facts.route = opening.route.as_deref();
+            facts.upstream = opening.upstream.as_deref();
+            facts.bytes = (len as u64, 0);
+            session::finish(ctx, &facts, &SessionEnd::Failed(e));
+            None
+        }
+    }
+}
+
+/// Run one opened session to its end, then write it.
+async fn run_session(
+    ctx: Arc<ProxyCtx>,
+    rt: Arc<SessionRt>,
+    opened: Opened,
+    conn: ConnInfo,
+    counters: Arc<UdpCounters>,
+    mut closed: oneshot::Receiver<()>,
+    drain: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let s = &rt;
+    s.route.stats.total.fetch_add(1, Ordering::Relaxed);
+    s.route.stats.udp_sessions.fetch_add(1, Ordering::Relaxed);
+    s.node.total.fetch_add(1, Ordering::Relaxed);
+    let end = {
+        let _route = ActiveGuard::new(&s.route.stats.active);
+        let _node = ActiveGuard::new(&s.node.active);
+        let _listener = ActiveGuard::new(&s.info.stats.active);
+        reply_loop(s, &counters, &mut closed, &drain).await
+    };
+    let facts = Facts {
+        protocol: Protocol::Udp,
+        client: s.client,
+        listener: &s.info,
+        started,
+        conn: Some(&conn),
+        route: Some(&opened.route),
+        upstream: Some(&opened.upstream),
+        node: Some(NodeUsed {
+            index: Some(opened.pick.index),
+            label: &opened.node,
+        }),
+        bytes: s.bytes(),
+    };
+    session::finish(&ctx, &facts, &end.into());
+}
+
+/// Serve one listener socket until `stop`. Its sessions carry on after
+/// that (on the drain tracker) until they end.
 pub async fn serve(
     socket: UdpSocket,
     info: Arc<ListenerInfo>,
@@ -286,6 +378,9 @@ pub async fn serve(
     let socket = Arc::new(socket);
     let local = socket.local_addr().unwrap_or(info.local);
     let base = Instant::now();
+    // This loop's sessions watch their own child of the drain token, so a
+    // reply never touches a lock shared with other workers.
+    let drain = ctx.draining.child_token();
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let (expired_tx, mut expired_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut generation = 0u64;
@@ -315,13 +410,14 @@ pub async fn serve(
         let rt = match live {
             Some(s) => s.rt.clone(),
             None => {
-                if sessions.len() >= MAX_SESSIONS {
+                // A session holds a socket: it counts against the process
+                // cap (and each listener socket keeps at most MAX_SESSIONS).
+                let permit = (sessions.len() < MAX_SESSIONS)
+                    .then(|| ctx.limits.try_acquire())
+                    .flatten();
+                let Some(permit) = permit else {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // A session holds a socket: it counts against the process cap.
-                let Some(permit) = ctx.limits.try_acquire() else {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    session::refuse_at_cap(&ctx, Protocol::Udp, client, &info);
                     continue;
                 };
                 let conn = ConnInfo {
@@ -332,11 +428,10 @@ pub async fn serve(
                     mqtt_client_id: None,
                     sni: None,
                 };
-                let Some(opened) = open_upstream(&ctx, &conn).await else {
+                let Some(opened) = open_session(&ctx, &info, &conn, client, n).await else {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                tracing::debug!(%client, node = %opened.node, listen = %info.label, "udp session started");
                 generation += 1;
                 let gen = generation;
                 let node = opened
@@ -353,77 +448,51 @@ pub async fn serve(
                     node: opened.node.clone(),
                     sni: None,
                 });
-                let mut closed = std::mem::replace(&mut handle.closed, oneshot::channel().1);
+                let closed = std::mem::replace(&mut handle.closed, oneshot::channel().1);
                 let rt = Arc::new(SessionRt {
                     listener: socket.clone(),
-                    upstream: opened.upstream,
+                    upstream: opened.socket.clone(),
                     client,
-                    idle: opened.idle,
+                    idle: opened.upstream.idle_timeout,
                     base,
                     last: AtomicU64::new(stamp(base)),
-                    route: opened.route,
+                    owed: AtomicI64::new(0),
+                    route: opened.route.clone(),
                     node,
                     info: info.clone(),
                     conn: handle,
                 });
-                let (tx, task_rt, task_counters, task_ctx) = (
+                let span = tracing::debug_span!(
+                    "udp",
+                    %client,
+                    listen = %info.label,
+                    route = %opened.route.id,
+                    node = %opened.node
+                );
+                tracing::debug!(parent: &span, "udp session started");
+                let open = OpenSession::new(&counters);
+                let (tx, task_rt, task_counters, task_ctx, task_drain) = (
                     expired_tx.clone(),
                     rt.clone(),
                     counters.clone(),
                     ctx.clone(),
+                    drain.clone(),
                 );
-                let pick = opened.pick;
-                let plugin_session = opened.plugins;
-                let task = tokio::spawn(async move {
-                    let _permit = permit;
-                    let s = &task_rt;
-                    let started = Instant::now();
-                    s.route.stats.total.fetch_add(1, Ordering::Relaxed);
-                    s.route.stats.udp_sessions.fetch_add(1, Ordering::Relaxed);
-                    s.node.total.fetch_add(1, Ordering::Relaxed);
-                    let end = {
-                        let _route = ActiveGuard::new(&s.route.stats.active);
-                        let _node = ActiveGuard::new(&s.node.active);
-                        let _listener = ActiveGuard::new(&s.info.stats.active);
-                        reply_loop(s, &task_counters, &mut closed).await
-                    };
-                    if let Some(log) = &task_ctx.access_log {
-                        log.record(&Record {
-                            client: s.client,
-                            protocol: "UDP",
-                            status: 200,
-                            listener: &s.info.label,
-                            route_id: &s.route.id,
-                            node: &s.conn.entry.meta.node,
-                            bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
-                            bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
-                            duration: started.elapsed(),
-                            end: end.as_str(),
-                        });
-                    }
-                    if s.route.chain.has_log() {
-                        s.route.chain.log(
-                            &conn,
-                            &crate::plugins::Finished {
-                                protocol: "UDP",
-                                status: end.status(),
-                                listen: &s.info.label,
-                                node: &s.conn.entry.meta.node,
-                                bytes_in: s.conn.entry.bytes_in.load(Ordering::Relaxed),
-                                bytes_out: s.conn.entry.bytes_out.load(Ordering::Relaxed),
-                                duration: started.elapsed(),
-                            },
-                        );
-                    }
-                    drop(plugin_session);
-                    task_counters
-                        .sessions_active
-                        .fetch_sub(1, Ordering::Relaxed);
-                    drop(pick);
+                let session = async move {
+                    let _slot = (permit, open);
+                    run_session(
+                        task_ctx,
+                        task_rt,
+                        opened,
+                        conn,
+                        task_counters,
+                        closed,
+                        task_drain,
+                    )
+                    .await;
                     let _ = tx.send((client, gen));
-                });
-                counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-                counters.sessions_active.fetch_add(1, Ordering::Relaxed);
+                };
+                let task = ctx.connections.spawn(session.instrument(span));
                 sessions.insert(
                     client,
                     Session {
@@ -448,12 +517,6 @@ pub async fn serve(
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%client, error = %e, "udp: datagram to node dropped");
             }
-        }
-    }
-    for (_, s) in sessions {
-        if !s.task.is_finished() {
-            s.task.abort();
-            counters.sessions_active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

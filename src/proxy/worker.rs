@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::udp::{self, UdpCounters};
-use super::{tcp, ListenerInfo, ProxyCtx};
+use super::{session, tcp, ListenerInfo, ProxyCtx};
 
 /// The sockets one worker serves, each with the token that stops it.
 #[derive(Debug, Default)]
@@ -187,6 +187,7 @@ async fn accept_loop(
                 let Some(permit) = ctx.limits.try_acquire() else {
                     // At the cap: close now (the client sees it at once).
                     drop(stream);
+                    session::refuse_at_cap(&ctx, session::Protocol::Tcp, peer, &info);
                     if quiet_until.is_none_or(|t| Instant::now() >= t) {
                         tracing::warn!(listen = %info.label, max_sessions = ctx.limits.max_sessions, "session limit reached; closing new connections");
                         quiet_until = Some(Instant::now() + Duration::from_secs(10));

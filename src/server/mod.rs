@@ -150,6 +150,7 @@ impl Drop for Server {
     /// worker threads close their listeners and connections and exit.
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.proxy.draining.cancel();
         self.proxy.connections.close();
         self.proxy.force_close.cancel();
     }

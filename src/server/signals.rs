@@ -128,6 +128,7 @@ impl Server {
     /// `nginx_config.worker_shutdown_timeout`, then close the rest.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        self.proxy.draining.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         let conns = &self.proxy.connections;
