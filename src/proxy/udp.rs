@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -265,9 +266,31 @@ async fn reply_loop(
                     return End::IdleTimeout;
                 }
             }
-            ready = s.upstream.readable() => {
-                if let Err(e) = ready {
-                    return End::Upstream(e);
+            // An ICMP error from the node is reported as an error event
+            // only, not as readable.
+            ready = s.upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(e) => return End::Upstream(e),
+                };
+                if ready.is_error() {
+                    match s.upstream.take_error() {
+                        // Before the node ever answered: it cannot be
+                        // reached (nginx: 502).
+                        Ok(Some(e)) | Err(e) if !replied => return End::Upstream(e),
+                        Ok(Some(e)) | Err(e) => {
+                            tracing::debug!(client = %s.client, error = %e, "udp: node reported an error");
+                        }
+                        Ok(None) => {}
+                    }
+                    // The error is taken: clear the event so the next wait
+                    // sleeps until something new happens.
+                    let _ = s.upstream.try_io(Interest::ERROR, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                    if !ready.is_readable() {
+                        continue;
+                    }
                 }
                 let forwarded = REPLY_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();

@@ -14,6 +14,7 @@ mod plugins;
 mod proxy_protocol;
 mod reliability;
 mod security;
+mod session;
 mod standalone;
 mod startup;
 mod tcp;

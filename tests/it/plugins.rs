@@ -74,7 +74,7 @@ async fn metrics(s: &TestServer) -> String {
 }
 
 /// Poll the metrics until a line equals `want` (sessions are counted as they end).
-async fn metrics_until(s: &TestServer, want: &[&str]) -> String {
+pub(crate) async fn metrics_until(s: &TestServer, want: &[&str]) -> String {
     let mut text = String::new();
     let shown = eventually(5, async || {
         text = metrics(s).await;
@@ -403,7 +403,7 @@ async fn traffic_split_weights_and_vars() {
 }
 
 /// The RFC 5424 shape and the JSON of one syslog line.
-fn parse_syslog(line: &str) -> Value {
+pub(crate) fn parse_syslog(line: &str) -> Value {
     let re = regex::Regex::new(
         r"^<46>1 \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z - apisix (\d+) - - (\{.*\})$",
     )
