@@ -26,8 +26,8 @@ pub struct Record<'a> {
     pub client: SocketAddr,
     /// `TCP` or `UDP`.
     pub protocol: &'static str,
-    /// nginx-style session status (200 ok, 400 client error, 502 upstream
-    /// failure, 503 no route or no usable upstream).
+    /// The session's status as nginx's stream module sets it (decided
+    /// once, by [`crate::proxy::session::finish`]).
     pub status: u16,
     /// Listener label.
     pub listener: &'a str,
@@ -41,7 +41,7 @@ pub struct Record<'a> {
     pub bytes_out: u64,
     /// Session duration.
     pub duration: Duration,
-    /// How it ended.
+    /// How it ended: `closed`, `idle timeout`, ... or the error.
     pub end: &'a str,
 }
 

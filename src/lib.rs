@@ -20,7 +20,8 @@
 //! - [`health`]: upstream health checks (active probes, passive reports)
 //!   feeding the balancer and the Control API.
 //! - [`proxy`]: the data plane: listeners (bound, and changed on SIGHUP by
-//!   a pure plan), per-core workers, connection handling and the byte relay.
+//!   a pure plan), per-core workers, connection handling and the byte relay;
+//!   a session's end becomes its one status in [`proxy::session`].
 //! - [`tls`]: everything TLS: certificates compiled from SSL objects,
 //!   termination and SNI peeking on listeners, and the client side for
 //!   upstreams, syslog and health probes. It imports neither [`proxy`] nor
@@ -41,9 +42,11 @@
 //! and announced on the store's change feed; the publisher compiles a new
 //! snapshot and swaps it in, and only then does the Admin API answer.
 //!
-//! Data path: accept -> load the snapshot once -> match a route -> pick a
-//! node (retrying others on connect failure) -> relay bytes both ways with
-//! half-close, counting them as they move.
+//! Data path: accept -> admit (PROXY header, TLS) -> load the snapshot once
+//! -> match a route -> preread plugins -> pick a node (retrying others on
+//! connect failure) -> relay bytes both ways with half-close, counting them
+//! as they move -> finish: the session's status, written once to the access
+//! log, the log plugins, the passive health check and the counters.
 
 pub mod access_log;
 pub mod admin;

@@ -192,7 +192,6 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
         }
     };
     let route_id = facts.route.map_or("-", |r| r.id.as_str());
-    let duration = facts.started.elapsed();
 
     if let Some(e) = error {
         if matches!(
@@ -223,7 +222,7 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
             node: node_label,
             bytes_in: facts.bytes.0,
             bytes_out: facts.bytes.1,
-            duration,
+            duration: facts.started.elapsed(),
             end: end_text,
         });
     }
@@ -238,7 +237,7 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
                     node: node_label,
                     bytes_in: facts.bytes.0,
                     bytes_out: facts.bytes.1,
-                    duration,
+                    duration: facts.started.elapsed(),
                 },
             );
         }

@@ -122,8 +122,22 @@ impl SessionRt {
             .stats
             .datagrams_in
             .fetch_add(1, Ordering::Relaxed);
-        self.owed.fetch_add(1, Ordering::Relaxed);
         self.last.store(stamp(self.base), Ordering::Relaxed);
+    }
+
+    /// A client datagram is about to go to the node: one more reply owed
+    /// (counted first, so a reply that overtakes the count still pays it).
+    fn owe(&self) {
+        self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One reply fewer owed (a reply arrived, or the datagram was dropped).
+    fn settle(&self) {
+        let _ = self
+            .owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                (o > 0).then_some(o - 1)
+            });
     }
 
     /// Count one datagram of `n` bytes to the client.
@@ -141,11 +155,7 @@ impl SessionRt {
             .stats
             .datagrams_out
             .fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .owed
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
-                (o > 0).then_some(o - 1)
-            });
+        self.settle();
         self.last.store(stamp(self.base), Ordering::Relaxed);
     }
 
@@ -313,12 +323,21 @@ async fn reply_loop(
                     // An ICMP error before the node ever answered: it
                     // cannot be reached (nginx: 502).
                     Some(Err(e)) if !replied => return End::Upstream(e),
-                    Some(Err(e)) | Some(Ok(Err(e))) => {
-                        // A late ICMP error, or a full send buffer towards
-                        // the client: this datagram is lost, the session
-                        // and listener go on.
+                    Some(Ok(Err(e))) => {
+                        // A full send buffer towards the client: the node
+                        // answered, this reply is lost, the session goes on.
+                        replied = true;
+                        s.settle();
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(client = %s.client, error = %e, "udp: reply dropped");
+                        if draining && s.answered() {
+                            return End::Drained;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // A late ICMP error: the session and listener go on.
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client = %s.client, error = %e, "udp: node reported an error");
                     }
                 }
             }
@@ -527,6 +546,7 @@ pub async fn serve(
                 rt
             }
         };
+        rt.owe();
         let sent = match rt.upstream.try_send(&buf[..n]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => rt.upstream.send(&buf[..n]).await,
             other => other,
@@ -537,6 +557,7 @@ pub async fn serve(
                 rt.inbound(n);
             }
             Err(e) => {
+                rt.settle();
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%client, error = %e, "udp: datagram to node dropped");
             }
