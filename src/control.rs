@@ -24,14 +24,14 @@ use crate::health::Checker;
 use crate::proxy::listeners::SharedListeners;
 use crate::proxy::ListenerInfo;
 use crate::snapshot::publish::SharedSnapshot;
-use crate::snapshot::Snapshot;
-use crate::stats::{memory_rss_bytes, NodeReport, RouteReport, Stats};
+use crate::snapshot::{Carry, Snapshot};
+use crate::stats::{memory_rss_bytes, NodeReport, RouteReport};
 
 /// What the Control API and the metrics endpoint read.
 #[derive(Debug, Clone)]
 pub struct ControlState {
-    /// Live counters and connections.
-    pub stats: Arc<Stats>,
+    /// Live counters, connections and plugin metrics.
+    pub carry: Arc<Carry>,
     /// The routes in force.
     pub snapshot: SharedSnapshot,
     /// The stream listeners in force.
@@ -75,7 +75,7 @@ fn checkers(snap: &Snapshot) -> Vec<Arc<Checker>> {
     let mut stored = BTreeMap::new();
     for r in snap.routes() {
         let Ok(up) = &r.upstream else { continue };
-        let Some(c) = up.health.load_full() else {
+        let Some(c) = up.health().cloned() else {
             continue;
         };
         match &up.upstream_id {
@@ -176,9 +176,9 @@ async fn healthcheck_one(
                 .as_ref()
                 .ok()
                 .filter(|u| u.upstream_id.is_none())
-                .and_then(|u| u.health.load_full())
+                .and_then(|u| u.health().cloned())
         }),
-        "upstreams" => snap.upstream(&src_id).map(|u| u.health.load_full()),
+        "upstreams" => snap.upstream(&src_id).map(|u| u.health().cloned()),
         _ => None,
     };
     let msg = match found {
@@ -202,7 +202,7 @@ pub fn stats_report(state: &ControlState) -> Value {
     for r in snap.routes() {
         routes.push(RouteReport::new(&r.id, &r.stats, r.summary()));
         if let Ok(up) = &r.upstream {
-            let checker = up.health.load();
+            let checker = up.health();
             for (i, (b, s)) in up.balancer.backends().iter().zip(&r.node_stats).enumerate() {
                 nodes.push(NodeReport::new(
                     &r.id,
@@ -230,14 +230,14 @@ pub fn stats_report(state: &ControlState) -> Value {
             })
         })
         .collect();
-    let (total, active) = state.stats.totals();
+    let (total, active) = state.carry.stats.totals();
     json!({
-        "uptime_s": state.stats.uptime_s(),
+        "uptime_s": state.carry.stats.uptime_s(),
         "active": active,
         "total": total,
         "version": env!("CARGO_PKG_VERSION"),
         "memory_rss_bytes": memory_rss_bytes(),
-        "connections_open": state.stats.connections.len(),
+        "connections_open": state.carry.stats.connections.len(),
         "routes": routes,
         "nodes": nodes,
         "listeners": listeners,
@@ -256,6 +256,7 @@ async fn stream_stats(State(state): State<Arc<ControlState>>) -> Json<Value> {
 
 async fn connections(State(state): State<Arc<ControlState>>) -> Json<Value> {
     let list: Vec<Value> = state
+        .carry
         .stats
         .connections
         .list()
@@ -283,7 +284,9 @@ async fn close_connection(
     Path(id): Path<String>,
 ) -> Response {
     match id.parse::<u64>() {
-        Ok(n) if state.stats.connections.close(n) => Json(json!({"closed": n})).into_response(),
+        Ok(n) if state.carry.stats.connections.close(n) => {
+            Json(json!({"closed": n})).into_response()
+        }
         Ok(n) => (
             StatusCode::NOT_FOUND,
             Json(json!({"error_msg": format!("connection {n} not found")})),
@@ -383,7 +386,7 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
         "stream_connection",
         "Finished stream sessions per route with the prometheus plugin",
         |f| {
-            for (route, total) in state.stats.plugins.metrics.connection_totals() {
+            for (route, total) in state.carry.plugins.metrics.connection_totals() {
                 f.get_or_create(&RouteLabel { route }).inc_by(total);
             }
         },
@@ -394,7 +397,7 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
         "stream_status",
         "Finished stream sessions per status code, listener and node",
         |f| {
-            for ((code, listen_addr, node), n) in state.stats.plugins.metrics.status_totals() {
+            for ((code, listen_addr, node), n) in state.carry.plugins.metrics.status_totals() {
                 f.get_or_create(&StatusLabel {
                     code: code.to_string(),
                     listen_addr,

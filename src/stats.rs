@@ -5,9 +5,11 @@
 //! counters in an `Arc` of atomics that the snapshot hands to connections
 //! when it is built, so a connection never looks anything up; the
 //! registry's locks are taken only when a snapshot is built or stats are
-//! read. Counters live as long as the registry, so a route that is updated
-//! keeps counting where it was. The list of live connections is sharded so
+//! read. Counters live as long as the registry (held by the snapshot's
+//! `Carry`), so a route that is updated keeps counting where it was. The list of live connections is sharded so
 //! registering one touches one small lock.
+//!
+//! Counters only: this module imports nothing of the crate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -249,9 +251,6 @@ pub struct Stats {
     nodes: RwLock<HashMap<(String, String), Arc<NodeStats>>>,
     /// Live connections and UDP sessions.
     pub connections: Connections,
-    /// Plugin state that outlives snapshots: enabled plugins, limit-conn
-    /// and prometheus counters, syslog senders.
-    pub plugins: crate::plugins::Shared,
 }
 
 impl Default for Stats {
@@ -261,7 +260,6 @@ impl Default for Stats {
             routes: RwLock::default(),
             nodes: RwLock::default(),
             connections: Connections::default(),
-            plugins: crate::plugins::Shared::default(),
         }
     }
 }

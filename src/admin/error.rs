@@ -47,6 +47,9 @@ pub enum AdminError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// 503: the write is durable but the data plane does not serve it.
+    #[error("{0}")]
+    NotApplied(String),
 }
 
 impl AdminError {
@@ -62,6 +65,7 @@ impl AdminError {
             AdminError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AdminError::Store(StoreError::ReadOnly(_)) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::NotApplied(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -85,7 +89,8 @@ impl IntoResponse for AdminError {
             return (StatusCode::BAD_REQUEST, text).into_response();
         }
         let status = self.status();
-        if status.is_server_error() {
+        // A change that is not served was logged with its object already.
+        if status.is_server_error() && !matches!(self, AdminError::NotApplied(_)) {
             tracing::warn!(error = %self, "admin request failed");
         }
         (status, axum::Json(self.body())).into_response()

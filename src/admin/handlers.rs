@@ -370,7 +370,7 @@ async fn store_and_answer(
     let mut conf = conf;
     state.keyring.seal(kind, &mut conf);
     let out = state.store.put(kind, id, conf, expect).await?;
-    state.wait_published(out.entry.mod_rev).await;
+    state.wait_applied(out.entry.mod_rev, kind, id).await?;
     let status = if out.created {
         status_created
     } else {
@@ -490,7 +490,7 @@ async fn delete(state: &AdminState, kind: Kind, id: &str, force: bool) -> Result
         .delete(kind, id)
         .await?
         .ok_or(AdminError::KeyNotFound)?;
-    state.wait_published(state.store.revision()).await;
+    state.wait_applied(state.store.revision(), kind, id).await?;
     Ok(Json(json!({"deleted": id, "key": key_of(state, kind, id)})).into_response())
 }
 

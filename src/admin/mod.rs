@@ -25,12 +25,17 @@ use tokio::sync::watch;
 
 use crate::config::{AdminRole, Config};
 use crate::model::crypt::Keyring;
-use crate::model::EnabledPlugins;
+use crate::model::{EnabledPlugins, Kind};
+use crate::snapshot::publish::Published;
 use crate::store::Store;
 pub use error::AdminError;
 
 /// Largest accepted request body (APISIX allows 1.5 MiB).
 pub const BODY_LIMIT: usize = 1536 * 1024;
+
+/// How long a write waits for the data plane to serve it before the answer
+/// says it does not.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One configured admin key, kept only as a digest.
 struct KeyDigest {
@@ -52,9 +57,9 @@ pub struct AdminState {
     pub prefix: String,
     /// Stream plugins enabled in config.yaml.
     pub plugins: EnabledPlugins,
-    /// Revision of the data-plane snapshot in force, when a data plane runs:
-    /// writes answer only once their revision is published.
-    pub published: Option<watch::Receiver<u64>>,
+    /// What the data plane has applied (and what failed), when a data
+    /// plane runs: writes answer only once their revision is served.
+    pub published: Option<watch::Receiver<Published>>,
     /// The data plane's current snapshot, when a data plane runs (read-only
     /// explain calls run the real router on it).
     pub snapshot: Option<crate::snapshot::publish::SharedSnapshot>,
@@ -127,21 +132,50 @@ impl AdminState {
         found
     }
 
-    /// Wait (bounded) until the data plane has published `rev`, so that a
-    /// connection made right after a 2xx sees the change.
-    pub async fn wait_published(&self, rev: u64) {
-        let Some(rx) = &self.published else { return };
+    /// Wait (bounded by [`APPLY_TIMEOUT`]) until the data plane serves the
+    /// store at revision `rev`, which holds a write of `kind`/`id`, so that
+    /// a connection made right after a 2xx sees the change. An error, for a
+    /// 503, when the rebuild of that revision failed, when it did not come
+    /// within the bound, or when the snapshot leaves the object out.
+    pub async fn wait_applied(&self, rev: u64, kind: Kind, id: &str) -> Result<(), AdminError> {
+        let Some(rx) = &self.published else {
+            return Ok(());
+        };
         let mut rx = rx.clone();
-        let wait = rx.wait_for(|published| *published >= rev);
-        if tokio::time::timeout(Duration::from_secs(2), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                revision = rev,
-                "data plane did not publish the change within 2s"
-            );
-        }
+        let waited =
+            tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|p| p.outcome(rev).is_some())).await;
+        let failure = match waited {
+            Err(_) => Some(format!(
+                "the data plane did not apply revision {rev} within {}s",
+                APPLY_TIMEOUT.as_secs()
+            )),
+            Ok(Err(_)) => Some("the data plane has stopped".to_string()),
+            Ok(Ok(p)) => match p.outcome(rev) {
+                Some(Err(f)) => Some(format!(
+                    "revision {} could not be applied: {}",
+                    f.revision, f.reason
+                )),
+                _ => None,
+            },
+        };
+        let failure = failure.or_else(|| {
+            let snapshot = self.snapshot.as_ref()?.load();
+            snapshot.rejected(kind, id).map(str::to_string)
+        });
+        let Some(reason) = failure else {
+            return Ok(());
+        };
+        tracing::error!(
+            kind = kind.segment(),
+            id,
+            revision = rev,
+            reason = %reason,
+            "stored change is not served"
+        );
+        Err(AdminError::NotApplied(format!(
+            "{} [{id}] is stored but not served: {reason}",
+            kind.noun()
+        )))
     }
 }
 

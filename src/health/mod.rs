@@ -15,13 +15,14 @@
 //! report, so they sit behind a per-target mutex taken only by probes and
 //! by failure reports (never on a successful pick).
 //!
-//! The [`manager`] creates, reuses and stops checkers as snapshots are
-//! published and hangs each on its [`UpstreamRt`](crate::snapshot::UpstreamRt),
-//! so connections reach it through the snapshot they already hold.
+//! A checker is created while a snapshot is built and attached to its
+//! upstream before the snapshot is published, so connections reach it
+//! through the snapshot they already hold; the [`registry`] runs the active
+//! probes of the checkers in force and stops those of replaced snapshots.
 
 pub mod conf;
-pub mod manager;
 pub mod probe;
+pub mod registry;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

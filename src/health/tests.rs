@@ -1,5 +1,5 @@
-//! Counter and threshold transitions, target reuse, reports, probes and
-//! checker lifetime.
+//! Counter and threshold transitions, target reuse, reports and probes.
+//! (Checker lifetime across snapshots is tested with the snapshot build.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,17 +7,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::conf::{Checks, ProbeType};
-use super::manager::Registry;
 use super::probe::{self, Outcome};
 use super::*;
 use crate::balancer::Balancer;
-use crate::model::{Kind, LbType, Node};
-use crate::snapshot::Snapshot;
-use crate::store::{Dump, Entry};
+use crate::model::{LbType, Node};
 
 fn nodes(list: &[(&str, u16, i32)]) -> Vec<Node> {
     list.iter()
@@ -353,97 +348,4 @@ async fn probes_classify_outcomes() {
         probe::probe(&quick.active, None, &t).await,
         Outcome::Timeout
     );
-}
-
-fn dump(entries: Vec<(Kind, &str, Value)>) -> Dump {
-    Dump {
-        revision: 1,
-        entries: entries
-            .into_iter()
-            .map(|(kind, id, v)| Entry {
-                kind,
-                id: id.into(),
-                value: Arc::new(v),
-                create_rev: 1,
-                mod_rev: 1,
-            })
-            .collect(),
-    }
-}
-
-#[tokio::test]
-async fn registry_starts_reuses_and_stops_checkers() {
-    let tasks = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    let mut reg = Registry::new(tasks.clone(), cancel.clone());
-    // Interval long enough that no probe runs during the test.
-    let checks = json!({"active": {"type": "tcp", "healthy": {"interval": 3600},
-        "unhealthy": {"interval": 3600}}});
-    let route = |nodes: Value| json!({"upstream": {"nodes": nodes, "checks": checks.clone()}});
-    let d1 = dump(vec![
-        (
-            Kind::StreamRoute,
-            "1",
-            route(json!({"127.0.0.1:1": 1, "127.0.0.1:2": 1})),
-        ),
-        (
-            Kind::StreamRoute,
-            "2",
-            json!({"upstream": {"nodes": {"127.0.0.1:3": 1}}}),
-        ),
-    ]);
-    let s1 = Snapshot::build(&d1, None);
-    reg.sync(&s1);
-    assert_eq!(reg.len(), 1, "only the upstream with checks");
-    let up1 = s1.routes()[0].upstream.clone().expect("upstream");
-    let c1 = up1
-        .health
-        .load_full()
-        .expect("checker hung on the upstream");
-    assert!(s1.routes()[1]
-        .upstream
-        .as_ref()
-        .is_ok_and(|u| u.health.load().is_none()));
-    c1.targets()[0].record(Report::TcpFailure, 1, "t", "test");
-    // Unrelated change: the upstream and its checker are reused as they are.
-    let s2 = Snapshot::build(&d1, Some(&s1));
-    reg.sync(&s2);
-    let c2 = s2.routes()[0]
-        .upstream
-        .as_ref()
-        .expect("upstream")
-        .health
-        .load_full()
-        .expect("checker");
-    assert!(Arc::ptr_eq(&c1, &c2));
-    // Nodes change, checks do not: a new checker keeping the unchanged target.
-    let d3 = dump(vec![(
-        Kind::StreamRoute,
-        "1",
-        route(json!({"127.0.0.1:1": 1, "127.0.0.1:4": 1})),
-    )]);
-    let s3 = Snapshot::build(&d3, Some(&s2));
-    reg.sync(&s3);
-    let c3 = s3.routes()[0]
-        .upstream
-        .as_ref()
-        .expect("upstream")
-        .health
-        .load_full()
-        .expect("checker");
-    assert!(!Arc::ptr_eq(&c2, &c3));
-    assert!(!c3.healthy(0), "unchanged target keeps its state");
-    assert!(c3.healthy(1));
-    assert_eq!(reg.len(), 1);
-    // Route deleted: the checker stops and is unhooked.
-    let s4 = Snapshot::build(&dump(vec![]), Some(&s3));
-    reg.sync(&s4);
-    assert!(reg.is_empty());
-    let old = s3.routes()[0].upstream.clone().expect("upstream");
-    assert!(old.health.load().is_none());
-    tasks.close();
-    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
-        .await
-        .expect("every probe task ended");
-    cancel.cancel();
 }

@@ -16,9 +16,13 @@
 //! doing anything else, so it costs nothing per connection.
 //!
 //! State that outlives a snapshot (limit-conn counters, Prometheus counters,
-//! syslog senders) lives in [`Shared`], one per process, held by
-//! [`crate::stats::Stats`] so every snapshot build and the metrics endpoint
-//! reach the same instance.
+//! syslog senders) lives in [`Shared`], one per process, held by the
+//! snapshot's [`Carry`](crate::snapshot::Carry) so every snapshot build and
+//! the metrics endpoint reach the same instance.
+//!
+//! Of the snapshot this module uses only its leaves ([`conn`](crate::snapshot::conn)
+//! and [`upstream`](crate::snapshot::upstream)), which import nothing of the
+//! plugins: the snapshot compiles chains, chains never see a snapshot.
 
 pub mod expr;
 pub mod ip_restriction;
@@ -36,7 +40,8 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncRead;
 
 use crate::model::{EnabledPlugins, NotEnabled};
-use crate::snapshot::{ConnInfo, RouteRt, UpstreamRt};
+use crate::snapshot::conn::{expand_template, ConnInfo};
+use crate::snapshot::upstream::UpstreamRt;
 use crate::stats::NodeStats;
 
 pub use crate::model::plugins::DEFAULT_ENABLED;
@@ -164,27 +169,6 @@ pub struct Session {
     limits: Vec<limit_conn::Guard>,
 }
 
-impl Session {
-    /// The upstream this session uses: the split choice, else the route's.
-    pub fn upstream_for<'a>(
-        &'a self,
-        route: &'a RouteRt,
-    ) -> Result<&'a Arc<UpstreamRt>, &'a String> {
-        match &self.upstream {
-            Some(t) => Ok(&t.upstream),
-            None => route.upstream.as_ref(),
-        }
-    }
-
-    /// Node counters matching [`Session::upstream_for`]'s backends.
-    pub fn node_stats_for<'a>(&'a self, route: &'a RouteRt) -> &'a [Arc<NodeStats>] {
-        match &self.upstream {
-            Some(t) => &t.node_stats,
-            None => &route.node_stats,
-        }
-    }
-}
-
 /// A finished session as the log phase sees it.
 #[derive(Debug, Clone)]
 pub struct Finished<'a> {
@@ -260,7 +244,7 @@ impl Vars<'_> {
     /// Replace each `$name` in `template` by its value (unset: nothing).
     /// Returns the text and how many variables had a value.
     pub fn expand(&self, template: &str) -> (String, usize) {
-        crate::snapshot::expand_template(template, &|name| self.get(name))
+        expand_template(template, &|name| self.get(name))
     }
 }
 
@@ -617,6 +601,7 @@ mod tests {
                 entries,
             },
             None,
+            &crate::snapshot::Carry::default(),
         )
     }
 

@@ -71,7 +71,10 @@ pub struct TrafficSplit {
     rules: Vec<Rule>,
 }
 
-fn target(up: Result<Arc<crate::snapshot::UpstreamRt>, String>, ctx: &BuildCtx<'_>) -> Dest {
+fn target(
+    up: Result<Arc<crate::snapshot::upstream::UpstreamRt>, String>,
+    ctx: &BuildCtx<'_>,
+) -> Dest {
     Dest::Upstream(up.map(|upstream| {
         let node_stats = upstream
             .balancer

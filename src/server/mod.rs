@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigProvider};
 use crate::control::{self, ControlState};
-use crate::health;
+use crate::health::registry::Registry;
 use crate::model::crypt::Keyring;
 use crate::model::EnabledPlugins;
 use crate::proxy::listeners::{self, Listeners};
@@ -34,6 +34,7 @@ use crate::proxy::udp::UdpCounters;
 use crate::proxy::worker::Workers;
 use crate::proxy::{ListenerInfo, ProxyConfig, ProxyConfigError, ProxyCtx};
 use crate::snapshot::publish;
+use crate::snapshot::Carry;
 use crate::stats::Stats;
 use crate::store::etcd::EtcdStore;
 use crate::store::file::{self, FileStore};
@@ -80,7 +81,7 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
-    stats: Arc<Stats>,
+    carry: Arc<Carry>,
     listeners: Listeners,
     workers: Option<Workers>,
     proxy: ProxyCtx,
@@ -115,7 +116,12 @@ impl Server {
 
     /// The live counters.
     pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
+        self.carry.stats.clone()
+    }
+
+    /// Everything that outlives a snapshot: counters, plugin state, health checkers.
+    pub fn carry(&self) -> Arc<Carry> {
+        self.carry.clone()
     }
 
     /// The TCP listeners, one per `stream_proxy.tcp` entry (ports expanded).
@@ -217,31 +223,29 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         addr: e.entry.spec.addr,
         error: e.error,
     })?;
-    let stats = Arc::new(Stats::default());
-    stats
+    let checks = !config.apisix.disable_upstream_healthcheck;
+    if !checks {
+        tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
+    }
+    let carry = Arc::new(Carry::new(Registry::new(
+        checks,
+        tasks.clone(),
+        cancel.clone(),
+    )));
+    carry
         .plugins
         .configure(&config.stream_plugins, &config.deployment.etcd.prefix);
     let publisher = publish::start(
         store.clone(),
-        stats.clone(),
+        carry.clone(),
         Keyring::new(&config.apisix.data_encryption.keyring),
         cancel.clone(),
     )
     .await?;
-    if config.apisix.disable_upstream_healthcheck {
-        tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
-    } else {
-        health::manager::spawn(
-            publisher.current.clone(),
-            publisher.published.clone(),
-            &tasks,
-            cancel.clone(),
-        );
-    }
     let max_sessions = max_sessions(config.nginx_config.worker_connections, workers, fd_limit);
     let proxy = ProxyCtx::new(
         publisher.current.clone(),
-        stats.clone(),
+        carry.stats.clone(),
         ProxyConfig::from_config(&config, max_sessions)?,
     );
     tracing::info!(max_sessions, "session limit");
@@ -260,7 +264,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         crate::http::serve(&tasks, &cancel, listener, app, "admin API", http_limits);
     }
     let control_state = ControlState {
-        stats: stats.clone(),
+        carry: carry.clone(),
         snapshot: publisher.current.clone(),
         listeners: listeners.shared(),
         prefix: config.deployment.etcd.prefix.clone(),
@@ -295,7 +299,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         admin_addr,
         control_addr,
         metrics_addr,
-        stats,
+        carry,
         listeners,
         workers: Some(workers),
         proxy,

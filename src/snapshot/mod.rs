@@ -1,222 +1,44 @@
 //! The data plane's view of the configuration: one immutable [`Snapshot`] of
-//! routes and upstreams, compiled from the store and swapped atomically.
+//! routes, upstreams and SSL objects, compiled from the store and swapped
+//! atomically.
 //!
 //! Why a snapshot: a connection loads the current `Arc<Snapshot>` once and
 //! keeps it, so it never sees half of an update, and established
 //! connections keep the upstream they started with while new connections
 //! see the change. Building happens off the traffic path ([`publish`]); a bad
-//! object is logged and left out, never taking the others down.
+//! object is logged, left out and listed in [`Snapshot::rejected`], never
+//! taking the others down. What must outlive a snapshot (counters, plugin
+//! runtime, health checkers) is in [`Carry`]; health checkers are attached
+//! while building, so nothing writes a snapshot once it is published.
+//!
+//! Files: [`conn`] (connection variables) and [`upstream`] (compiled
+//! upstreams) import nothing of the plugins, which use them; this module
+//! compiles routes with their plugin chains; [`matcher`] indexes routes;
+//! [`carry`] and [`publish`] keep snapshots coming. Certificates are
+//! compiled by [`crate::tls`].
 
+pub mod carry;
+pub mod conn;
 pub mod matcher;
 pub mod publish;
+pub mod upstream;
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::balancer::Balancer;
 use crate::health::Checker;
-use crate::model::{Kind, LbType, StreamRoute, Upstream};
-use crate::stats::{NodeStats, RouteStats, Stats};
+use crate::model::{Kind, StreamRoute};
+use crate::plugins;
+use crate::stats::{NodeStats, RouteStats};
 use crate::store::Dump;
 use crate::tls;
-use arc_swap::ArcSwapOption;
 
-/// APISIX's default connect timeout (seconds).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// APISIX's default idle timeout: `max(send, read)` of 600 s each.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// What the chash key of an upstream is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// `remote_addr` (also the fallback for unknown or empty keys).
-    RemoteAddr,
-    /// `remote_port`.
-    RemotePort,
-    /// `server_addr`.
-    ServerAddr,
-    /// `server_port`.
-    ServerPort,
-    /// `vars_combinations` template such as `$remote_addr$remote_port`.
-    Template(String),
-    /// `mqtt_client_id`, set by the mqtt-proxy plugin (unset: `remote_addr`).
-    MqttClientId,
-    /// A variable this proxy does not know: falls back to `remote_addr`.
-    Unknown(String),
-}
-
-/// A compiled upstream, shared by every route using it.
-#[derive(Debug)]
-pub struct UpstreamRt {
-    /// Where it came from: `upstreams/<id>` or `stream_routes/<id>` (inline).
-    pub origin: String,
-    /// The `upstreams` id when it is a stored upstream.
-    pub upstream_id: Option<String>,
-    /// The source JSON, to reuse this object (and its balancer state)
-    /// when a rebuild finds it unchanged.
-    pub source: Value,
-    /// Node selection.
-    pub balancer: Balancer,
-    /// Per-try connect timeout.
-    pub connect_timeout: Duration,
-    /// Session idle timeout.
-    pub idle_timeout: Duration,
-    /// Extra tries after the first.
-    pub retries: usize,
-    /// Budget for retries, measured from the first pick.
-    pub retry_timeout: Option<Duration>,
-    /// chash key source.
-    pub hash_key: HashKey,
-    /// `scheme: tls`: the client configuration to speak TLS to the node
-    /// (or why it cannot be built, e.g. a missing `client_cert_id`).
-    pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
-    /// The health checker of this upstream, hung here by
-    /// [`crate::health::manager`] when it has `checks` (read lock-free).
-    pub health: ArcSwapOption<Checker>,
-}
-
-fn secs(v: f64) -> Option<Duration> {
-    (v.is_finite() && v > 0.0).then(|| Duration::from_secs_f64(v))
-}
-
-impl UpstreamRt {
-    /// Compile an upstream from its validated JSON.
-    /// (Client certificates of `tls.client_cert_id` come from `certs`.)
-    pub fn build(
-        origin: String,
-        upstream_id: Option<String>,
-        source: &Value,
-        certs: &tls::TlsCerts,
-    ) -> Result<Self, String> {
-        let up = Upstream::from_value(source)?;
-        Ok(Self::from_model(
-            origin,
-            upstream_id,
-            source.clone(),
-            &up,
-            certs,
-        ))
-    }
-
-    fn from_model(
-        origin: String,
-        upstream_id: Option<String>,
-        source: Value,
-        up: &Upstream,
-        certs: &tls::TlsCerts,
-    ) -> Self {
-        let (connect_timeout, idle_timeout) = match &up.timeout {
-            Some(t) => (
-                secs(t.connect).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                secs(t.send.max(t.read)).unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            ),
-            None => (DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT),
-        };
-        let hash_key = match (&up.lb, up.hash_on.as_str(), up.key.as_deref()) {
-            (LbType::Chash, "vars_combinations", Some(t)) => HashKey::Template(t.to_string()),
-            (_, _, Some("remote_addr") | None) => HashKey::RemoteAddr,
-            (_, _, Some("remote_port")) => HashKey::RemotePort,
-            (_, _, Some("server_addr")) => HashKey::ServerAddr,
-            (_, _, Some("server_port")) => HashKey::ServerPort,
-            (_, _, Some("mqtt_client_id")) => HashKey::MqttClientId,
-            (_, _, Some(other)) => HashKey::Unknown(other.to_string()),
-        };
-        UpstreamRt {
-            origin,
-            upstream_id,
-            source,
-            balancer: Balancer::new(&up.lb, &up.nodes),
-            connect_timeout,
-            idle_timeout,
-            retries: up
-                .retries
-                .map_or(up.nodes.len().saturating_sub(1), |r| r as usize),
-            retry_timeout: up.retry_timeout.and_then(secs),
-            hash_key,
-            tls: (up.scheme == "tls").then(|| upstream_tls(up, certs)),
-            health: ArcSwapOption::empty(),
-        }
-    }
-
-    /// Whether this upstream depends on an SSL object (so it must be rebuilt
-    /// whenever SSL objects change).
-    fn uses_ssl_object(&self) -> bool {
-        self.source
-            .get("tls")
-            .and_then(|t| t.get("client_cert_id"))
-            .is_some()
-    }
-
-    /// The health checker in force, for picking a node; warns (rate-limited)
-    /// when it finds every node unhealthy, as APISIX does.
-    pub fn checker(&self) -> Option<Arc<Checker>> {
-        let checker = self.health.load_full();
-        if let Some(c) = &checker {
-            c.warn_if_all_unhealthy();
-        }
-        checker
-    }
-
-    /// The chash key for a connection.
-    pub fn key_for(&self, conn: &ConnInfo) -> String {
-        let var = |name: &str| conn.var(name);
-        let key = match &self.hash_key {
-            HashKey::RemoteAddr | HashKey::Unknown(_) => None,
-            HashKey::RemotePort => var("remote_port"),
-            HashKey::ServerAddr => var("server_addr"),
-            HashKey::ServerPort => var("server_port"),
-            HashKey::MqttClientId => var("mqtt_client_id"),
-            HashKey::Template(t) => Some(expand_template(t, &var).0),
-        };
-        key.filter(|k| !k.is_empty())
-            .unwrap_or_else(|| conn.remote_addr.to_string())
-    }
-}
-
-fn upstream_tls(up: &Upstream, certs: &tls::TlsCerts) -> Result<Arc<rustls::ClientConfig>, String> {
-    let client_cert = match &up.tls {
-        Some(t) => match (&t.client_cert_id, &t.client_cert, &t.client_key) {
-            (Some(id), _, _) => Some(
-                certs
-                    .client_cert(id)
-                    .cloned()
-                    .ok_or_else(|| format!("ssl id [{id}] not exits or is not of type client"))?,
-            ),
-            (None, Some(c), Some(k)) => Some(tls::certified_key(c, k, &tls::provider())?),
-            _ => None,
-        },
-        None => None,
-    };
-    tls::client_config(client_cert)
-}
-
-/// Replace each `$name` in a template (`vars_combinations`, limit-conn's
-/// `var_combination`) by `var(name)`, unset ones by nothing. Returns the
-/// text and how many variables had a value.
-pub fn expand_template(t: &str, var: &dyn Fn(&str) -> Option<String>) -> (String, usize) {
-    let mut out = String::new();
-    let mut found = 0;
-    let mut rest = t;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        if let Some(v) = var(&after[..end]) {
-            found += 1;
-            out.push_str(&v);
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    (out, found)
-}
+pub use carry::Carry;
+pub use conn::{canonical_ip, expand_template, ConnInfo};
+pub use upstream::{HashKey, UpstreamRt, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 
 /// A compiled stream route.
 #[derive(Debug)]
@@ -236,7 +58,7 @@ pub struct RouteRt {
     /// `plugins` as stored.
     pub plugins: serde_json::Map<String, Value>,
     /// The plugins compiled for the data plane, in run order.
-    pub chain: crate::plugins::Chain,
+    pub chain: plugins::Chain,
     /// The route's live counters.
     pub stats: Arc<RouteStats>,
     /// Counters of each node of the upstream (same order as its backends).
@@ -267,43 +89,26 @@ impl RouteRt {
     }
 }
 
-/// What is known about a connection when it is routed.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// Client address (IPv4-mapped IPv6 shown as IPv4).
-    pub remote_addr: IpAddr,
-    /// Client port.
-    pub remote_port: u16,
-    /// Local address the connection arrived on.
-    pub server_addr: IpAddr,
-    /// Local port the connection arrived on.
-    pub server_port: u16,
-    /// TLS SNI, lower-case without a trailing dot.
-    pub sni: Option<String>,
-    /// MQTT client id read by the mqtt-proxy plugin (after routing).
-    pub mqtt_client_id: Option<String>,
-}
-
-impl ConnInfo {
-    /// The stream variable `name` of this connection (nginx's names), if set.
-    pub fn var(&self, name: &str) -> Option<String> {
-        match name {
-            "remote_addr" => Some(self.remote_addr.to_string()),
-            "remote_port" => Some(self.remote_port.to_string()),
-            "server_addr" => Some(self.server_addr.to_string()),
-            "server_port" => Some(self.server_port.to_string()),
-            "ssl_server_name" => self.sni.clone(),
-            "mqtt_client_id" => self.mqtt_client_id.clone(),
-            _ => None,
+// These two read a route, which sits above the plugins; they live here so
+// that `plugins` never imports this module.
+impl plugins::Session {
+    /// The upstream this session uses: the split choice, else the route's.
+    pub fn upstream_for<'a>(
+        &'a self,
+        route: &'a RouteRt,
+    ) -> Result<&'a Arc<UpstreamRt>, &'a String> {
+        match &self.upstream {
+            Some(t) => Ok(&t.upstream),
+            None => route.upstream.as_ref(),
         }
     }
-}
 
-/// Undo IPv4-mapped IPv6 so filters written as IPv4 match dual-stack sockets.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    /// Node counters matching [`plugins::Session::upstream_for`]'s backends.
+    pub fn node_stats_for<'a>(&'a self, route: &'a RouteRt) -> &'a [Arc<NodeStats>] {
+        match &self.upstream {
+            Some(t) => &t.node_stats,
+            None => &route.node_stats,
+        }
     }
 }
 
@@ -317,6 +122,7 @@ pub struct Snapshot {
     upstreams: HashMap<String, Arc<UpstreamRt>>,
     /// Server certificates by SNI and client certificates by id.
     pub tls: tls::TlsCerts,
+    rejected: BTreeMap<(Kind, String), String>,
 }
 
 impl Snapshot {
@@ -340,15 +146,39 @@ impl Snapshot {
         self.upstreams.get(id)
     }
 
-    /// Compile everything in `dump`. Objects that do not compile are logged
-    /// and skipped. Upstreams whose JSON is unchanged since `prev` are reused
-    /// with their balancer state (least_conn counts, round-robin position).
-    pub fn build(dump: &Dump, prev: Option<&Snapshot>) -> Snapshot {
-        Self::build_with(dump, prev, &Stats::default())
+    /// Why a stored object cannot be served as written (it was left out,
+    /// or, for an upstream or a route's inline upstream, its TLS settings
+    /// cannot be used); None when it is served or not stored.
+    pub fn rejected(&self, kind: Kind, id: &str) -> Option<&str> {
+        self.rejected
+            .get(&(kind, id.to_string()))
+            .map(String::as_str)
     }
 
-    /// [`Snapshot::build`], attaching each route's counters from `stats`.
-    pub fn build_with(dump: &Dump, prev: Option<&Snapshot>, stats: &Stats) -> Snapshot {
+    /// Every health checker this snapshot holds (stored upstreams, then
+    /// routes' inline upstreams): the ones whose probes must run.
+    pub fn checkers(&self) -> impl Iterator<Item = &Arc<Checker>> + '_ {
+        let stored = self.upstreams.values().filter_map(|u| u.health());
+        let inline = self
+            .routes
+            .iter()
+            .filter_map(|r| r.upstream.as_ref().ok())
+            .filter(|u| u.upstream_id.is_none())
+            .filter_map(|u| u.health());
+        stored.chain(inline)
+    }
+
+    /// Compile everything in `dump`, taking counters, plugin state and
+    /// health settings from `carry`. Objects that do not compile are logged,
+    /// left out and listed in [`Snapshot::rejected`]. Upstreams whose JSON
+    /// is unchanged since `prev` are reused with their balancer state
+    /// (least_conn counts, round-robin position) and health checker; an
+    /// upstream that a stream route names and that has `checks` gets a
+    /// checker (sharing the targets of the one it replaces), unless health
+    /// checks are off.
+    pub fn build(dump: &Dump, prev: Option<&Snapshot>, carry: &Carry) -> Snapshot {
+        let stats = &carry.stats;
+        let mut rejected: BTreeMap<(Kind, String), String> = BTreeMap::new();
         let mut reuse: HashMap<&str, &Arc<UpstreamRt>> = HashMap::new();
         if let Some(p) = prev {
             for u in p.upstreams.values() {
@@ -367,45 +197,113 @@ impl Snapshot {
                 .map(|e| (e.id.as_str(), &*e.value)),
             prev.map(|p| &p.tls),
         );
+        for (id, why) in certs.rejected() {
+            rejected.insert((Kind::Ssl, id.clone()), why.clone());
+        }
+        let mut parsed = Vec::new();
+        for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
+            match StreamRoute::from_value(&e.value) {
+                // xRPC subordinate routes are never matched directly.
+                Ok(r) if r.superior_id.is_some() => {}
+                Ok(r) => parsed.push((e, r)),
+                Err(err) => {
+                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped");
+                    rejected.insert((Kind::StreamRoute, e.id.clone()), err);
+                }
+            }
+        }
+        // The upstreams a route names get a checker when they have `checks`.
+        let checked: HashSet<String> = if carry.health.enabled() {
+            parsed
+                .iter()
+                .filter_map(|(e, r)| match (&r.upstream_id, e.value.get("upstream")) {
+                    (Some(uid), _) => Some(format!("upstreams/{uid}")),
+                    (None, Some(_)) => Some(format!("stream_routes/{}", e.id)),
+                    (None, None) => None,
+                })
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let compile =
             |origin: String, id: Option<String>, v: &Value| -> Result<Arc<UpstreamRt>, String> {
-                if let Some(old) = reuse.get(origin.as_str()) {
-                    if old.source == *v && old.upstream_id == id && !old.uses_ssl_object() {
+                let old = reuse.get(origin.as_str());
+                let checked = checked.contains(&origin);
+                if let Some(old) = old {
+                    if old.source == *v
+                        && old.upstream_id == id
+                        && !old.uses_ssl_object()
+                        && old.health().is_some() == (checked && old.checks().is_some())
+                    {
                         return Ok(Arc::clone(old));
                     }
                 }
-                UpstreamRt::build(origin, id, v, &certs).map(Arc::new)
+                let up = UpstreamRt::build(origin, id, v, &certs)?;
+                Ok(Arc::new(if checked {
+                    up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
+                } else {
+                    up
+                }))
             };
 
         let mut upstreams = HashMap::new();
         for e in dump.entries.iter().filter(|e| e.kind == Kind::Upstream) {
             match compile(format!("upstreams/{}", e.id), Some(e.id.clone()), &e.value) {
                 Ok(u) => {
+                    if let Some(Err(why)) = &u.tls {
+                        tracing::warn!(upstream_id = %e.id, error = %why, "upstream cannot speak TLS to its nodes");
+                        rejected.insert((Kind::Upstream, e.id.clone()), why.clone());
+                    }
                     upstreams.insert(e.id.clone(), u);
                 }
                 Err(err) => {
-                    tracing::warn!(upstream_id = %e.id, error = %err, "upstream skipped")
+                    tracing::warn!(upstream_id = %e.id, error = %err, "upstream skipped");
+                    rejected.insert((Kind::Upstream, e.id.clone()), err);
                 }
             }
         }
         let mut routes = Vec::new();
-        for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
-            let r = match StreamRoute::from_value(&e.value) {
-                Ok(r) => r,
+        for (e, r) in parsed {
+            let chain = match plugins::Chain::build(
+                &r.plugins,
+                &plugins::BuildCtx {
+                    route_id: &e.id,
+                    route_name: r.name.as_deref(),
+                    service_id: r.service_id.as_deref(),
+                    version: e.mod_rev,
+                    shared: &carry.plugins,
+                    upstreams: &upstreams,
+                    compile: &|origin, v| compile(origin, None, v),
+                    node_stats: &|label| stats.node(&e.id, label),
+                },
+            ) {
+                Ok(c) => c,
                 Err(err) => {
-                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped");
+                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped: bad plugins");
+                    rejected.insert((Kind::StreamRoute, e.id.clone()), err);
                     continue;
                 }
             };
-            if r.superior_id.is_some() {
-                continue; // xRPC subordinate routes are never matched directly
-            }
             let upstream = match (&r.upstream_id, e.value.get("upstream")) {
                 (Some(uid), _) => upstreams
                     .get(uid)
                     .cloned()
                     .ok_or_else(|| format!("upstream [{uid}] not found")),
-                (None, Some(inline)) => compile(format!("stream_routes/{}", e.id), None, inline),
+                (None, Some(inline)) => {
+                    let up = compile(format!("stream_routes/{}", e.id), None, inline);
+                    let unusable = match &up {
+                        Err(why) => Some(why),
+                        Ok(u) => match &u.tls {
+                            Some(Err(why)) => Some(why),
+                            _ => None,
+                        },
+                    };
+                    if let Some(why) = unusable {
+                        tracing::warn!(route_id = %e.id, error = %why, "stream route's upstream cannot be used");
+                        rejected.insert((Kind::StreamRoute, e.id.clone()), why.clone());
+                    }
+                    up
+                }
                 (None, None) => Err("missing upstream configuration in Route or Service".into()),
             };
             let node_stats = match &upstream {
@@ -416,25 +314,6 @@ impl Snapshot {
                     .map(|b| stats.node(&e.id, &b.label))
                     .collect(),
                 Err(_) => Vec::new(),
-            };
-            let chain = match crate::plugins::Chain::build(
-                &r.plugins,
-                &crate::plugins::BuildCtx {
-                    route_id: &e.id,
-                    route_name: r.name.as_deref(),
-                    service_id: r.service_id.as_deref(),
-                    version: e.mod_rev,
-                    shared: &stats.plugins,
-                    upstreams: &upstreams,
-                    compile: &|origin, v| compile(origin, None, v),
-                    node_stats: &|label| stats.node(&e.id, label),
-                },
-            ) {
-                Ok(c) => c,
-                Err(err) => {
-                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped: bad plugins");
-                    continue;
-                }
             };
             routes.push(Arc::new(RouteRt {
                 id: e.id.clone(),
@@ -456,6 +335,7 @@ impl Snapshot {
             index,
             upstreams,
             tls: certs,
+            rejected,
         }
     }
 

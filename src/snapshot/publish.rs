@@ -1,11 +1,16 @@
-//! Store change feed -> compiled snapshot -> atomic swap.
+//! Store change feed -> compiled snapshot -> atomic swap -> announcement.
 //!
 //! One task follows the store's revision feed. For each change it takes a
 //! consistent dump, compiles a new [`Snapshot`] on a blocking thread (a big
-//! configuration must not stall accept loops), swaps it in, then announces
-//! the revision on a `watch` so Admin API writes can answer only once the
-//! data plane serves them. The feed coalesces bursts of writes into one
-//! rebuild.
+//! configuration must not stall accept loops), swaps it in, lets the health
+//! registry start and stop probes, then announces the outcome on a `watch`
+//! ([`Published`]) so Admin API writes answer only once the data plane
+//! serves them. The feed coalesces bursts of writes into one rebuild.
+//!
+//! A rebuild that fails (the store cannot be read, or the build panics)
+//! keeps the previous snapshot in force and is announced as failed for its
+//! revision, with why; the task carries on, so the next change is built
+//! and published as usual.
 
 use std::sync::Arc;
 
@@ -13,67 +18,148 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Snapshot;
+use super::{Carry, Snapshot};
 use crate::model::crypt::Keyring;
-use crate::stats::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{Dump, Store, StoreError};
 
 /// The current snapshot, readable lock-free by every connection.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// A revision the data plane could not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The store revision of the failed rebuild.
+    pub revision: u64,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// What the data plane has made of the store's revisions so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Revision of the snapshot in force.
+    pub revision: u64,
+    /// The newest rebuild that failed, while no later revision is in force.
+    pub failed: Option<Failed>,
+}
+
+impl Published {
+    /// Whether revision `rev` is settled: `Some(Ok)` once a snapshot of `rev`
+    /// or later is in force, `Some(Err)` when the rebuild that should have
+    /// brought it in failed, `None` while it is still pending.
+    pub fn outcome(&self, rev: u64) -> Option<Result<(), &Failed>> {
+        if self.revision >= rev {
+            return Some(Ok(()));
+        }
+        self.failed.as_ref().filter(|f| f.revision >= rev).map(Err)
+    }
+}
 
 /// A running publisher.
 #[derive(Debug)]
 pub struct Publisher {
     /// The snapshot in force.
     pub current: SharedSnapshot,
-    /// Revision of the snapshot in force.
-    pub published: watch::Receiver<u64>,
+    /// What has been applied and what failed.
+    pub published: watch::Receiver<Published>,
 }
 
-async fn rebuild(
-    store: &Arc<dyn Store>,
-    current: &SharedSnapshot,
-    stats: &Arc<Stats>,
-    keyring: &Arc<Keyring>,
-) -> Result<u64, StoreError> {
-    let stats = stats.clone();
-    let keyring = keyring.clone();
-    let mut dump = store.dump().await?;
-    let prev = current.load_full();
-    let built = tokio::task::spawn_blocking(move || {
-        for e in &mut dump.entries {
-            let mut v = (*e.value).clone();
-            keyring.open(e.kind, &mut v);
-            e.value = Arc::new(v);
-        }
-        Snapshot::build_with(&dump, Some(&prev), &stats)
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("snapshot build failed: {e}")))?;
-    let rev = built.revision;
-    tracing::debug!(
-        revision = rev,
-        routes = built.route_count(),
-        "snapshot published"
-    );
-    current.store(Arc::new(built));
-    Ok(rev)
+/// How a snapshot is compiled (replaced in tests to make builds fail).
+type BuildFn = dyn Fn(&Dump, &Snapshot, &Carry) -> Snapshot + Send + Sync;
+
+/// Everything one rebuild needs.
+struct Rebuilder {
+    store: Arc<dyn Store>,
+    current: SharedSnapshot,
+    carry: Arc<Carry>,
+    keyring: Arc<Keyring>,
+    build: Arc<BuildFn>,
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
+}
+
+impl Rebuilder {
+    /// Build a snapshot of the store as it is now and put it in force;
+    /// returns its revision.
+    async fn rebuild(&self) -> Result<u64, Failed> {
+        let mut dump = self.store.dump().await.map_err(|e| Failed {
+            revision: self.store.revision(),
+            reason: format!("cannot read the store: {e}"),
+        })?;
+        let revision = dump.revision;
+        let prev = self.current.load_full();
+        let (carry, keyring, build) =
+            (self.carry.clone(), self.keyring.clone(), self.build.clone());
+        // A panic in the build ends this blocking task only: it comes back
+        // as an error and the previous snapshot stays in force.
+        let built = tokio::task::spawn_blocking(move || {
+            for e in &mut dump.entries {
+                let mut v = (*e.value).clone();
+                keyring.open(e.kind, &mut v);
+                e.value = Arc::new(v);
+            }
+            build(&dump, &prev, &carry)
+        })
+        .await
+        .map_err(|e| Failed {
+            revision,
+            reason: if e.is_panic() {
+                format!("snapshot build failed: {}", panic_message(&*e.into_panic()))
+            } else {
+                format!("snapshot build failed: {e}")
+            },
+        })?;
+        tracing::debug!(revision, routes = built.route_count(), "snapshot published");
+        self.current.store(Arc::new(built));
+        self.carry.health.apply(self.current.load().checkers());
+        Ok(revision)
+    }
 }
 
 /// Build the first snapshot, then keep it current until `cancel`.
 pub async fn start(
     store: Arc<dyn Store>,
-    stats: Arc<Stats>,
+    carry: Arc<Carry>,
     keyring: Keyring,
     cancel: CancellationToken,
+) -> Result<Publisher, StoreError> {
+    let build: Arc<BuildFn> =
+        Arc::new(|dump, prev, carry| Snapshot::build(dump, Some(prev), carry));
+    start_with(store, carry, keyring, cancel, build).await
+}
+
+async fn start_with(
+    store: Arc<dyn Store>,
+    carry: Arc<Carry>,
+    keyring: Keyring,
+    cancel: CancellationToken,
+    build: Arc<BuildFn>,
 ) -> Result<Publisher, StoreError> {
     let current: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let mut changes = store.subscribe();
     changes.borrow_and_update();
-    let keyring = Arc::new(keyring);
-    let first = rebuild(&store, &current, &stats, &keyring).await?;
-    let (tx, rx) = watch::channel(first);
-    let shared = current.clone();
+    let rebuilder = Rebuilder {
+        store,
+        current: current.clone(),
+        carry,
+        keyring: Arc::new(keyring),
+        build,
+    };
+    let first = rebuilder
+        .rebuild()
+        .await
+        .map_err(|f| StoreError::Unavailable(f.reason))?;
+    let (tx, rx) = watch::channel(Published {
+        revision: first,
+        failed: None,
+    });
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -83,11 +169,18 @@ pub async fn start(
                         break;
                     }
                     changes.borrow_and_update();
-                    match rebuild(&store, &shared, &stats, &keyring).await {
-                        Ok(rev) => {
-                            tx.send_replace(rev);
+                    match rebuilder.rebuild().await {
+                        Ok(revision) => {
+                            tx.send_replace(Published { revision, failed: None });
                         }
-                        Err(e) => tracing::error!(error = %e, "cannot rebuild routes; keeping the previous ones"),
+                        Err(f) => {
+                            tracing::error!(
+                                revision = f.revision,
+                                error = %f.reason,
+                                "cannot apply the store's changes; keeping the previous snapshot"
+                            );
+                            tx.send_modify(|p| p.failed = Some(f));
+                        }
                     }
                 }
             }
@@ -97,4 +190,116 @@ pub async fn start(
         current,
         published: rx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::Kind;
+    use crate::store::local::LocalStore;
+    use crate::store::Expect;
+
+    async fn settled(rx: &mut watch::Receiver<Published>, rev: u64) -> Result<(), Failed> {
+        let p = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|p| p.outcome(rev).is_some()),
+        )
+        .await
+        .expect("settled in time")
+        .expect("publisher running");
+        p.outcome(rev).expect("settled").map_err(Failed::clone)
+    }
+
+    #[test]
+    fn outcomes_follow_applied_and_failed_revisions() {
+        let mut p = Published {
+            revision: 5,
+            failed: None,
+        };
+        assert_eq!(p.outcome(5), Some(Ok(())));
+        assert_eq!(p.outcome(6), None);
+        p.failed = Some(Failed {
+            revision: 7,
+            reason: "boom".into(),
+        });
+        assert_eq!(p.outcome(4), Some(Ok(())));
+        assert!(matches!(p.outcome(7), Some(Err(f)) if f.reason == "boom"));
+        assert!(p.outcome(6).is_some_and(|o| o.is_err()));
+        assert_eq!(p.outcome(8), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_is_reported_for_its_revision_and_the_next_one_publishes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).expect("open"));
+        let fail = Arc::new(AtomicBool::new(false));
+        let failing = fail.clone();
+        let build: Arc<BuildFn> = Arc::new(move |dump, prev, carry| {
+            if failing.load(Ordering::SeqCst) {
+                panic!("route table exploded");
+            }
+            Snapshot::build(dump, Some(prev), carry)
+        });
+        let cancel = CancellationToken::new();
+        let publisher = start_with(
+            store.clone(),
+            Arc::default(),
+            Keyring::default(),
+            cancel.clone(),
+            build,
+        )
+        .await
+        .expect("first build");
+        let mut rx = publisher.published.clone();
+        let route =
+            |port: u16| json!({"id": "1", "upstream": {"nodes": {format!("127.0.0.1:{port}"): 1}}});
+        let put = |v: serde_json::Value| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(Kind::StreamRoute, "1", v, Expect::Any)
+                    .await
+                    .expect("put")
+                    .entry
+                    .mod_rev
+            }
+        };
+
+        let r1 = put(route(1001)).await;
+        assert_eq!(settled(&mut rx, r1).await, Ok(()));
+        assert_eq!(publisher.current.load().route_count(), 1);
+
+        fail.store(true, Ordering::SeqCst);
+        let r2 = put(route(1002)).await;
+        let failed = settled(&mut rx, r2).await.expect_err("the build panicked");
+        assert_eq!(failed.revision, r2);
+        assert!(
+            failed.reason.contains("route table exploded"),
+            "{}",
+            failed.reason
+        );
+        let kept = publisher.current.load();
+        assert_eq!(kept.revision, r1, "the previous snapshot stays in force");
+        let node = kept.routes()[0].upstream.as_ref().expect("upstream");
+        assert_eq!(node.balancer.backends()[0].port, 1001);
+
+        fail.store(false, Ordering::SeqCst);
+        let r3 = put(route(1003)).await;
+        assert_eq!(
+            settled(&mut rx, r3).await,
+            Ok(()),
+            "a later write publishes"
+        );
+        assert_eq!(rx.borrow().failed, None, "the failure is cleared");
+        let now = publisher.current.load();
+        assert_eq!(now.revision, r3);
+        let node = now.routes()[0].upstream.as_ref().expect("upstream");
+        assert_eq!(node.balancer.backends()[0].port, 1003);
+        cancel.cancel();
+    }
 }

@@ -1,11 +1,16 @@
-//! Snapshot compilation and route precedence.
+//! Snapshot compilation, route precedence, health checkers attached at
+//! build, and objects the build cannot serve.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::*;
+use crate::health::registry::Registry;
 use crate::store::{Dump, Entry};
 
 fn entry(kind: Kind, id: &str, v: Value) -> Entry {
@@ -58,6 +63,7 @@ fn filters_match_and_reject() {
             route("3", json!({"remote_addr": "::1"})),
         ]),
         None,
+        &Carry::default(),
     );
     assert_eq!(
         winner(&s, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
@@ -101,6 +107,7 @@ fn precedence_is_specific_first_then_id_order() {
             ),
         ]),
         None,
+        &Carry::default(),
     );
     let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
     assert_eq!(
@@ -144,6 +151,7 @@ fn sni_routes_exact_then_wildcard_then_plain() {
             ),
         ]),
         None,
+        &Carry::default(),
     );
     let w = |sni| winner(&s, &conn("127.0.0.1", "127.0.0.1", 9100, sni));
     assert_eq!(w(Some("a.test.com")).as_deref(), Some("1"));
@@ -182,6 +190,7 @@ fn upstream_id_wins_and_missing_upstreams_are_reported() {
             entry(Kind::StreamRoute, "3", json!({"server_port": 1})),
         ]),
         None,
+        &Carry::default(),
     );
     let by_id = |id: &str| {
         s.routes()
@@ -209,10 +218,10 @@ fn unchanged_upstreams_are_reused_across_builds() {
         ),
         route("1", json!({})),
     ]);
-    let s1 = Snapshot::build(&d1, None);
+    let s1 = Snapshot::build(&d1, None, &Carry::default());
     let mut d2 = d1.clone();
     d2.entries.push(route("2", json!({"server_port": 5})));
-    let s2 = Snapshot::build(&d2, Some(&s1));
+    let s2 = Snapshot::build(&d2, Some(&s1), &Carry::default());
     assert!(Arc::ptr_eq(
         s1.upstream("u1").expect("u1"),
         s2.upstream("u1").expect("u1")
@@ -262,7 +271,7 @@ fn ten_thousand_routes_index_by_port() {
             json!({"server_port": port, "remote_addr": format!("127.0.{}.0/24", i / 5000)}),
         ));
     }
-    let s = Snapshot::build(&dump(entries), None);
+    let s = Snapshot::build(&dump(entries), None, &Carry::default());
     assert_eq!(s.route_count(), 10_000);
     assert_eq!(
         winner(&s, &conn("127.0.1.7", "127.0.0.1", 10_042, None)).as_deref(),
@@ -281,5 +290,173 @@ fn ten_thousand_routes_index_by_port() {
         s.explain(&conn("127.0.0.7", "127.0.0.1", 10_042, None))
             .len(),
         2
+    );
+}
+
+#[tokio::test]
+async fn checkers_are_attached_while_building_and_probed_while_in_force() {
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let carry = Carry::new(Registry::new(true, tasks.clone(), cancel.clone()));
+    // Intervals long enough that no probe runs during the test.
+    let checks = json!({"active": {"type": "tcp", "healthy": {"interval": 3600},
+        "unhealthy": {"interval": 3600}}});
+    let with_checks =
+        |nodes: Value| json!({"upstream": {"nodes": nodes, "checks": checks.clone()}});
+    let checked_route = |nodes: Value| entry(Kind::StreamRoute, "1", with_checks(nodes));
+    let d1 = dump(vec![
+        checked_route(json!({"127.0.0.1:1": 1, "127.0.0.1:2": 1})),
+        entry(
+            Kind::StreamRoute,
+            "2",
+            json!({"upstream": {"nodes": {"127.0.0.1:3": 1}}}),
+        ),
+        entry(
+            Kind::Upstream,
+            "u1",
+            json!({"nodes": {"127.0.0.1:4": 1}, "checks": checks.clone()}),
+        ),
+    ]);
+    let s1 = Snapshot::build(&d1, None, &carry);
+    let checker = |s: &Snapshot| {
+        s.routes()[0]
+            .upstream
+            .as_ref()
+            .expect("upstream")
+            .health()
+            .cloned()
+            .expect("checker attached by the build")
+    };
+    let c1 = checker(&s1);
+    assert!(s1.routes()[1]
+        .upstream
+        .as_ref()
+        .is_ok_and(|u| u.health().is_none()));
+    assert!(
+        s1.upstream("u1").expect("u1").health().is_none(),
+        "an upstream no route names gets no checker"
+    );
+    assert_eq!(s1.checkers().count(), 1);
+    carry.health.apply(s1.checkers());
+    assert_eq!(carry.health.len(), 1, "probes run for the checker in force");
+    for _ in 0..3 {
+        c1.report_try_failure(0, false);
+    }
+    assert!(!c1.healthy(0), "passive failures took the first node down");
+
+    // Unrelated change: the upstream and its checker are reused as they are.
+    let mut d2 = d1.clone();
+    d2.entries.push(route("3", json!({"server_port": 3})));
+    let s2 = Snapshot::build(&d2, Some(&s1), &carry);
+    assert!(Arc::ptr_eq(&c1, &checker(&s2)));
+    carry.health.apply(s2.checkers());
+    assert_eq!(carry.health.len(), 1);
+
+    // Nodes change, checks do not: a new checker keeping the unchanged
+    // target's state, in force as soon as the snapshot is.
+    let d3 = dump(vec![
+        checked_route(json!({"127.0.0.1:1": 1, "127.0.0.1:5": 1})),
+        entry(Kind::StreamRoute, "4", json!({"upstream_id": "u1"})),
+        entry(
+            Kind::Upstream,
+            "u1",
+            json!({"nodes": {"127.0.0.1:4": 1}, "checks": checks.clone()}),
+        ),
+    ]);
+    let s3 = Snapshot::build(&d3, Some(&s2), &carry);
+    let c3 = checker(&s3);
+    assert!(!Arc::ptr_eq(&c1, &c3));
+    assert!(!c3.healthy(0), "unchanged target keeps its state");
+    assert!(c3.healthy(1));
+    assert!(
+        s3.upstream("u1").expect("u1").health().is_some(),
+        "named by a route now: rebuilt with a checker"
+    );
+    assert!(c1.healthy(1), "the old snapshot is left as it was");
+    carry.health.apply(s3.checkers());
+    assert_eq!(carry.health.len(), 2);
+
+    // Routes deleted: their checkers' probes stop once that is in force.
+    let s4 = Snapshot::build(&dump(vec![]), Some(&s3), &carry);
+    assert_eq!(s4.checkers().count(), 0);
+    carry.health.apply(s4.checkers());
+    assert!(carry.health.is_empty());
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("every probe task ended");
+    cancel.cancel();
+}
+
+#[test]
+fn no_checkers_when_health_checks_are_off() {
+    let carry = Carry::new(Registry::new(
+        false,
+        TaskTracker::new(),
+        CancellationToken::new(),
+    ));
+    let d = dump(vec![entry(
+        Kind::StreamRoute,
+        "1",
+        json!({"upstream": {"nodes": {"127.0.0.1:1": 1},
+            "checks": {"active": {"type": "tcp"}}}}),
+    )]);
+    let s = Snapshot::build(&d, None, &carry);
+    assert_eq!(s.route_count(), 1);
+    assert_eq!(s.checkers().count(), 0);
+}
+
+#[test]
+fn objects_that_cannot_be_served_are_listed_with_why() {
+    let s = Snapshot::build(
+        &dump(vec![
+            entry(
+                Kind::Ssl,
+                "s1",
+                json!({"id": "s1", "cert": "$env://APISIX_STREAM_UNSET_CERT",
+                    "key": "$env://APISIX_STREAM_UNSET_KEY", "snis": ["a.test"]}),
+            ),
+            entry(
+                Kind::Upstream,
+                "u1",
+                json!({"nodes": {"127.0.0.1:1": 1}, "scheme": "tls",
+                    "tls": {"client_cert_id": "nope"}}),
+            ),
+            route("ok", json!({})),
+            route(
+                "bad-plugin",
+                json!({"plugins": {"ip-restriction": {"whitelist": ["not an ip"]}}}),
+            ),
+            entry(
+                Kind::StreamRoute,
+                "bad-tls",
+                json!({"upstream": {"nodes": {"127.0.0.1:1": 1}, "scheme": "tls",
+                    "tls": {"client_cert_id": "nope"}}}),
+            ),
+            entry(Kind::StreamRoute, "by-id", json!({"upstream_id": "u1"})),
+        ]),
+        None,
+        &Carry::default(),
+    );
+    assert!(s.rejected(Kind::Ssl, "s1").is_some());
+    assert!(s
+        .rejected(Kind::Upstream, "u1")
+        .is_some_and(|why| why.contains("[nope]")));
+    assert!(s.rejected(Kind::StreamRoute, "bad-plugin").is_some());
+    assert!(s
+        .rejected(Kind::StreamRoute, "bad-tls")
+        .is_some_and(|why| why.contains("[nope]")));
+    assert_eq!(s.rejected(Kind::StreamRoute, "ok"), None);
+    assert_eq!(
+        s.rejected(Kind::StreamRoute, "by-id"),
+        None,
+        "a stored upstream's problem is the upstream's"
+    );
+    assert_eq!(s.rejected(Kind::StreamRoute, "missing"), None);
+    let ids: Vec<&str> = s.routes().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["bad-tls", "by-id", "ok"],
+        "a bad plugin leaves the route out"
     );
 }

@@ -201,6 +201,8 @@ pub struct TlsCerts {
     any: Option<Arc<ServerConfig>>,
     /// `type: client` SSL objects by id, for `tls.client_cert_id`.
     clients: HashMap<String, (Value, Arc<CertifiedKey>)>,
+    /// SSL objects that could not be loaded, by id, with why.
+    rejected: Vec<(String, String)>,
 }
 
 impl TlsCerts {
@@ -217,6 +219,7 @@ impl TlsCerts {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(ssl_id = %id, error = %e, "ssl skipped");
+                    out.rejected.push((id.to_string(), e.to_string()));
                     continue;
                 }
             };
@@ -232,7 +235,10 @@ impl TlsCerts {
                     Ok(key) => {
                         out.clients.insert(id.to_string(), (v.clone(), key));
                     }
-                    Err(e) => tracing::warn!(ssl_id = %id, error = %e, "client ssl skipped"),
+                    Err(e) => {
+                        tracing::warn!(ssl_id = %id, error = %e, "client ssl skipped");
+                        out.rejected.push((id.to_string(), e.to_string()));
+                    }
                 }
                 continue;
             }
@@ -252,6 +258,7 @@ impl TlsCerts {
                     }),
                     Err(e) => {
                         tracing::warn!(ssl_id = %id, error = %e, "ssl skipped");
+                        out.rejected.push((id.to_string(), e.to_string()));
                         continue;
                     }
                 },
@@ -286,6 +293,11 @@ impl TlsCerts {
             }
         }
         self.any.as_ref()
+    }
+
+    /// The SSL objects that could not be loaded (id, why).
+    pub fn rejected(&self) -> &[(String, String)] {
+        &self.rejected
     }
 
     /// A `type: client` SSL object's certificate and key.

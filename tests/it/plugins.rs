@@ -208,12 +208,12 @@ async fn limit_conn_conn_2_burst_1_serves_three() {
         .count();
     assert_eq!(delayed, 1, "one waited default_conn_delay: {served:?}");
     assert_eq!(echo.accepted(), 3);
-    let stats = s.server.as_ref().map(|x| x.stats()).expect("stats");
-    assert_eq!(stats.plugins.limit_conn.in_use(), 3);
+    let carry = s.server.as_ref().map(|x| x.carry()).expect("carry");
+    assert_eq!(carry.plugins.limit_conn.in_use(), 3);
     drop(outcomes);
-    eventually(5, async || stats.plugins.limit_conn.in_use() == 0).await;
+    eventually(5, async || carry.plugins.limit_conn.in_use() == 0).await;
     assert_eq!(
-        stats.plugins.limit_conn.in_use(),
+        carry.plugins.limit_conn.in_use(),
         0,
         "counts end with the sessions"
     );
