@@ -12,6 +12,7 @@ mod observability;
 mod persistence;
 mod plugins;
 mod proxy_protocol;
+mod publish;
 mod reliability;
 mod security;
 mod session;
