@@ -12,13 +12,17 @@
 //!   in-memory index (objects, revision, change feed).
 //! - [`admin`]: the APISIX-3-compatible Admin API over the store.
 //! - [`snapshot`]: the compiled, immutable routes and upstreams the data
-//!   plane reads, rebuilt on every store change and swapped atomically.
+//!   plane reads, rebuilt on every store change and swapped atomically;
+//!   its `Carry` owns all that outlives one snapshot (counters, plugin
+//!   runtime, health checkers), and nothing writes a published snapshot.
 //! - [`balancer`]: node selection (roundrobin, chash, least_conn).
 //! - [`plugins`]: stream plugins compiled per route and run per session
 //!   (preread: ip-restriction, limit-conn, mqtt-proxy, traffic-split; log:
-//!   prometheus, syslog).
+//!   prometheus, syslog); of the snapshot they see only its leaves
+//!   (`snapshot::conn`, `snapshot::upstream`).
 //! - [`health`]: upstream health checks (active probes, passive reports)
-//!   feeding the balancer and the Control API.
+//!   feeding the balancer and the Control API; checkers are attached while
+//!   a snapshot is built, and its registry runs the probes of those in force.
 //! - [`proxy`]: the data plane: listeners (bound, and changed on SIGHUP by
 //!   a pure plan), per-core workers, connection handling and the byte relay;
 //!   a session's end becomes its one status in [`proxy::session`].
@@ -27,7 +31,8 @@
 //!   upstreams, syslog and health probes. It imports neither [`proxy`] nor
 //!   [`snapshot`].
 //! - [`stats`]: live counters per route, node and listener, and the list of
-//!   live connections; [`control`] serves them (Control API, Prometheus);
+//!   live connections (counters only: it imports nothing of the crate);
+//!   [`control`] serves them (Control API, Prometheus);
 //!   [`access_log`] writes one line per finished session.
 //! - [`server`]: `serve`, wiring the pieces together; `server::signals`
 //!   drains on SIGTERM and re-applies the listeners on SIGHUP,
@@ -40,7 +45,10 @@
 //!
 //! Control path: an Admin API write is validated, made durable by the store,
 //! and announced on the store's change feed; the publisher compiles a new
-//! snapshot and swaps it in, and only then does the Admin API answer.
+//! snapshot, swaps it in and announces the revision applied (or why it
+//! failed), and only then does the Admin API answer: 2xx once the write's
+//! revision is served, 503 with the reason when the rebuild failed, did not
+//! come in time, or left the written object out.
 //!
 //! Data path: accept -> admit (PROXY header, TLS) -> load the snapshot once
 //! -> match a route -> preread plugins -> pick a node (retrying others on

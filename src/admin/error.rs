@@ -119,5 +119,11 @@ mod tests {
             AdminError::Store(StoreError::Conflict).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let not_served = AdminError::NotApplied("ssl [1] is stored but not served: x".into());
+        assert_eq!(not_served.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            not_served.body(),
+            json!({"error_msg": "ssl [1] is stored but not served: x"})
+        );
     }
 }

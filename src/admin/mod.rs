@@ -67,6 +67,8 @@ pub struct AdminState {
     pub keyring: Keyring,
     /// `nginx_config.http.client_body_timeout`: a body must arrive within it.
     pub body_timeout: Duration,
+    /// How long a write waits to be served ([`APPLY_TIMEOUT`]).
+    pub apply_timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -112,6 +114,7 @@ impl AdminState {
             snapshot: None,
             keyring: Keyring::new(&config.apisix.data_encryption.keyring),
             body_timeout: config.nginx_config.http.client_body_timeout,
+            apply_timeout: APPLY_TIMEOUT,
         }
     }
 
@@ -132,7 +135,7 @@ impl AdminState {
         found
     }
 
-    /// Wait (bounded by [`APPLY_TIMEOUT`]) until the data plane serves the
+    /// Wait (bounded by `apply_timeout`) until the data plane serves the
     /// store at revision `rev`, which holds a write of `kind`/`id`, so that
     /// a connection made right after a 2xx sees the change. An error, for a
     /// 503, when the rebuild of that revision failed, when it did not come
@@ -142,12 +145,15 @@ impl AdminState {
             return Ok(());
         };
         let mut rx = rx.clone();
-        let waited =
-            tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|p| p.outcome(rev).is_some())).await;
+        let waited = tokio::time::timeout(
+            self.apply_timeout,
+            rx.wait_for(|p| p.outcome(rev).is_some()),
+        )
+        .await;
         let failure = match waited {
             Err(_) => Some(format!(
-                "the data plane did not apply revision {rev} within {}s",
-                APPLY_TIMEOUT.as_secs()
+                "the data plane did not apply revision {rev} within {:?}",
+                self.apply_timeout
             )),
             Ok(Err(_)) => Some("the data plane has stopped".to_string()),
             Ok(Ok(p)) => match p.outcome(rev) {
@@ -324,6 +330,65 @@ async fn common_headers(State(state): State<Arc<AdminState>>, mut res: Response)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::publish::Failed;
+    use crate::snapshot::{Carry, Snapshot};
+    use crate::store::{Dump, Entry};
+
+    #[tokio::test]
+    async fn writes_are_acknowledged_only_once_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::local::LocalStore::open(dir.path()).expect("store");
+        let mut state = AdminState::new(&Config::default(), Arc::new(store));
+        state.apply_timeout = Duration::from_millis(50);
+        let (tx, rx) = watch::channel(Published {
+            revision: 3,
+            failed: None,
+        });
+        state.published = Some(rx);
+        let ssl = Entry {
+            kind: Kind::Ssl,
+            id: "1".into(),
+            value: Arc::new(serde_json::json!({"id": "1", "cert": "x", "key": "y"})),
+            create_rev: 3,
+            mod_rev: 3,
+        };
+        let snapshot = Snapshot::build(
+            &Dump {
+                revision: 3,
+                entries: vec![ssl],
+            },
+            None,
+            &Carry::default(),
+        );
+        state.snapshot = Some(Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)));
+        let message = |r: Result<(), AdminError>| match r {
+            Err(AdminError::NotApplied(m)) => m,
+            other => panic!("not a 503: {other:?}"),
+        };
+
+        assert!(state.wait_applied(3, Kind::StreamRoute, "1").await.is_ok());
+        let m = message(state.wait_applied(3, Kind::Ssl, "1").await);
+        assert!(m.starts_with("ssl [1] is stored but not served: "), "{m}");
+        let m = message(state.wait_applied(4, Kind::Upstream, "u").await);
+        assert_eq!(
+            m,
+            "upstream [u] is stored but not served: the data plane did not apply revision 4 within 50ms"
+        );
+        tx.send_modify(|p| {
+            p.failed = Some(Failed {
+                revision: 5,
+                reason: "snapshot build failed: boom".into(),
+            })
+        });
+        let m = message(state.wait_applied(4, Kind::Upstream, "u").await);
+        assert_eq!(
+            m,
+            "upstream [u] is stored but not served: revision 5 could not be applied: snapshot build failed: boom"
+        );
+        drop(tx);
+        let m = message(state.wait_applied(6, Kind::Upstream, "u").await);
+        assert!(m.ends_with("the data plane has stopped"), "{m}");
+    }
 
     #[test]
     fn percent_decoding() {

@@ -112,13 +112,4 @@ impl Registry {
             );
         }
     }
-
-    /// Stop every probe.
-    pub fn stop_all(&self) {
-        if let Ok(mut running) = self.running.lock() {
-            for (_, r) in running.drain() {
-                r.stop.cancel();
-            }
-        }
-    }
 }
