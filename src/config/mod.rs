@@ -566,17 +566,17 @@ impl Default for NginxStream {
     }
 }
 
+/// `stream_plugins` when config.yaml does not set it (APISIX's default).
+pub const DEFAULT_STREAM_PLUGINS: [&str; 5] = [
+    "ip-restriction",
+    "limit-conn",
+    "mqtt-proxy",
+    "syslog",
+    "traffic-split",
+];
+
 fn default_stream_plugins() -> Vec<String> {
-    [
-        "ip-restriction",
-        "limit-conn",
-        "mqtt-proxy",
-        "syslog",
-        "traffic-split",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect()
+    DEFAULT_STREAM_PLUGINS.map(String::from).to_vec()
 }
 
 impl Config {

@@ -14,13 +14,7 @@ use super::defs;
 use crate::config::Config;
 
 /// `stream_plugins` when config.yaml does not set it (APISIX's default).
-pub const DEFAULT_ENABLED: [&str; 5] = [
-    "ip-restriction",
-    "limit-conn",
-    "mqtt-proxy",
-    "syslog",
-    "traffic-split",
-];
+pub const DEFAULT_ENABLED: [&str; 5] = crate::config::DEFAULT_STREAM_PLUGINS;
 
 /// The stream plugins this instance enables; cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::is_resource_error;
 use super::udp::{self, UdpCounters};
 use super::{session, tcp, ListenerInfo, ProxyCtx};
 
@@ -146,22 +147,6 @@ async fn run(
         () = ctx.connections.wait() => {}
         () = ctx.force_close.cancelled() => {}
     }
-}
-
-/// Errors that mean "out of resources": back off instead of spinning.
-fn is_resource_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == libc_errno::EMFILE || code == libc_errno::ENFILE
-            || code == libc_errno::ENOBUFS || code == libc_errno::ENOMEM
-    )
-}
-
-mod libc_errno {
-    pub const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
-    pub const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
-    pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
-    pub const ENOMEM: i32 = rustix::io::Errno::NOMEM.raw_os_error();
 }
 
 /// Accept until `stop`, handing each connection to [`tcp::handle`].

@@ -22,13 +22,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::index::{Index, Objects};
-use super::{Dump, Entry, Expect, PutOutcome, Store, StoreError};
+use super::{Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::substitute_env;
 use crate::model::{self, EnabledPlugins, Kind, NotEnabled};
+use crate::store::IndexView;
 
 /// How often the file's modification time and size are checked.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -429,12 +429,8 @@ impl Shared {
 
 #[async_trait]
 impl Store for FileStore {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.shared.index.get(kind, id))
-    }
-
-    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(self.shared.index.list(kind))
+    fn index(&self) -> &dyn IndexView {
+        &self.shared.index
     }
 
     async fn put(
@@ -453,18 +449,6 @@ impl Store for FileStore {
 
     async fn next_id(&self) -> Result<String, StoreError> {
         Err(self.shared.read_only())
-    }
-
-    async fn dump(&self) -> Result<Dump, StoreError> {
-        Ok(self.shared.index.dump())
-    }
-
-    fn revision(&self) -> u64 {
-        self.shared.index.revision()
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {

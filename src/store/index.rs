@@ -141,14 +141,30 @@ impl<X> Index<X> {
         }
         out
     }
+}
 
+/// What every store answers straight from its index: reads, dumps,
+/// revision and change feed. [`super::Store`] serves these through
+/// [`super::Store::index`], so a back-end writes only what is its own.
+pub trait IndexView: Send + Sync {
     /// One object, if present.
-    pub fn get(&self, kind: Kind, id: &str) -> Option<Entry> {
+    fn get(&self, kind: Kind, id: &str) -> Option<Entry>;
+    /// Every object of `kind`, in id order.
+    fn list(&self, kind: Kind) -> Vec<Entry>;
+    /// Every object at the current revision.
+    fn dump(&self) -> Dump;
+    /// The last revision announced on the feed.
+    fn revision(&self) -> u64;
+    /// The change feed: the latest announced revision.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+impl<X: Send> IndexView for Index<X> {
+    fn get(&self, kind: Kind, id: &str) -> Option<Entry> {
         self.lock().objects.get(&(kind, id.to_string())).cloned()
     }
 
-    /// Every object of `kind`, in id order.
-    pub fn list(&self, kind: Kind) -> Vec<Entry> {
+    fn list(&self, kind: Kind) -> Vec<Entry> {
         self.lock()
             .objects
             .range((kind, String::new())..)
@@ -157,8 +173,7 @@ impl<X> Index<X> {
             .collect()
     }
 
-    /// Every object at the current revision.
-    pub fn dump(&self) -> Dump {
+    fn dump(&self) -> Dump {
         let table = self.lock();
         Dump {
             revision: table.revision,
@@ -166,13 +181,11 @@ impl<X> Index<X> {
         }
     }
 
-    /// The last revision announced on the feed.
-    pub fn revision(&self) -> u64 {
+    fn revision(&self) -> u64 {
         *self.feed.borrow()
     }
 
-    /// The change feed: the latest announced revision.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    fn subscribe(&self) -> watch::Receiver<u64> {
         self.feed.subscribe()
     }
 }

@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use super::index::{Index, Key, Objects};
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::fsutil::{self, create_private_dir, private_file, sync_dir};
 use crate::model::Kind;
+use crate::store::IndexView;
 
 const MAGIC: &[u8; 8] = b"APXSTRM1";
 const LOG_NAME: &str = "store.log";
@@ -467,12 +467,8 @@ impl Shared {
 
 #[async_trait]
 impl Store for LocalStore {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.shared.index.get(kind, id))
-    }
-
-    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(self.shared.index.list(kind))
+    fn index(&self) -> &dyn IndexView {
+        &self.shared.index
     }
 
     async fn put(
@@ -568,18 +564,6 @@ impl Store for LocalStore {
             Ok(format_generated_id(rev))
         })
         .await
-    }
-
-    async fn dump(&self) -> Result<Dump, StoreError> {
-        Ok(self.shared.index.dump())
-    }
-
-    fn revision(&self) -> u64 {
-        self.shared.index.revision()
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::model::Kind;
+pub use index::IndexView;
 
 /// One stored object with its etcd-style revisions.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,10 +86,17 @@ pub struct Dump {
 /// Storage back-end behind the Admin API and the snapshot publisher.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The back-end's objects, revision and change feed, which answer
+    /// reads, dumps and subscriptions the same way for every back-end.
+    fn index(&self) -> &dyn IndexView;
     /// One object, if present.
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError>;
+    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.index().get(kind, id))
+    }
     /// All objects of a kind in key order (byte-wise on the id, as etcd).
-    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError>;
+    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.index().list(kind))
+    }
     /// Create or replace; durable before it returns.
     async fn put(
         &self,
@@ -103,11 +111,17 @@ pub trait Store: Send + Sync + 'static {
     /// as APISIX mints them from etcd.
     async fn next_id(&self) -> Result<String, StoreError>;
     /// Everything at one revision.
-    async fn dump(&self) -> Result<Dump, StoreError>;
+    async fn dump(&self) -> Result<Dump, StoreError> {
+        Ok(self.index().dump())
+    }
     /// Latest revision; it only increases.
-    fn revision(&self) -> u64;
+    fn revision(&self) -> u64 {
+        self.index().revision()
+    }
     /// Change feed: the receiver sees the latest revision after every change.
-    fn subscribe(&self) -> watch::Receiver<u64>;
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index().subscribe()
+    }
     /// Human name of the back-end for logs (`local:/path`, `etcd`, ...).
     fn describe(&self) -> String;
     /// Why reads may be out of date (the cluster is unreachable and the

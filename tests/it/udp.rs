@@ -51,7 +51,12 @@ async fn ask(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 70_000];
     match tokio::time::timeout(Duration::from_millis(1500), sock.recv_from(&mut buf)).await {
         Ok(Ok((n, from))) => {
-            assert_eq!(from, to, "reply must come from the listener's address");
+            assert_eq!(
+                from,
+                to,
+                "reply to {} must come from the listener's address",
+                sock.local_addr().expect("addr")
+            );
             Some(buf[..n].to_vec())
         }
         _ => None,
@@ -89,12 +94,14 @@ async fn each_of_1000_clients_gets_only_its_own_replies() {
     let proxy = s.udp[0];
     s.put_route("1", &route(proxy.port(), &b)).await;
     // Client sockets stay open to the end so no two clients share an address.
+    // They live on their own loopback address: a late datagram from another
+    // test to a recycled 127.0.0.1 port can never reach them.
     let mut open = Vec::new();
     for n in [2usize, 1000] {
         let mut tasks = Vec::new();
         for i in 0..n {
             tasks.push(tokio::spawn(async move {
-                let c = client("127.0.0.1").await;
+                let c = client("127.0.0.77").await;
                 for round in 0..2 {
                     let msg = format!("client-{i}-round-{round}");
                     let mut got = None;

@@ -35,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 use self::cache::{apply_own, Tracking};
 use self::client::{b64, build_hosts, header_rev, header_safe, num, unb64, CallError, Conn, Host};
 use super::index::Index;
-use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
+use super::{format_generated_id, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::{Etcd, Secret};
 use crate::model::{EnabledPlugins, Kind};
+use crate::store::IndexView;
 
 /// Value of the `<prefix>/<dir>/` placeholders APISIX writes at start-up.
 const INIT_DIR: &str = "init_dir";
@@ -209,12 +210,8 @@ impl EtcdStore {
 
 #[async_trait]
 impl Store for EtcdStore {
-    async fn get(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.shared.index.get(kind, id))
-    }
-
-    async fn list(&self, kind: Kind) -> Result<Vec<Entry>, StoreError> {
-        Ok(self.shared.index.list(kind))
+    fn index(&self) -> &dyn IndexView {
+        &self.shared.index
     }
 
     async fn put(
@@ -321,18 +318,6 @@ impl Store for EtcdStore {
             0 => Err(unavailable("etcd answered a write without a revision")),
             rev => Ok(format_generated_id(rev)),
         }
-    }
-
-    async fn dump(&self) -> Result<Dump, StoreError> {
-        Ok(self.shared.index.dump())
-    }
-
-    fn revision(&self) -> u64 {
-        self.shared.index.revision()
-    }
-
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared.index.subscribe()
     }
 
     fn describe(&self) -> String {
