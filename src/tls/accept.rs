@@ -18,6 +18,10 @@ use tokio_rustls::{server, LazyConfigAcceptor};
 use super::clienthello::{self, Hello};
 use super::{normalize_sni, TlsCerts};
 
+/// The first peek of a passthrough connection: one full TLS record, which
+/// holds the whole ClientHello of every common client.
+const FIRST_PEEK: usize = 5 + 16 * 1024;
+
 /// Deadline for a client's TLS handshake (and for a passthrough ClientHello).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -76,13 +80,16 @@ pub async fn terminate(
 /// Peek the ClientHello of a passthrough connection and return its SNI,
 /// leaving every byte in the socket for the backend.
 ///
-/// Peeked bytes stay in the socket, so its readiness stays set: a peek that
-/// shows nothing new clears readiness and waits for the next event (more
-/// bytes or the peer's FIN) rather than polling, and a peer that closed
-/// inside its ClientHello ends the wait at once.
+/// The ClientHello may come in several records; at most
+/// [`clienthello::MAX_HELLO`] bytes are peeked, the buffer growing past one
+/// record only for a client that needs it. Peeked bytes stay in the socket,
+/// so its readiness stays set: a peek that shows nothing new clears
+/// readiness and waits for the next event (more bytes or the peer's FIN)
+/// rather than polling, and a peer that closed inside its ClientHello ends
+/// the wait at once.
 pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
     let peek = async {
-        let mut buf = vec![0u8; clienthello::MAX_HELLO];
+        let mut buf = vec![0u8; FIRST_PEEK];
         let mut seen = 0;
         loop {
             let ready = stream
@@ -108,8 +115,13 @@ pub async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
             match clienthello::parse(&buf[..n]) {
                 Hello::Done(sni) => return Ok(sni),
                 Hello::Invalid(why) => return Err(why.to_string()),
+                Hello::NeedMore if n == buf.len() && n < clienthello::MAX_HELLO => {
+                    // The buffer is full: look further on the next round.
+                    buf.resize(clienthello::MAX_HELLO, 0);
+                    seen = 0;
+                }
                 Hello::NeedMore if n == buf.len() => {
-                    return Err("ClientHello larger than one record".to_string())
+                    return Err("ClientHello larger than the peek limit".to_string())
                 }
                 // Nothing new although the peer has closed: no more will come.
                 Hello::NeedMore if n == seen => {

@@ -5,7 +5,7 @@
 /// What the bytes seen so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
-    /// Not enough bytes yet for the whole ClientHello record.
+    /// Not enough bytes yet for the whole ClientHello message.
     NeedMore,
     /// A complete ClientHello; its SNI if it has one (lower-case, no
     /// trailing dot).
@@ -14,8 +14,17 @@ pub enum Hello {
     Invalid(&'static str),
 }
 
-/// The largest first flight read: one TLS record (16 KiB) and its header.
-pub const MAX_HELLO: usize = 5 + 16 * 1024;
+/// The largest TLS record payload (RFC 8446 section 5.1).
+const MAX_RECORD: usize = 16 * 1024;
+
+/// The largest ClientHello message accepted (handshake header included).
+/// Real ones are a few KiB; large post-quantum key shares, many PSK
+/// identities or padding stay well under this.
+pub const MAX_HELLO_MESSAGE: usize = 32 * 1024;
+
+/// The most bytes read to find the ClientHello: its largest message split
+/// into full records, plus room for a few small ones.
+pub const MAX_HELLO: usize = MAX_HELLO_MESSAGE + 64 * 5 + 5;
 
 /// A bounds-checked reader over a byte slice.
 struct Cursor<'a> {
@@ -52,46 +61,86 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Parse the first TLS record of a connection. The whole ClientHello must
-/// fit in that record (as it does for every common client).
+/// Parse the first bytes of a connection: the ClientHello handshake
+/// message, which may be split over several handshake records (RFC 8446
+/// section 5.1 allows any fragmentation). Records are reassembled only as
+/// far as the ClientHello reaches; bytes after it are not looked at.
 pub fn parse(buf: &[u8]) -> Hello {
-    if buf.is_empty() {
-        return Hello::NeedMore;
-    }
-    if buf[0] != 0x16 {
-        return Hello::Invalid("not a TLS handshake record");
-    }
-    if buf.len() < 5 {
-        return Hello::NeedMore;
-    }
-    if buf[1] != 3 {
-        return Hello::Invalid("unknown TLS record version");
-    }
-    let record_len = usize::from(buf[3]) << 8 | usize::from(buf[4]);
-    if record_len == 0 || record_len > 16 * 1024 {
-        return Hello::Invalid("bad TLS record length");
-    }
-    if buf.len() < 5 + record_len {
-        return Hello::NeedMore;
-    }
-    match parse_hello(&buf[5..5 + record_len]) {
-        Some(r) => r,
-        None => Hello::Invalid("malformed ClientHello"),
+    let mut rest = buf;
+    let mut message: Vec<u8> = Vec::new();
+    loop {
+        if rest.is_empty() {
+            return Hello::NeedMore;
+        }
+        if rest[0] != 0x16 {
+            return Hello::Invalid(if message.is_empty() && rest.len() == buf.len() {
+                "not a TLS handshake record"
+            } else {
+                "ClientHello interrupted by another record type"
+            });
+        }
+        if rest.len() < 5 {
+            return Hello::NeedMore;
+        }
+        if rest[1] != 3 {
+            return Hello::Invalid("unknown TLS record version");
+        }
+        let record_len = usize::from(rest[3]) << 8 | usize::from(rest[4]);
+        if record_len == 0 || record_len > MAX_RECORD {
+            return Hello::Invalid("bad TLS record length");
+        }
+        let Some(payload) = rest.get(5..5 + record_len) else {
+            return Hello::NeedMore;
+        };
+        rest = &rest[5 + record_len..];
+        // The common case: the whole message in the first record.
+        let fragment: &[u8] = if message.is_empty() {
+            payload
+        } else {
+            message.extend_from_slice(payload);
+            &message
+        };
+        match message_len(fragment) {
+            Err(why) => return Hello::Invalid(why),
+            Ok(Some(len)) if fragment.len() >= len => {
+                return match parse_hello(&fragment[..len]) {
+                    Some(r) => r,
+                    None => Hello::Invalid("malformed ClientHello"),
+                }
+            }
+            Ok(_) => {}
+        }
+        if message.is_empty() {
+            message.extend_from_slice(payload);
+        }
     }
 }
 
-fn parse_hello(record: &[u8]) -> Option<Hello> {
-    let mut c = Cursor { buf: record };
-    if c.u8()? != 1 {
-        return Some(Hello::Invalid(
-            "first handshake message is not a ClientHello",
-        ));
+/// The whole length of the handshake message starting `fragment` (header
+/// included), once its 4-byte header is there.
+fn message_len(fragment: &[u8]) -> Result<Option<usize>, &'static str> {
+    match fragment.first() {
+        None => return Ok(None),
+        Some(1) => {}
+        Some(_) => return Err("first handshake message is not a ClientHello"),
     }
-    let len = c.u24()?;
-    let mut h = match c.block(len) {
-        Some(h) => h,
-        None => return Some(Hello::Invalid("ClientHello spans several records")),
+    let Some(header) = fragment.get(..4) else {
+        return Ok(None);
     };
+    let len =
+        4 + (usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]));
+    if len > MAX_HELLO_MESSAGE {
+        return Err("ClientHello too large");
+    }
+    Ok(Some(len))
+}
+
+/// Parse one whole ClientHello message (handshake header included).
+fn parse_hello(message: &[u8]) -> Option<Hello> {
+    let mut c = Cursor { buf: message };
+    c.take(1)?; // message type, checked by `message_len`
+    let len = c.u24()?;
+    let mut h = c.block(len)?;
     h.take(2 + 32)?; // client version, random
     let sid = h.u8()?;
     h.take(sid)?;
@@ -177,8 +226,72 @@ mod tests {
         h[5] = 2; // not a ClientHello
         assert!(matches!(parse(&h), Hello::Invalid(_)));
         let mut h = hello(Some("x.test"));
-        let n = h.len();
-        h[8] = 0xff; // ClientHello length beyond the record
-        assert!(matches!(parse(&h[..n]), Hello::Invalid(_)));
+        h[6] = 1; // a ClientHello of 64 KiB and more
+        assert_eq!(parse(&h), Hello::Invalid("ClientHello too large"));
+        let mut h = hello(Some("x.test"));
+        h[8] = h[8].wrapping_add(1); // message goes on past the record
+        let alert = [0x15, 3, 3, 0, 2, 2, 40];
+        assert_eq!(parse(&h), Hello::NeedMore);
+        h.extend_from_slice(&alert);
+        assert_eq!(
+            parse(&h),
+            Hello::Invalid("ClientHello interrupted by another record type")
+        );
+    }
+
+    /// `hello`'s handshake message re-framed into records cut at `cuts`
+    /// (offsets into the message).
+    fn reframe(record: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let message = &record[5..];
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&message.len())) {
+            let part = &message[from..to];
+            out.extend_from_slice(&[0x16, record[1], record[2]]);
+            out.extend_from_slice(&u16::try_from(part.len()).expect("len").to_be_bytes());
+            out.extend_from_slice(part);
+            from = to;
+        }
+        out
+    }
+
+    #[test]
+    fn a_client_hello_split_over_several_records() {
+        let h = hello(Some("Split.Test"));
+        let n = h.len() - 5;
+        for cuts in [
+            vec![1],
+            vec![2],
+            vec![4],
+            vec![n / 2],
+            vec![n - 1],
+            vec![1, 3, 100, n - 1],
+            (1..n).collect::<Vec<_>>(),
+        ] {
+            let split = reframe(&h, &cuts);
+            assert_eq!(
+                parse(&split),
+                Hello::Done(Some("split.test".into())),
+                "cuts {cuts:?}"
+            );
+            // Every shorter prefix asks for more, never fails.
+            for end in [0, 5, 6, 10, split.len() / 2, split.len() - 1] {
+                assert_eq!(
+                    parse(&split[..end]),
+                    Hello::NeedMore,
+                    "cuts {cuts:?} end {end}"
+                );
+            }
+            // Bytes after the ClientHello (the next flight) are not looked at.
+            let mut more = split.clone();
+            more.extend_from_slice(b"\x14\x03\x03\x00\x01\x01");
+            assert_eq!(parse(&more), Hello::Done(Some("split.test".into())));
+        }
+        // Only the ClientHello is reassembled: a second record that does not
+        // carry handshake bytes is refused.
+        let mut bad = reframe(&h, &[n / 2]);
+        let second = 5 + n / 2;
+        bad[second] = 0x17;
+        assert!(matches!(parse(&bad), Hello::Invalid(_)));
     }
 }

@@ -494,3 +494,66 @@ async fn passthrough_routes_by_sni_without_terminating() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(tls_connect(proxy, "x.test", None).await.is_ok());
 }
+
+/// A local relay to `proxy` that re-frames each client's first TLS record
+/// (its ClientHello) into two records cut `cut` bytes into the handshake
+/// message, sent in two writes apart, then forwards everything untouched.
+async fn splitting_relay(proxy: SocketAddr, cut: usize) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 5];
+                c.read_exact(&mut head).await.expect("record header");
+                let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
+                let mut hello = vec![0u8; len];
+                c.read_exact(&mut hello).await.expect("record");
+                let record = |part: &[u8]| {
+                    let mut r = vec![0x16, head[1], head[2]];
+                    r.extend_from_slice(&u16::try_from(part.len()).expect("len").to_be_bytes());
+                    r.extend_from_slice(part);
+                    r
+                };
+                let mut p = TcpStream::connect(proxy).await.expect("connect");
+                p.set_nodelay(true).expect("nodelay");
+                p.write_all(&record(&hello[..cut])).await.expect("first");
+                // The proxy peeks the first record alone before the rest.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                p.write_all(&record(&hello[cut..])).await.expect("second");
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut p).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn passthrough_reassembles_a_client_hello_split_over_two_records() {
+    let mut spec = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    spec.tls_passthrough = true;
+    let s = TestServer::with_tcp_specs(vec![spec], "").await;
+    let ca = Ca::new("backend ca");
+    let x_cert = server_cert(&ca, &["x.test"]);
+    let y_cert = server_cert(&ca, &["y.test"]);
+    let (x, _tx) = tls_backend(&x_cert, None).await;
+    let (y, _ty) = tls_backend(&y_cert, None).await;
+    s.put_route(
+        "1",
+        &json!({"sni": "x.test", "upstream": {"nodes": {x.to_string(): 1}}}),
+    )
+    .await;
+    s.put_route("2", &json!({"upstream": {"nodes": {y.to_string(): 1}}}))
+        .await;
+    // Cut inside the handshake header, and in the random (the SNI is then
+    // in the second record only).
+    for cut in [2, 40] {
+        let (relay, task) = splitting_relay(s.tcp[0], cut).await;
+        let (cert, mut sx) = tls_connect(relay, "x.test", None)
+            .await
+            .unwrap_or_else(|e| panic!("cut {cut}: handshake through the proxy: {e}"));
+        assert_eq!(cert, x_cert.der, "cut {cut}: routed by the SNI");
+        assert_eq!(tls_line(&mut sx).await, "hello x.test");
+        task.abort();
+    }
+}
