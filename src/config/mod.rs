@@ -510,6 +510,32 @@ pub struct NginxConfig {
     pub worker_connections: u64,
     /// `http`: timeouts of the Admin API, Control API and metrics servers.
     pub http: NginxHttp,
+    /// `worker_processes`: how many data-plane workers run.
+    pub worker_processes: WorkerProcesses,
+}
+
+/// The most data-plane workers `worker_processes` may ask for.
+pub const MAX_WORKER_PROCESSES: usize = 256;
+
+/// `nginx_config.worker_processes`: `auto` (APISIX's default) or a count
+/// from 1 to [`MAX_WORKER_PROCESSES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerProcesses {
+    /// One worker per core the process may use.
+    #[default]
+    Auto,
+    /// This many workers.
+    Count(std::num::NonZeroUsize),
+}
+
+impl WorkerProcesses {
+    /// The number of workers, given the cores the process may use.
+    pub fn count(self, cores: usize) -> usize {
+        match self {
+            WorkerProcesses::Auto => cores.max(1),
+            WorkerProcesses::Count(n) => n.get(),
+        }
+    }
 }
 
 /// `nginx_config.http`: the parts that apply to our HTTP APIs.
@@ -541,6 +567,7 @@ impl Default for NginxConfig {
             http: NginxHttp::default(),
             stream: NginxStream::default(),
             worker_shutdown_timeout: std::time::Duration::from_secs(240),
+            worker_processes: WorkerProcesses::Auto,
         }
     }
 }

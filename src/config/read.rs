@@ -12,7 +12,7 @@ use super::env::substitute_env;
 use super::{
     default_stream_plugins, listen, standalone_name, validate, Admin, AdminKey, AdminRole, Apisix,
     Config, ConfigError, ConfigProvider, DataEncryption, Deployment, DeploymentRole, Etcd, EtcdTls,
-    ListenAddr, Local, NginxConfig, NginxHttp, NginxStream, PluginAttr, Prometheus, ProxyMode,
+    ListenAddr, Local, NginxConfig, WorkerProcesses, MAX_WORKER_PROCESSES, NginxHttp, NginxStream, PluginAttr, Prometheus, ProxyMode,
     ProxyProtocol, Secret, SslConf, StreamProxy,
 };
 
@@ -82,6 +82,32 @@ fn nginx_duration(
                 .ok_or_else(|| sec.invalid(key, v, "expected a duration such as 30s, 500ms or 2m"))
         }
     }
+}
+
+/// `worker_processes`: `auto` or an integer from 1 to
+/// [`MAX_WORKER_PROCESSES`], as nginx takes it (a quoted number too).
+fn worker_processes(sec: &Section<'_>) -> Result<WorkerProcesses, ConfigError> {
+    let Some(v) = sec.get("worker_processes") else {
+        return Ok(WorkerProcesses::Auto);
+    };
+    let count = match v {
+        Value::String(s) if s == "auto" => return Ok(WorkerProcesses::Auto),
+        Value::String(s) => s.parse::<u64>().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    count
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= MAX_WORKER_PROCESSES)
+        .and_then(std::num::NonZeroUsize::new)
+        .map(WorkerProcesses::Count)
+        .ok_or_else(|| {
+            sec.invalid(
+                "worker_processes",
+                v,
+                format!("expected auto or an integer from 1 to {MAX_WORKER_PROCESSES}"),
+            )
+        })
 }
 
 /// Cursor on one table of the document, carrying its dotted path for error messages.
@@ -326,6 +352,7 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
                 dh.keepalive_timeout,
             )?,
         };
+        let worker_processes = worker_processes(&nginx)?;
         let event = nginx.section("event")?;
         let worker_connections = event.u64_or(
             "worker_connections",
@@ -338,6 +365,7 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
             worker_connections,
             http,
             worker_shutdown_timeout: shutdown,
+            worker_processes,
             stream: NginxStream {
                 real_ip_from: sec.cidr_list("real_ip_from")?.unwrap_or_default(),
                 enable_access_log: sec.bool_or("enable_access_log", d.enable_access_log)?,

@@ -334,6 +334,37 @@ fn bad_values_name_key_value_and_reason() {
 }
 
 #[test]
+fn worker_processes_is_auto_or_a_bounded_count() {
+    use super::{WorkerProcesses, MAX_WORKER_PROCESSES};
+    let workers = |text: &str| parse(text).map(|c| c.nginx_config.worker_processes);
+    assert_eq!(workers("{}").unwrap(), WorkerProcesses::Auto);
+    assert_eq!(
+        workers("nginx_config: {worker_processes: auto}").unwrap(),
+        WorkerProcesses::Auto
+    );
+    for (text, n) in [("1", 1), ("\"4\"", 4), ("256", MAX_WORKER_PROCESSES)] {
+        let w = workers(&format!("nginx_config: {{worker_processes: {text}}}")).unwrap();
+        assert_eq!(w.count(64), n, "for {text}");
+    }
+    assert_eq!(WorkerProcesses::Auto.count(3), 3);
+    assert_eq!(WorkerProcesses::Auto.count(0), 1);
+    for bad in ["abc", "-3", "0", "1000", "257", "2.5", "\"\"", "[2]", "true", "Auto"] {
+        let text = format!("nginx_config: {{worker_processes: {bad}}}");
+        let shown = match bad {
+            "abc" | "Auto" => format!("\"{bad}\""),
+            b => b.to_string(),
+        };
+        assert_eq!(
+            err(&text),
+            format!(
+                "invalid nginx_config.worker_processes: {shown} (expected auto or an integer from 1 to 256)"
+            ),
+            "for {bad}"
+        );
+    }
+}
+
+#[test]
 fn port_zero_allowed_for_api_listeners() {
     let c = parse("apisix: {control: {port: 0}}\ndeployment: {admin: {admin_listen: {port: 0}}}\nplugin_attr: {prometheus: {export_addr: {port: 0}}}").unwrap();
     assert_eq!(c.apisix.control.port, 0);

@@ -208,7 +208,10 @@ async fn bind(
 /// Open the store, bind every listener and start serving.
 pub async fn start(config: Config) -> Result<Server, ServerError> {
     let fd_limit = raise_fd_limit();
-    let workers = limits::workers();
+    let workers = config
+        .nginx_config
+        .worker_processes
+        .count(limits::workers());
     let cancel = CancellationToken::new();
     let store = open_store(&config, &cancel).await?;
     let tasks = TaskTracker::new();

@@ -156,6 +156,21 @@ fn bad_configuration_stops_start_up_with_one_line_naming_it() {
 }
 
 #[test]
+fn worker_processes_other_than_auto_or_1_to_256_stops_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = test_yaml(&dir.path().join("data"), free_port());
+    for bad in ["abc", "-3", "1000", "0"] {
+        let yaml = format!("{base}nginx_config:\n  worker_processes: {bad}\n");
+        let err = start_error(&yaml);
+        assert!(
+            err.contains("invalid nginx_config.worker_processes")
+                && err.contains("expected auto or an integer from 1 to 256"),
+            "for {bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn env_default_is_used_when_the_variable_is_unset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
