@@ -5,7 +5,10 @@
 //!   `[len: u32 LE][crc32: u32 LE][payload: len bytes of JSON]`. Every write
 //!   appends one record and `fsync`s it before the Admin API answers, so an
 //!   acknowledged write survives `kill -9` and power loss.
-//! - `LOCK`: an exclusive lock so two processes never share one directory.
+//! - `LOCK`: the process id of the `serve` holding the directory. The lock
+//!   itself is an exclusive `flock` on the directory, held for the life of
+//!   the store, so deleting or recreating `LOCK` never lets a second
+//!   process in (`LOCK` is also locked, for older versions).
 //!
 //! Why this shape: appends make each write O(size of the object), and the
 //! checksum tells a torn last record (a crash while writing a write that was
@@ -93,6 +96,8 @@ impl Log {
 
 struct Shared {
     dir: PathBuf,
+    /// The directory's exclusive `flock`, held while the store lives.
+    _dir_lock: File,
     log: Mutex<Log>,
     index: Index,
 }
@@ -250,6 +255,31 @@ fn is_read_only(e: &std::io::Error) -> bool {
         || e.kind() == std::io::ErrorKind::PermissionDenied
 }
 
+/// The error for a directory whose lock another process holds, naming it
+/// by the process id `LOCK` records.
+fn in_use(dir: &Path) -> StoreError {
+    let holder = std::fs::read_to_string(dir.join(LOCK_NAME))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"));
+    StoreError::Unavailable(format!(
+        "data directory {} is in use by another apisix-stream process ({holder} holds its lock)",
+        dir.display()
+    ))
+}
+
+/// Take the exclusive `flock` on the directory itself: unlike a lock on a
+/// file inside it, no deletion or re-creation can release it; it goes only
+/// when the holder closes it or exits. A read-only directory can be locked.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let d = File::open(dir).map_err(|e| io_err("cannot open data directory", dir, e))?;
+    match rustix::fs::flock(&d, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(d),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(in_use(dir)),
+        Err(e) => Err(io_err("cannot lock data directory", dir, e.into())),
+    }
+}
+
 /// Take the directory lock and open the log for appending, cut back to
 /// `valid_len` (a torn tail dropped; a new log gets its magic header).
 fn open_writable(dir: &Path, valid_len: u64) -> Result<(File, File), Writable> {
@@ -263,6 +293,11 @@ fn open_writable(dir: &Path, valid_len: u64) -> Result<(File, File), Writable> {
     if lock.try_lock().is_err() {
         return Err(Writable::InUse);
     }
+    // Name the holder for a second process refused by the directory lock.
+    let mut pid = &lock;
+    pid.set_len(0)
+        .and_then(|()| writeln!(pid, "{}", std::process::id()))
+        .map_err(Writable::Io)?;
     let path = dir.join(LOG_NAME);
     // A compaction that crashed before its rename left only a temp file.
     let _ = fsutil::remove_stale_temps(&path);
@@ -291,6 +326,7 @@ impl LocalStore {
     /// is cut off.
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
         create_private_dir(dir).map_err(|e| io_err("cannot create data directory", dir, e))?;
+        let dir_lock = lock_dir(dir)?;
         let path = dir.join(LOG_NAME);
         let mut data = Vec::new();
         match File::open(&path) {
@@ -317,12 +353,7 @@ impl LocalStore {
         }
         let (lock, file) = match open_writable(dir, loaded.valid_len) {
             Ok((lock, file)) => (Some(lock), Some(file)),
-            Err(Writable::InUse) => {
-                return Err(StoreError::Unavailable(format!(
-                    "data directory {} is in use by another apisix-stream process",
-                    dir.display()
-                )))
-            }
+            Err(Writable::InUse) => return Err(in_use(dir)),
             Err(Writable::Io(e)) if is_read_only(&e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "data directory is read-only: serving the stored objects, writes fail until it is writable");
                 (None, None)
@@ -339,6 +370,7 @@ impl LocalStore {
         Ok(LocalStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                _dir_lock: dir_lock,
                 log: Mutex::new(Log {
                     file,
                     lock,
@@ -383,12 +415,7 @@ impl Shared {
                     log.file = Some(file);
                     log.torn = false;
                 }
-                Err(Writable::InUse) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "data directory {} is in use by another apisix-stream process",
-                        self.dir.display()
-                    )))
-                }
+                Err(Writable::InUse) => return Err(in_use(&self.dir)),
                 Err(Writable::Io(e)) => return Err(io_err("cannot write", &path, e)),
             }
         }
@@ -654,7 +681,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let _a = LocalStore::open(dir.path()).expect("open");
         let err = LocalStore::open(dir.path()).expect_err("locked");
+        let pid = format!("pid {} holds its lock", std::process::id());
+        assert!(err.to_string().contains(&pid), "{err}");
+        // Deleting (or recreating) LOCK does not release the directory.
+        std::fs::remove_file(dir.path().join(LOCK_NAME)).expect("rm LOCK");
+        let err = LocalStore::open(dir.path()).expect_err("still locked");
         assert!(err.to_string().contains("in use"), "{err}");
+        std::fs::write(dir.path().join(LOCK_NAME), "").expect("new LOCK");
+        let err = LocalStore::open(dir.path()).expect_err("still locked");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(_a);
+        LocalStore::open(dir.path()).expect("free once the holder is gone");
     }
 
     #[test]

@@ -126,3 +126,63 @@ fn a_damaged_store_stops_start_up_with_one_line() {
         .expect("read");
     assert_eq!(kept, "this is not a store file at all");
 }
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_data_dir_is_refused_even_without_its_lock_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = ChildConfig::new(port).write(dir.path());
+    let admin = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut first = spawn_serve(&cfg);
+    wait_listening(admin, &mut first);
+    let data = dir.path().join("data");
+    // The second process: its own ports, the first one's data directory.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_port = free_port();
+    let other_cfg = other.path().join("config.yaml");
+    std::fs::write(&other_cfg, ChildConfig::new(other_port).yaml(&data)).expect("write");
+    let second = || run_cli(&["serve", "-c", other_cfg.to_str().expect("utf8")]);
+    let (code, _, err) = second();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let holder = format!("pid {} holds its lock", first.child.id());
+    assert!(err.contains("is in use") && err.contains(&holder), "{err}");
+    // Deleting LOCK, or replacing it, does not let the second one in.
+    std::fs::remove_file(data.join("LOCK")).expect("rm LOCK");
+    let (code, _, err) = second();
+    assert_eq!(code, 1, "deleted LOCK: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("is in use"), "{err}");
+    std::fs::write(data.join("LOCK"), "").expect("new LOCK");
+    let (code, _, err) = second();
+    assert_eq!(code, 1, "recreated LOCK: {err}");
+    assert!(err.contains("is in use"), "{err}");
+    // The holder still writes.
+    let client = reqwest::Client::new();
+    let (st, _) = call(
+        &client,
+        admin,
+        Some(KEY),
+        Method::PUT,
+        "/apisix/admin/upstreams/1",
+        Some(r#"{"nodes": {"127.0.0.1:1995": 1}}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Once it is gone, the directory is free.
+    first.child.kill().expect("kill");
+    first.child.wait().expect("reaped");
+    let admin2 = format!("127.0.0.1:{other_port}").parse().expect("addr");
+    let mut second = spawn_serve(&other_cfg);
+    wait_listening(admin2, &mut second);
+    let (st, _) = call(
+        &client,
+        admin2,
+        Some(KEY),
+        Method::GET,
+        "/apisix/admin/upstreams/1",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+}
