@@ -38,6 +38,7 @@ pub const BODY_LIMIT: usize = 1536 * 1024;
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One configured admin key, kept only as a digest.
+#[derive(PartialEq, Eq)]
 struct KeyDigest {
     digest: [u8; 32],
     role: AdminRole,
@@ -47,7 +48,8 @@ struct KeyDigest {
 pub struct AdminState {
     /// Where objects are stored.
     pub store: Arc<dyn Store>,
-    keys: Vec<KeyDigest>,
+    /// The keys in force; SIGHUP swaps in those of the re-read config.
+    keys: arc_swap::ArcSwap<Vec<KeyDigest>>,
     key_required: bool,
     allow: Option<Vec<IpNet>>,
     cors: bool,
@@ -74,7 +76,7 @@ pub struct AdminState {
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminState")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.keys.load().len())
             .field("stream_enabled", &self.stream_enabled)
             .finish_non_exhaustive()
     }
@@ -84,21 +86,28 @@ fn digest(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
+/// The usable keys of a config (empty ones never match and are left out).
+fn key_digests(config: &Config) -> Vec<KeyDigest> {
+    config
+        .deployment
+        .admin
+        .admin_key
+        .iter()
+        .filter(|k| !k.key.is_empty())
+        .map(|k| KeyDigest {
+            digest: digest(k.key.expose()),
+            role: k.role,
+        })
+        .collect()
+}
+
 impl AdminState {
     /// Build the state from the validated config and an opened store.
     pub fn new(config: &Config, store: Arc<dyn Store>) -> AdminState {
         let admin = &config.deployment.admin;
         AdminState {
             store,
-            keys: admin
-                .admin_key
-                .iter()
-                .filter(|k| !k.key.is_empty())
-                .map(|k| KeyDigest {
-                    digest: digest(k.key.expose()),
-                    role: k.role,
-                })
-                .collect(),
+            keys: arc_swap::ArcSwap::from_pointee(key_digests(config)),
             key_required: admin.admin_key_required,
             allow: admin.allow_admin.clone(),
             cors: admin.enable_admin_cors,
@@ -118,11 +127,29 @@ impl AdminState {
         }
     }
 
+    /// Put the admin keys of a re-read config.yaml in force (SIGHUP), as an
+    /// APISIX reload does: requests from then on are checked against them
+    /// only. `Ok(true)` when they changed. A config whose keys are all
+    /// empty is refused while keys are in force (an empty key is generated
+    /// only at start), so a reload never opens the Admin API.
+    pub fn reload_keys(&self, config: &Config) -> Result<bool, String> {
+        let new = key_digests(config);
+        let current = self.keys.load();
+        if new == **current {
+            return Ok(false);
+        }
+        if new.is_empty() {
+            return Err("no usable admin_key (an empty key is generated only at start)".into());
+        }
+        self.keys.store(Arc::new(new));
+        Ok(true)
+    }
+
     /// Role of a presented token; every key is compared so timing reveals nothing.
     fn role_of(&self, token: &str) -> Option<AdminRole> {
         let presented = digest(token);
         let mut found = None;
-        for k in &self.keys {
+        for k in self.keys.load().iter() {
             let diff = k
                 .digest
                 .iter()
@@ -289,7 +316,7 @@ async fn guard(
     if req.method() == Method::OPTIONS && state.cors {
         return StatusCode::OK.into_response();
     }
-    if state.key_required && !state.keys.is_empty() {
+    if state.key_required && !state.keys.load().is_empty() {
         let role = match token_from(&req) {
             None => return AdminError::Unauthorized("missing apikey").into_response(),
             Some(t) => match state.role_of(&t) {
@@ -388,6 +415,39 @@ mod tests {
         drop(tx);
         let m = message(state.wait_applied(6, Kind::Upstream, "u").await);
         assert!(m.ends_with("the data plane has stopped"), "{m}");
+    }
+
+    #[test]
+    fn reloaded_keys_replace_the_old_ones_and_never_become_none() {
+        use crate::config::{AdminKey, Secret};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::local::LocalStore::open(dir.path()).expect("store");
+        let with_keys = |keys: &[(&str, AdminRole)]| {
+            let mut c = Config::default();
+            c.deployment.admin.admin_key = keys
+                .iter()
+                .map(|(k, role)| AdminKey {
+                    name: format!("{k}-name"),
+                    key: Secret::new(*k),
+                    role: *role,
+                })
+                .collect();
+            c
+        };
+        let state = AdminState::new(&with_keys(&[("old", AdminRole::Admin)]), Arc::new(store));
+        assert_eq!(state.role_of("old"), Some(AdminRole::Admin));
+        let same = with_keys(&[("old", AdminRole::Admin)]);
+        assert_eq!(state.reload_keys(&same), Ok(false));
+        let new = with_keys(&[("new", AdminRole::Admin), ("look", AdminRole::Viewer)]);
+        assert_eq!(state.reload_keys(&new), Ok(true));
+        assert_eq!(state.role_of("old"), None);
+        assert_eq!(state.role_of("new"), Some(AdminRole::Admin));
+        assert_eq!(state.role_of("look"), Some(AdminRole::Viewer));
+        // A reload with only empty keys would open the API: refused.
+        let empty = with_keys(&[("", AdminRole::Admin)]);
+        assert!(state.reload_keys(&empty).is_err());
+        assert!(state.reload_keys(&with_keys(&[])).is_err());
+        assert_eq!(state.role_of("new"), Some(AdminRole::Admin));
     }
 
     #[test]

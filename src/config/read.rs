@@ -12,8 +12,8 @@ use super::env::substitute_env;
 use super::{
     default_stream_plugins, listen, standalone_name, validate, Admin, AdminKey, AdminRole, Apisix,
     Config, ConfigError, ConfigProvider, DataEncryption, Deployment, DeploymentRole, Etcd, EtcdTls,
-    ListenAddr, Local, NginxConfig, WorkerProcesses, MAX_WORKER_PROCESSES, NginxHttp, NginxStream, PluginAttr, Prometheus, ProxyMode,
-    ProxyProtocol, Secret, SslConf, StreamProxy,
+    ListenAddr, Local, NginxConfig, NginxHttp, NginxStream, PluginAttr, Prometheus, ProxyMode,
+    ProxyProtocol, Secret, SslConf, StreamProxy, WorkerProcesses, MAX_WORKER_PROCESSES,
 };
 
 /// Parse an nginx time value: a number of seconds, or `<n>ms|s|m|h`.

@@ -348,7 +348,9 @@ fn worker_processes_is_auto_or_a_bounded_count() {
     }
     assert_eq!(WorkerProcesses::Auto.count(3), 3);
     assert_eq!(WorkerProcesses::Auto.count(0), 1);
-    for bad in ["abc", "-3", "0", "1000", "257", "2.5", "\"\"", "[2]", "true", "Auto"] {
+    for bad in [
+        "abc", "-3", "0", "1000", "257", "2.5", "\"\"", "[2]", "true", "Auto",
+    ] {
         let text = format!("nginx_config: {{worker_processes: {bad}}}");
         let shown = match bad {
             "abc" | "Auto" => format!("\"{bad}\""),

@@ -79,6 +79,8 @@ impl From<StoreError> for ServerError {
 /// A running server.
 pub struct Server {
     admin_addr: Option<SocketAddr>,
+    /// The Admin API's state (its keys are swapped on SIGHUP).
+    admin: Option<Arc<AdminState>>,
     control_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     carry: Arc<Carry>,
@@ -142,6 +144,15 @@ impl Server {
         match self.workers.as_ref() {
             Some(workers) => self.listeners.reload(&listeners::wanted(config), workers),
             None => ReloadOutcome::default(),
+        }
+    }
+
+    /// Put the admin keys of `config` in force (SIGHUP); `Ok(true)` when
+    /// they changed, an error when the new set is refused.
+    pub fn reload_admin_keys(&self, config: &Config) -> Result<bool, String> {
+        match &self.admin {
+            Some(state) => state.reload_keys(config),
+            None => Ok(false),
         }
     }
 
@@ -255,6 +266,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
 
     let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
     let mut admin_addr = None;
+    let mut admin = None;
     if config.apisix.enable_admin {
         let addr = config.deployment.admin.admin_listen.socket_addr();
         let (listener, local) = bind("deployment.admin.admin_listen", addr).await?;
@@ -263,7 +275,9 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         state.body_timeout = config.nginx_config.http.client_body_timeout;
         state.published = Some(publisher.published.clone());
         state.snapshot = Some(publisher.current.clone());
-        let app = admin::router(Arc::new(state));
+        let state = Arc::new(state);
+        admin = Some(state.clone());
+        let app = admin::router(state);
         crate::http::serve(&tasks, &cancel, listener, app, "admin API", http_limits);
     }
     let control_state = ControlState {
@@ -300,6 +314,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     tracing::info!(store = %store.describe(), "apisix-stream started");
     Ok(Server {
         admin_addr,
+        admin,
         control_addr,
         metrics_addr,
         carry,

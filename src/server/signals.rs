@@ -1,6 +1,6 @@
 //! How a running server stops and reloads: SIGINT and SIGTERM drain and
 //! exit, SIGHUP re-reads `config.yaml` and applies its `stream_proxy`
-//! listeners.
+//! listeners and its admin keys.
 //!
 //! Why the signals are watched before anything binds: a signal arriving
 //! during start-up then still stops the process cleanly instead of killing
@@ -21,7 +21,7 @@ use crate::config::Config;
 enum Event {
     /// SIGINT or SIGTERM: drain and exit.
     Stop,
-    /// SIGHUP: re-apply the listeners of `config.yaml`.
+    /// SIGHUP: re-apply the listeners and admin keys of `config.yaml`.
     Reload,
 }
 
@@ -84,7 +84,8 @@ impl Signals {
 }
 
 /// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly. SIGHUP
-/// re-reads `config_path` and applies its `stream_proxy` listeners.
+/// re-reads `config_path` and applies its `stream_proxy` listeners and
+/// admin keys.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let mut signals = Signals::watch();
     let mut server = super::start(config).await?;
@@ -103,8 +104,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
     Ok(())
 }
 
-/// SIGHUP: apply the listeners of the file at `path`; a file that does not
-/// load keeps the current ones.
+/// SIGHUP: apply the listeners and admin keys of the file at `path`; a
+/// file that does not load keeps the current ones.
 fn reload(server: &mut Server, path: &Path) {
     match Config::load(path) {
         Ok(new) => {
@@ -113,9 +114,20 @@ fn reload(server: &mut Server, path: &Path) {
                 added = out.added.len(),
                 removed = out.removed.len(),
                 failed = out.failed.len(),
-                "reloaded stream_proxy listeners from {} (other settings need a restart)",
+                "reloaded stream_proxy listeners from {} (settings other than listeners and admin keys need a restart)",
                 path.display()
             );
+            match server.reload_admin_keys(&new) {
+                Ok(true) => tracing::info!(
+                    "admin keys reloaded from {}: the new keys are in force, the old ones no longer accepted",
+                    path.display()
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    "admin keys not reloaded from {}: {e}; the current keys stay in force",
+                    path.display()
+                ),
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot reload {}; keeping the current listeners", path.display())

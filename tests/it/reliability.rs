@@ -542,3 +542,54 @@ async fn reload_swaps_an_entry_whose_options_changed_on_the_same_address() {
     // The connection accepted before the change carries on.
     assert_eq!(roundtrip(&mut old, b"still here").await, b"still here");
 }
+
+#[tokio::test]
+async fn sighup_puts_changed_admin_keys_in_force() {
+    use crate::harness::{free_port, spawn_serve, wait_listening};
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let path = ChildConfig::new(admin).write(dir.path());
+    let mut child = spawn_serve(&path);
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    wait_listening(admin_addr, &mut child);
+    let client = reqwest::Client::new();
+    let status = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            let (st, _) = crate::harness::call(
+                &client,
+                admin_addr,
+                Some(key),
+                Method::GET,
+                "/apisix/admin/upstreams",
+                None,
+            )
+            .await;
+            st
+        }
+    };
+    const NEW: &str = "a-new-admin-key-after-reload";
+    assert_eq!(status(KEY).await, StatusCode::OK);
+    assert_eq!(status(NEW).await, StatusCode::UNAUTHORIZED);
+
+    ChildConfig::new(admin).admin_key(NEW).write(dir.path());
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &child.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    assert!(
+        eventually(10, async || status(NEW).await == StatusCode::OK).await,
+        "the new key is accepted after SIGHUP"
+    );
+    assert_eq!(
+        status(KEY).await,
+        StatusCode::UNAUTHORIZED,
+        "the old key is no longer accepted"
+    );
+    assert!(
+        child.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+}
