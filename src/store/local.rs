@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::dir_lock::{in_use, lock_dir, LOCK_NAME};
 use super::index::{Index, Key, Objects};
 use super::{format_generated_id, Dump, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::fsutil::{self, create_private_dir, private_file, sync_dir};
@@ -39,7 +40,6 @@ use crate::store::IndexView;
 
 const MAGIC: &[u8; 8] = b"APXSTRM1";
 const LOG_NAME: &str = "store.log";
-const LOCK_NAME: &str = "LOCK";
 /// Largest record accepted when reading (bodies are limited far below this).
 const MAX_RECORD: u32 = 64 << 20;
 /// Compact once the log is past this size and mostly dead records.
@@ -253,31 +253,6 @@ enum Writable {
 fn is_read_only(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
         || e.kind() == std::io::ErrorKind::PermissionDenied
-}
-
-/// The error for a directory whose lock another process holds, naming it
-/// by the process id `LOCK` records.
-fn in_use(dir: &Path) -> StoreError {
-    let holder = std::fs::read_to_string(dir.join(LOCK_NAME))
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"));
-    StoreError::Unavailable(format!(
-        "data directory {} is in use by another apisix-stream process ({holder} holds its lock)",
-        dir.display()
-    ))
-}
-
-/// Take the exclusive `flock` on the directory itself: unlike a lock on a
-/// file inside it, no deletion or re-creation can release it; it goes only
-/// when the holder closes it or exits. A read-only directory can be locked.
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    let d = File::open(dir).map_err(|e| io_err("cannot open data directory", dir, e))?;
-    match rustix::fs::flock(&d, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(d),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(in_use(dir)),
-        Err(e) => Err(io_err("cannot lock data directory", dir, e.into())),
-    }
 }
 
 /// Take the directory lock and open the log for appending, cut back to

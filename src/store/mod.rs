@@ -9,6 +9,7 @@
 //! a standalone `apisix.yaml`. All three keep their objects, revision and
 //! change feed in one [`index::Index`].
 
+mod dir_lock;
 pub mod etcd;
 pub mod file;
 pub mod index;
