@@ -16,7 +16,9 @@ use super::{
     ProxyProtocol, Secret, SslConf, StreamProxy, WorkerProcesses, MAX_WORKER_PROCESSES,
 };
 
-/// Parse an nginx time value: a number of seconds, or `<n>ms|s|m|h`.
+/// Parse an nginx time value: a number of seconds, or `<n>ms|s|m|h`. Values beyond
+/// [`crate::model::duration::MAX`] (one year) are clamped to it; `None` for text that is
+/// not a duration or a number too large for any clock (nginx refuses those too).
 pub fn parse_nginx_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -34,7 +36,8 @@ pub fn parse_nginx_duration(text: &str) -> Option<std::time::Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    Some(std::time::Duration::from_secs_f64(secs))
+    let exact = std::time::Duration::try_from_secs_f64(secs).ok()?;
+    Some(exact.min(crate::model::duration::MAX))
 }
 
 /// A value as it appears in error messages: strings quoted, tables as compact JSON.
@@ -78,8 +81,13 @@ fn nginx_duration(
                 Value::Number(n) => n.to_string(),
                 other => format!("{other:?}"),
             };
-            parse_nginx_duration(&text)
-                .ok_or_else(|| sec.invalid(key, v, "expected a duration such as 30s, 500ms or 2m"))
+            parse_nginx_duration(&text).ok_or_else(|| {
+                sec.invalid(
+                    key,
+                    v,
+                    "expected a duration such as 30s, 500ms or 2m (and not too large for a clock)",
+                )
+            })
         }
     }
 }

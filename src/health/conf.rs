@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::model::duration;
+
 /// How active probes talk to a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeType {
@@ -105,8 +107,8 @@ fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 fn count(v: &Value, path: &str, default: u32) -> u32 {
     at(v, path)
         .and_then(Value::as_f64)
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map_or(default, |n| n.min(f64::from(u32::MAX)) as u32)
+        .and_then(duration::count_u32)
+        .unwrap_or(default)
 }
 
 fn text(v: &Value, path: &str, default: &str) -> String {
@@ -129,8 +131,7 @@ fn statuses(v: &Value, path: &str, default: &[u16]) -> Vec<u16> {
 
 /// An interval in seconds; 0 (or less) disables.
 fn interval(v: &Value, path: &str) -> Option<Duration> {
-    let secs = at(v, path).and_then(Value::as_f64).unwrap_or(1.0);
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    duration::secs(at(v, path).and_then(Value::as_f64).unwrap_or(1.0))
 }
 
 impl Checks {
@@ -143,12 +144,12 @@ impl Checks {
         };
         let timeout = at(v, "/active/timeout")
             .and_then(Value::as_f64)
-            .filter(|t| t.is_finite() && *t > 0.0)
-            .map_or(Duration::from_secs(1), Duration::from_secs_f64);
+            .and_then(duration::secs)
+            .unwrap_or(Duration::from_secs(1));
         let active = Active {
             probe,
             timeout,
-            concurrency: count(v, "/active/concurrency", 10).max(1) as usize,
+            concurrency: usize::try_from(count(v, "/active/concurrency", 10).max(1)).unwrap_or(1),
             host: at(v, "/active/host")
                 .and_then(Value::as_str)
                 .map(str::to_string),

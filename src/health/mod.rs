@@ -366,6 +366,27 @@ impl Checker {
         }
     }
 
+    /// [`Checker::new`], isolated: a checker that cannot be built is logged
+    /// and left out (its upstream is served without health checks), and
+    /// never stops the checkers of other upstreams.
+    pub fn build(
+        name: &str,
+        source: &Value,
+        backends: &[Backend],
+        prev: Option<&Checker>,
+    ) -> Option<Checker> {
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Checker::new(name, source, backends, prev)
+        }));
+        match built {
+            Ok(c) => Some(c),
+            Err(_) => {
+                tracing::error!(checker = %name, "health checker not built; upstream served without health checks");
+                None
+            }
+        }
+    }
+
     /// `upstreams/<id>` or `stream_routes/<id>`.
     pub fn name(&self) -> &str {
         &self.name
@@ -528,7 +549,7 @@ impl Checker {
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep_until(started + every) => {}
+                () = tokio::time::sleep(every.saturating_sub(started.elapsed())) => {}
             }
         }
     }

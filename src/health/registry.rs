@@ -11,7 +11,7 @@
 //! runtime, away from the proxy workers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,7 +60,10 @@ impl Registry {
 
     /// Number of checkers whose probes run.
     pub fn len(&self) -> usize {
-        self.running.lock().map_or(0, |r| r.len())
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no probes run.
@@ -72,9 +75,9 @@ impl Registry {
     /// snapshot just published): start the new ones, stop the others.
     /// Must run inside the tokio runtime.
     pub fn apply<'a>(&self, in_force: impl IntoIterator<Item = &'a Arc<Checker>>) {
-        let Ok(mut running) = self.running.lock() else {
-            return;
-        };
+        // A panic elsewhere while the lock was held must not stop health
+        // checking for the rest of the process: the map stays consistent.
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let wanted: HashMap<&str, &Arc<Checker>> =
             in_force.into_iter().map(|c| (c.name(), c)).collect();
         running.retain(|origin, r| {

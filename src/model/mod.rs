@@ -9,6 +9,7 @@
 mod certs;
 pub mod crypt;
 mod defs;
+pub mod duration;
 mod patch;
 pub mod plugins;
 mod schema;

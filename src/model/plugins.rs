@@ -130,10 +130,19 @@ fn check_ip_lists(conf: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// traffic-split: each `match[].vars` must be a valid expression.
+/// traffic-split: each `match[].vars` must be a valid expression; inline upstreams get
+/// the node checks of an upstream.
 fn check_traffic_split(conf: &Value) -> Result<(), String> {
     let rules = conf.get("rules").and_then(Value::as_array);
     for rule in rules.into_iter().flatten() {
+        let weighted = rule.get("weighted_upstreams").and_then(Value::as_array);
+        for up in weighted
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.get("upstream"))
+        {
+            super::validate::check_nodes(up)?;
+        }
         let matches = rule.get("match").and_then(Value::as_array);
         for m in matches.into_iter().flatten() {
             if let Some(vars) = m.get("vars") {

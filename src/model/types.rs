@@ -355,7 +355,10 @@ impl Upstream {
             lb,
             hash_on: str_field(v, "hash_on").unwrap_or_else(|| "vars".to_string()),
             key: str_field(v, "key"),
-            retries: v.get("retries").and_then(to_u32),
+            retries: v
+                .get("retries")
+                .and_then(as_int)
+                .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
             retry_timeout: v.get("retry_timeout").and_then(Value::as_f64),
             timeout,
             scheme,

@@ -7,14 +7,17 @@
 //! - a route's inline `upstream` also gets the cheap upstream checks (IPv6 brackets, map-key
 //!   ports, `pass_host: rewrite`, chash `key`, client cert/key), with the same messages
 //!   `/upstreams` gives (APISIX only applies the schema there);
-//! - map-form node keys with an unbracketed IPv6 host or a non-numeric port are refused.
+//! - map-form node keys with an unbracketed IPv6 host, a non-numeric port or no port are
+//!   refused, and so are node weights above `u32::MAX` and priorities outside `i32`
+//!   (APISIX's schema has no upper bound; the data plane could not serve them as written);
+//! - the inline upstreams of `traffic-split` get the same node checks.
 
 use serde_json::Value;
 
 use super::certs;
 use super::defs;
 use super::plugins::{self, EnabledPlugins, NotEnabled};
-use super::schema::quote;
+use super::schema::{as_int, quote};
 
 /// Known xRPC protocol names.
 const XRPC_PROTOCOLS: &[&str] = &["redis", "dubbo", "pingpong"];
@@ -80,11 +83,7 @@ fn check_ipv6_brackets(v: &Value) -> Result<(), String> {
 /// The checks after the schema, on a schema-valid upstream.
 fn upstream_checks(v: &Value) -> Result<(), String> {
     check_ipv6_brackets(v)?;
-    if let Some(map) = v.get("nodes").and_then(Value::as_object) {
-        for addr in map.keys() {
-            check_map_key(addr)?;
-        }
-    }
+    check_nodes(v)?;
     if v.get("pass_host").and_then(Value::as_str) == Some("rewrite")
         && v.get("upstream_host").is_none()
     {
@@ -128,13 +127,60 @@ fn upstream_checks(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A map-form node key `host:port` / `[v6]:port`: the port must be 1..65535.
+/// Node values the data plane must be able to serve as written: map-form keys with
+/// a port (a stream proxy has no scheme to take a default port from, and APISIX's
+/// stream balancer fails on such a node), weights up to `u32::MAX`, priorities that
+/// fit an `i32`. The schema puts no upper bound on these integers.
+pub(crate) fn check_nodes(v: &Value) -> Result<(), String> {
+    let weight_ok = |w: &Value| as_int(w).is_some_and(|n| u32::try_from(n).is_ok());
+    match v.get("nodes") {
+        Some(Value::Object(map)) => {
+            for (addr, w) in map {
+                check_map_key(addr)?;
+                if !weight_ok(w) {
+                    return Err(format!(
+                        "invalid configuration: weight of node {addr} must be at most {}",
+                        u32::MAX
+                    ));
+                }
+            }
+        }
+        Some(Value::Array(items)) => {
+            for n in items {
+                let host = n.get("host").and_then(Value::as_str).unwrap_or_default();
+                if n.get("weight").is_some_and(|w| !weight_ok(w)) {
+                    return Err(format!(
+                        "invalid configuration: weight of node {host} must be at most {}",
+                        u32::MAX
+                    ));
+                }
+                let priority_ok = |p: &Value| as_int(p).is_some_and(|n| i32::try_from(n).is_ok());
+                if n.get("priority").is_some_and(|p| !priority_ok(p)) {
+                    return Err(format!(
+                        "invalid configuration: priority of node {host} must be between {} and {}",
+                        i32::MIN,
+                        i32::MAX
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A map-form node key `host:port` / `[v6]:port`: the port is required and must be
+/// 1..65535.
 fn check_map_key(addr: &str) -> Result<(), String> {
     let (host, port) = super::types::split_host_port(addr);
     if !host.starts_with('[') && host.contains(':') {
         return Err("invalid configuration: IPv6 address must be enclosed with '[' and ']'".into());
     }
-    let Some(port) = port else { return Ok(()) };
+    let Some(port) = port else {
+        return Err(format!(
+            "invalid configuration: node {addr} has no port (stream upstream nodes need one)"
+        ));
+    };
     match port.parse::<i64>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(()),
         Ok(n) => Err(format!("invalid port {n}")),

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Rejected, Vars};
+use crate::model::duration;
 
 const SHARDS: usize = 16;
 
@@ -148,7 +149,11 @@ pub struct LimitConn {
 impl LimitConn {
     /// Compile a validated conf; `prefix` is `<route key>:<conf version>`.
     pub fn build(conf: &Value, prefix: String, table: Arc<Counters>) -> Result<LimitConn, String> {
-        let int = |k: &str| conf.get(k).and_then(Value::as_f64).map(|v| v as u64);
+        let int = |k: &str| {
+            conf.get(k)
+                .and_then(Value::as_f64)
+                .and_then(duration::count_u64)
+        };
         let conn = int("conn")
             .filter(|c| *c > 0)
             .ok_or("limit-conn: bad conn")?;
@@ -156,8 +161,7 @@ impl LimitConn {
         let delay = conf
             .get("default_conn_delay")
             .and_then(Value::as_f64)
-            .filter(|d| d.is_finite() && *d > 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(duration::secs)
             .ok_or("limit-conn: bad default_conn_delay")?;
         let name = conf
             .get("key")

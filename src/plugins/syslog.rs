@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Vars;
+use crate::model::duration;
 
 /// Lines a sender queues before dropping new ones.
 pub const QUEUE: usize = 10_000;
@@ -75,12 +76,12 @@ impl Transport {
             port,
             udp: conf.get("sock_type").and_then(Value::as_str) == Some("udp"),
             tls: conf.get("tls").and_then(Value::as_bool).unwrap_or(false),
-            timeout: Duration::from_millis(int("timeout", 3000).max(1)),
+            timeout: duration::millis(int("timeout", 3000).max(1)),
             batch_max_size: usize::try_from(int("batch_max_size", 1000).max(1)).unwrap_or(1000),
-            inactive_timeout: Duration::from_secs(int("inactive_timeout", 5).max(1)),
-            buffer_duration: Duration::from_secs(int("buffer_duration", 60).max(1)),
+            inactive_timeout: duration::whole_secs(int("inactive_timeout", 5).max(1)),
+            buffer_duration: duration::whole_secs(int("buffer_duration", 60).max(1)),
             max_retry_count: u32::try_from(int("max_retry_count", 0)).unwrap_or(0),
-            retry_delay: Duration::from_secs(int("retry_delay", 1)),
+            retry_delay: duration::whole_secs(int("retry_delay", 1)),
         })
     }
 }

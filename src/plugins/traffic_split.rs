@@ -65,6 +65,14 @@ impl Rule {
     }
 }
 
+/// An entry's `weight` (default 1), saturated to `u32::MAX` so the sums of
+/// the smooth round robin (at most 20 entries) cannot overflow.
+fn weight(v: Option<&Value>) -> i64 {
+    v.and_then(Value::as_f64)
+        .and_then(crate::model::duration::count_u32)
+        .map_or(1, i64::from)
+}
+
 /// A compiled traffic-split conf.
 #[derive(Debug)]
 pub struct TrafficSplit {
@@ -121,7 +129,7 @@ impl TrafficSplit {
             let mut weights = Vec::new();
             let mut dests = Vec::new();
             for (i, e) in entries.iter().enumerate() {
-                weights.push(e.get("weight").and_then(Value::as_i64).unwrap_or(1).max(0));
+                weights.push(weight(e.get("weight")));
                 let dest = match (e.get("upstream_id"), e.get("upstream")) {
                     (Some(id), _) => {
                         let id = match id {

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::conn::{expand_template, ConnInfo};
 use crate::balancer::Balancer;
 use crate::health::Checker;
+use crate::model::duration::secs;
 use crate::model::{LbType, Upstream};
 use crate::tls;
 
@@ -68,10 +69,6 @@ pub struct UpstreamRt {
     /// The health checker, attached before the upstream is shared and
     /// never changed afterwards.
     checker: Option<Arc<Checker>>,
-}
-
-fn secs(v: f64) -> Option<Duration> {
-    (v.is_finite() && v > 0.0).then(|| Duration::from_secs_f64(v))
 }
 
 impl UpstreamRt {
@@ -142,14 +139,10 @@ impl UpstreamRt {
     /// `prev` (the checker of the upstream this one replaces) are shared,
     /// state and counters included, when its `checks` are the same.
     pub fn with_checker(mut self, prev: Option<&Checker>) -> Self {
-        self.checker = self.checks().map(|checks| {
-            Arc::new(Checker::new(
-                &self.origin,
-                checks,
-                self.balancer.backends(),
-                prev,
-            ))
-        });
+        self.checker = self
+            .checks()
+            .and_then(|checks| Checker::build(&self.origin, checks, self.balancer.backends(), prev))
+            .map(Arc::new);
         self
     }
 

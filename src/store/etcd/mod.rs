@@ -140,7 +140,7 @@ impl EtcdStore {
         plugins: EnabledPlugins,
         cancel: CancellationToken,
     ) -> Result<Arc<EtcdStore>, StoreError> {
-        let timeout = Duration::from_secs(conf.timeout.max(1));
+        let timeout = crate::model::duration::whole_secs(conf.timeout.max(1));
         let hosts = build_hosts(conf, timeout).await?;
         let prefix = conf.prefix.trim_end_matches('/').to_string();
         let shared = Arc::new(Shared {
@@ -148,8 +148,8 @@ impl EtcdStore {
             prefix,
             conf_prefix: conf.prefix.clone(),
             timeout,
-            watch_timeout: Duration::from_secs(conf.watch_timeout.max(1)),
-            resync_delay: Duration::from_secs(conf.resync_delay),
+            watch_timeout: crate::model::duration::whole_secs(conf.watch_timeout.max(1)),
+            resync_delay: crate::model::duration::whole_secs(conf.resync_delay),
             creds: conf
                 .user
                 .as_ref()
