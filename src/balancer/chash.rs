@@ -9,11 +9,19 @@
 //! The ring is immutable once built, so lookups need no synchronisation. It holds every node
 //! with a weight above 0, healthy or not: an unhealthy or tried node is passed over by walking
 //! to the next points, so one node going down never moves keys of the other nodes.
+//!
+//! A ring never holds more than [`MAX_POINTS`] points: when the reduced weights would need
+//! more (weights such as 1,000,000 and 1), each node gets its share of that many points (at
+//! least one), so a weight can never make a build take minutes or gigabytes. Rings within
+//! the limit are APISIX's exactly.
 
 use super::{weight_gcd, Backend};
 
 /// Points per unit of (gcd-reduced) weight.
 const POINTS_PER_WEIGHT: u64 = 160;
+
+/// The most points a ring is built with (4 MiB of points).
+pub(super) const MAX_POINTS: u64 = 1 << 18;
 
 /// The hash ring of one priority group.
 #[derive(Debug)]
@@ -34,12 +42,28 @@ impl Ring {
     /// Builds the ring for the nodes `members` (indexes into `backends`).
     pub(super) fn new(members: &[usize], backends: &[Backend]) -> Ring {
         let g = weight_gcd(members, backends);
+        let units = |b: &Backend| u64::from(b.weight) / g;
+        let total: u64 = members
+            .iter()
+            .filter_map(|&i| backends.get(i))
+            .map(units)
+            .fold(0, u64::saturating_add)
+            .saturating_mul(POINTS_PER_WEIGHT);
         let mut points = Vec::new();
         for &index in members {
             let Some(b) = backends.get(index) else {
                 continue;
             };
-            let count = u64::from(b.weight) / g * POINTS_PER_WEIGHT;
+            let count = if total <= MAX_POINTS {
+                units(b) * POINTS_PER_WEIGHT
+            } else if units(b) == 0 {
+                0
+            } else {
+                // units * 160 <= total, so the share is at most MAX_POINTS.
+                let share = u128::from(units(b) * POINTS_PER_WEIGHT) * u128::from(MAX_POINTS)
+                    / u128::from(total);
+                u64::try_from(share).unwrap_or(MAX_POINTS).max(1)
+            };
             let id = node_id(b);
             let mut prev = 0u32;
             for _ in 0..count {
@@ -129,6 +153,18 @@ mod tests {
             }
         }
         assert!(moved > 100, "removed node owned only {moved} keys");
+    }
+
+    #[test]
+    fn huge_weights_are_bounded() {
+        let (m, b) = backends(&[
+            ("10.0.0.1", 80, u32::MAX),
+            ("10.0.0.2", 80, 1),
+            ("10.0.0.3", 80, u32::MAX - 1),
+        ]);
+        let ring = Ring::new(&m, &b);
+        assert!(ring.points.len() as u64 <= MAX_POINTS + 3);
+        assert!(ring.points.iter().any(|&(_, i)| i == 1));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod types;
 mod validate;
 
 #[cfg(test)]
+mod accepted;
+#[cfg(test)]
 mod tests;
 
 use serde_json::Value;
