@@ -6,6 +6,7 @@ mod backend;
 mod cli;
 mod etcd;
 mod faults;
+mod hardening;
 mod harness;
 mod health;
 mod observability;
