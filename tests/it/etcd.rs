@@ -775,3 +775,107 @@ async fn tls_with_a_client_certificate_and_sni() {
         "{err}"
     );
 }
+
+/// A proxy on etcd with its config file kept, so it can be restarted as is.
+fn spawn_proxy_at(etcd_url: &str, dir: &Path) -> (ChildGuard, PathBuf, SocketAddr, SocketAddr) {
+    let (admin_port, tcp_port) = (free_port(), free_port());
+    let cfg = etcd_config(admin_port, tcp_port, etcd_url).write(dir);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().expect("addr");
+    let mut child = spawn_serve(&cfg);
+    wait_listening(admin, &mut child);
+    wait_listening(tcp, &mut child);
+    (child, cfg, admin, tcp)
+}
+
+/// `etcdctl put` of a stream route.
+async fn put(etcd: &EtcdServer, id: &str, v: Value) {
+    let key = format!("/apisix/stream_routes/{id}");
+    etcd.ctl(&["put", &key, &v.to_string()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_numbers_and_unservable_nodes_in_etcd_freeze_nothing() {
+    let etcd = EtcdServer::start().await;
+    let wide = Backend::start("wide", Mode::Greet).await;
+    let b1 = Backend::start("b1", Mode::Greet).await;
+    let b2 = Backend::start("b2", Mode::Greet).await;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (a, cfg_a, admin_a, tcp_a) = spawn_proxy_at(&etcd.url(), dir_a.path());
+    let (_b, _, _, tcp_b) = spawn_proxy_at(&etcd.url(), dir_b.path());
+    let narrow = |nodes: Value, extra: Value| {
+        let mut up = json!({"nodes": nodes});
+        if let (Some(u), Some(e)) = (up.as_object_mut(), extra.as_object()) {
+            u.extend(e.clone());
+        }
+        json!({"id": "1", "remote_addr": "127.0.0.1", "upstream": up})
+    };
+    put(
+        &etcd,
+        "9",
+        json!({"id": "9", "upstream": {"nodes": {wide.addr.to_string(): 1}}}),
+    )
+    .await;
+    // Timeouts of 1e300 seconds: served by both proxies.
+    let huge = json!({"timeout": {"connect": 1e300, "send": 1e300, "read": 1e300},
+        "retry_timeout": 1e300});
+    put(
+        &etcd,
+        "1",
+        narrow(json!({b1.addr.to_string(): 1}), huge.clone()),
+    )
+    .await;
+    for tcp in [tcp_a, tcp_b] {
+        wait_greeting(tcp, Some("b1"), Duration::from_secs(5)).await;
+    }
+    // A restart of one proxy loads everything and serves it.
+    drop(a);
+    let mut a = spawn_serve(&cfg_a);
+    wait_listening(admin_a, &mut a);
+    wait_listening(tcp_a, &mut a);
+    wait_greeting(tcp_a, Some("b1"), Duration::from_secs(5)).await;
+    // Node values the data plane cannot serve: ignored, the previous
+    // version stays in force (never the wide route).
+    for nodes in [
+        json!({b2.addr.to_string(): 4_294_967_296_u64}),
+        json!({b2.addr.ip().to_string(): 1}),
+    ] {
+        put(&etcd, "1", narrow(nodes, json!({}))).await;
+    }
+    put(
+        &etcd,
+        "zz",
+        json!({"id": "zz", "server_port": 1, "upstream": {"nodes": {wide.addr.to_string(): 1}}}),
+    )
+    .await;
+    assert!(
+        eventually(5, async || call(
+            &reqwest::Client::new(),
+            admin_a,
+            Some(KEY),
+            Method::GET,
+            "/apisix/admin/stream_routes/zz",
+            None
+        )
+        .await
+        .0 == StatusCode::OK)
+        .await,
+        "later key never arrived"
+    );
+    for tcp in [tcp_a, tcp_b] {
+        assert_eq!(greeting(tcp).await.as_deref(), Some("b1"));
+    }
+    // Later writes and deletes apply on both.
+    put(&etcd, "1", narrow(json!({b2.addr.to_string(): 1}), huge)).await;
+    for tcp in [tcp_a, tcp_b] {
+        wait_greeting(tcp, Some("b2"), Duration::from_secs(5)).await;
+    }
+    etcd.ctl(&["del", "/apisix/stream_routes/1"]).await;
+    for tcp in [tcp_a, tcp_b] {
+        wait_greeting(tcp, Some("wide"), Duration::from_secs(5)).await;
+    }
+    drop(a);
+}
