@@ -30,7 +30,7 @@ impl Gen {
     }
 
     fn chance(&mut self) -> bool {
-        self.next() % 2 == 0
+        self.next().is_multiple_of(2)
     }
 
     fn pick<T: Clone>(&mut self, items: &[T]) -> T {
