@@ -246,6 +246,19 @@ pub fn stats_report(state: &ControlState) -> Value {
             "sessions": state.limits.live(),
             "refused": state.limits.refused.load(Ordering::Relaxed),
             "accept_errors": state.limits.accept_errors.load(Ordering::Relaxed),
+            "tcp": {
+                "max_sessions": state.limits.max_tcp,
+                "sessions": state.limits.live_tcp(),
+                "refused": state.limits.refused_tcp.load(Ordering::Relaxed),
+            },
+            "udp": {
+                "max_sessions": state.limits.max_udp,
+                "sessions": state.limits.live_udp(),
+                "refused": state.limits.refused_udp.load(Ordering::Relaxed),
+                "max_sessions_per_source": state.limits.udp_per_source,
+                "sources": state.limits.udp_sources(),
+                "refused_per_source": state.limits.refused_udp_source.load(Ordering::Relaxed),
+            },
         },
     })
 }

@@ -25,9 +25,10 @@ pub mod tcp;
 pub mod udp;
 pub mod worker;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -167,61 +168,192 @@ impl CertSource for Snapshot {
     }
 }
 
-/// The cap on concurrent sessions (TCP connections and UDP sessions) and
-/// what happened at it. Past the cap a new connection is closed at once
-/// rather than left waiting in the backlog: a client learns immediately, and
-/// the process never runs out of file descriptors for the sessions it has.
+/// The caps on concurrent sessions and what happened at them. Past a cap a
+/// new connection is closed at once rather than left waiting in the backlog:
+/// a client learns immediately, and the process never runs out of file
+/// descriptors for the sessions it has.
+///
+/// One budget of `max_sessions` covers TCP connections and UDP sessions
+/// together, with two rules on top:
+/// - UDP sessions never take more than three quarters of it, so a quarter
+///   always stays for TCP. A UDP session opens on one datagram whose source
+///   address can be forged; a TCP connection has proved its address with a
+///   handshake, so it may use the whole budget.
+/// - One client address holds at most [`Limits::udp_per_source`] UDP
+///   sessions at once (a sixteenth of the UDP share), so one host cycling
+///   through source ports cannot take the share alone.
 #[derive(Debug)]
 pub struct Limits {
-    /// Most sessions at once.
+    /// Most sessions at once, TCP and UDP together.
     pub max_sessions: usize,
+    /// Most TCP connections at once (the whole budget).
+    pub max_tcp: usize,
+    /// Most UDP sessions at once (three quarters of the budget).
+    pub max_udp: usize,
+    /// Most UDP sessions one client address holds at once.
+    pub udp_per_source: usize,
     live: AtomicUsize,
-    /// Connections and UDP sessions refused at the cap.
+    live_tcp: AtomicUsize,
+    live_udp: AtomicUsize,
+    /// Live UDP sessions per client address (touched when a session opens
+    /// or ends, never per datagram).
+    sources: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections and UDP sessions refused at a cap (all reasons).
     pub refused: AtomicU64,
+    /// TCP connections refused at the cap.
+    pub refused_tcp: AtomicU64,
+    /// UDP sessions refused at the budget or the UDP share.
+    pub refused_udp: AtomicU64,
+    /// UDP sessions refused because their address held its share already.
+    pub refused_udp_source: AtomicU64,
     /// Failed `accept` calls (EMFILE, ENFILE, ENOMEM, ...).
     pub accept_errors: AtomicU64,
 }
 
+/// Why a UDP session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpRefusal {
+    /// The session budget or the UDP share is full.
+    Cap,
+    /// This client address holds its share of UDP sessions already.
+    Source,
+}
+
+/// Take one unit of `counter` while it stays at most `max`.
+fn take(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl Limits {
-    /// A cap of `max_sessions`.
+    /// A budget of `max_sessions`, split as the type's documentation says.
     pub fn new(max_sessions: usize) -> Limits {
+        let max_sessions = max_sessions.max(1);
+        let max_udp = (max_sessions - max_sessions / 4).max(1);
         Limits {
             max_sessions,
+            max_tcp: max_sessions,
+            max_udp,
+            udp_per_source: (max_udp / 16).max(1),
             live: AtomicUsize::new(0),
+            live_tcp: AtomicUsize::new(0),
+            live_udp: AtomicUsize::new(0),
+            sources: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
+            refused_tcp: AtomicU64::new(0),
+            refused_udp: AtomicU64::new(0),
+            refused_udp_source: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
         }
     }
 
-    /// A slot for one more session, or `None` (counted) at the cap.
+    /// A slot for one more TCP connection, or `None` (counted) at the cap.
     pub fn try_acquire(self: &Arc<Self>) -> Option<SessionPermit> {
-        let taken = self
-            .live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_sessions).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Some(SessionPermit(self.clone())),
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                None
+        if take(&self.live_tcp, self.max_tcp) {
+            if take(&self.live, self.max_sessions) {
+                return Some(SessionPermit {
+                    limits: self.clone(),
+                    udp_source: None,
+                });
+            }
+            self.live_tcp.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused_tcp.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// A slot for one more UDP session of client address `source`, or why
+    /// not (counted).
+    pub fn try_acquire_udp(self: &Arc<Self>, source: IpAddr) -> Result<SessionPermit, UdpRefusal> {
+        let refuse = |why: UdpRefusal| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            match why {
+                UdpRefusal::Cap => &self.refused_udp,
+                UdpRefusal::Source => &self.refused_udp_source,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            Err(why)
+        };
+        {
+            let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = sources.entry(source).or_insert(0);
+            if *held >= self.udp_per_source {
+                return refuse(UdpRefusal::Source);
+            }
+            *held += 1;
+        }
+        if !take(&self.live_udp, self.max_udp) {
+            self.release_source(source);
+            return refuse(UdpRefusal::Cap);
+        }
+        if !take(&self.live, self.max_sessions) {
+            self.live_udp.fetch_sub(1, Ordering::AcqRel);
+            self.release_source(source);
+            return refuse(UdpRefusal::Cap);
+        }
+        Ok(SessionPermit {
+            limits: self.clone(),
+            udp_source: Some(source),
+        })
+    }
+
+    /// Give back one UDP session of `source`.
+    fn release_source(&self, source: IpAddr) {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = sources.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                sources.remove(&source);
             }
         }
     }
 
-    /// Sessions holding a slot now.
+    /// Sessions holding a slot now, TCP and UDP together.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections holding a slot now.
+    pub fn live_tcp(&self) -> usize {
+        self.live_tcp.load(Ordering::Relaxed)
+    }
+
+    /// UDP sessions holding a slot now.
+    pub fn live_udp(&self) -> usize {
+        self.live_udp.load(Ordering::Relaxed)
+    }
+
+    /// Client addresses holding UDP sessions now.
+    pub fn udp_sources(&self) -> usize {
+        self.sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
 /// One session's slot under [`Limits`]; released when dropped.
 #[derive(Debug)]
-pub struct SessionPermit(Arc<Limits>);
+pub struct SessionPermit {
+    limits: Arc<Limits>,
+    /// The client address of a UDP session (`None` for TCP).
+    udp_source: Option<IpAddr>,
+}
 
 impl Drop for SessionPermit {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        let l = &self.limits;
+        l.live.fetch_sub(1, Ordering::AcqRel);
+        if let Some(source) = self.udp_source {
+            l.live_udp.fetch_sub(1, Ordering::AcqRel);
+            l.release_source(source);
+        } else {
+            l.live_tcp.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -241,6 +373,42 @@ mod tests {
         let c = l.try_acquire().expect("a slot came back");
         drop((b, c));
         assert_eq!(l.live(), 0);
+    }
+
+    #[test]
+    fn udp_sessions_leave_a_quarter_for_tcp_and_a_share_per_address() {
+        let l = Arc::new(Limits::new(64));
+        assert_eq!((l.max_tcp, l.max_udp, l.udp_per_source), (64, 48, 3));
+        let ip = |i: u8| IpAddr::from([127, 1, 0, i]);
+        // One address: three sessions, then refused for that address only.
+        let mut held: Vec<SessionPermit> = (0..3)
+            .map(|_| l.try_acquire_udp(ip(0)).expect("within the share"))
+            .collect();
+        assert_eq!(l.try_acquire_udp(ip(0)).unwrap_err(), UdpRefusal::Source);
+        assert_eq!(l.refused_udp_source.load(Ordering::Relaxed), 1);
+        // Many addresses fill the UDP share, and no more.
+        for i in 1..=45 {
+            held.push(l.try_acquire_udp(ip(i)).expect("within the UDP share"));
+        }
+        assert_eq!(l.try_acquire_udp(ip(99)).unwrap_err(), UdpRefusal::Cap);
+        assert_eq!((l.live_udp(), l.live()), (48, 48));
+        // TCP still has its quarter, then the budget is full for both.
+        let tcp: Vec<SessionPermit> = (0..16)
+            .map(|_| l.try_acquire().expect("the TCP quarter"))
+            .collect();
+        assert!(l.try_acquire().is_none());
+        assert_eq!(l.refused_tcp.load(Ordering::Relaxed), 1);
+        drop(tcp);
+        drop(held);
+        assert_eq!((l.live(), l.live_tcp(), l.live_udp(), l.udp_sources()), (0, 0, 0, 0));
+        // TCP alone may use the whole budget.
+        let all: Vec<SessionPermit> = (0..64).map(|_| l.try_acquire().expect("tcp")).collect();
+        assert_eq!(l.try_acquire_udp(ip(1)).unwrap_err(), UdpRefusal::Cap);
+        assert_eq!(l.udp_sources(), 0, "a refused session leaves no count behind");
+        drop(all);
+        // The smallest budgets still admit one of each.
+        let one = Arc::new(Limits::new(1));
+        assert_eq!((one.max_udp, one.udp_per_source), (1, 1));
     }
 
     #[test]

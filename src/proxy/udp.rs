@@ -1,6 +1,7 @@
 //! UDP proxying: one session per client address and listener socket.
 //!
-//! The first datagram of a client opens a session: the session cap, a route
+//! The first datagram of a client opens a session: the UDP share of the
+//! session budget and the client address's share of it, a route
 //! (`server_addr`, `server_port`, `remote_addr`), the route's preread
 //! plugins, then a node picked by the route's balancer (with retries, as
 //! TCP). The session then owns a socket connected to that node, so later
@@ -41,7 +42,7 @@ use super::connect::{connect_udp, Connected};
 use super::copy::End;
 use super::error::{Kind, ProxyError};
 use super::session::{self, Facts, NodeUsed, Protocol, SessionEnd};
-use super::{ListenerInfo, ProxyCtx};
+use super::{ListenerInfo, ProxyCtx, UdpRefusal};
 use crate::balancer::Pick;
 use crate::plugins;
 use crate::snapshot::{canonical_ip, ConnInfo, RouteRt, UpstreamRt};
@@ -426,6 +427,8 @@ pub async fn serve(
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let (expired_tx, mut expired_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut generation = 0u64;
+    // Refusals are logged at most every ten seconds per listener socket.
+    let mut quiet_until: Option<Instant> = None;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -452,15 +455,28 @@ pub async fn serve(
         let rt = match live {
             Some(s) => s.rt.clone(),
             None => {
-                // A session holds a socket: it counts against the process
-                // cap (and each listener socket keeps at most MAX_SESSIONS).
-                let permit = (sessions.len() < MAX_SESSIONS)
-                    .then(|| ctx.limits.try_acquire())
-                    .flatten();
-                let Some(permit) = permit else {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    session::refuse_at_cap(&ctx, Protocol::Udp, client, &info);
-                    continue;
+                // A session holds a socket: it counts against the UDP share
+                // of the session budget and its address's share of that
+                // (and each listener socket keeps at most MAX_SESSIONS).
+                let permit = if sessions.len() < MAX_SESSIONS {
+                    ctx.limits.try_acquire_udp(canonical_ip(client.ip()))
+                } else {
+                    Err(UdpRefusal::Cap)
+                };
+                let permit = match permit {
+                    Ok(p) => p,
+                    Err(why) => {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        session::refuse_at_cap(&ctx, Protocol::Udp, client, &info);
+                        if quiet_until.is_none_or(|t| Instant::now() >= t) {
+                            match why {
+                                UdpRefusal::Cap => tracing::warn!(listen = %info.label, max_udp = ctx.limits.max_udp, "udp session limit reached; dropping datagrams of new clients"),
+                                UdpRefusal::Source => tracing::warn!(listen = %info.label, %client, per_source = ctx.limits.udp_per_source, "udp sessions of one client address at their limit; dropping its new sessions"),
+                            }
+                            quiet_until = Some(Instant::now() + Duration::from_secs(10));
+                        }
+                        continue;
+                    }
                 };
                 let conn = ConnInfo {
                     remote_addr: canonical_ip(client.ip()),

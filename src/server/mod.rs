@@ -262,7 +262,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         carry.stats.clone(),
         ProxyConfig::from_config(&config, max_sessions)?,
     );
-    tracing::info!(max_sessions, "session limit");
+    tracing::info!(max_sessions, max_udp = proxy.limits.max_udp, udp_per_source = proxy.limits.udp_per_source, "session limits");
 
     let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
     let mut admin_addr = None;
