@@ -105,9 +105,17 @@ impl AdminState {
     /// Build the state from the validated config and an opened store.
     pub fn new(config: &Config, store: Arc<dyn Store>) -> AdminState {
         let admin = &config.deployment.admin;
+        let keys = key_digests(config);
+        if admin.admin_key_required && keys.is_empty() {
+            // As APISIX: an empty key list matches no request (401), it
+            // never turns the check off; only admin_key_required: false does.
+            tracing::warn!(
+                "deployment.admin.admin_key has no usable key: every Admin API request is answered 401 until a key is set (admin_key_required: false turns the check off)"
+            );
+        }
         AdminState {
             store,
-            keys: arc_swap::ArcSwap::from_pointee(key_digests(config)),
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             key_required: admin.admin_key_required,
             allow: admin.allow_admin.clone(),
             cors: admin.enable_admin_cors,
@@ -316,7 +324,7 @@ async fn guard(
     if req.method() == Method::OPTIONS && state.cors {
         return StatusCode::OK.into_response();
     }
-    if state.key_required && !state.keys.load().is_empty() {
+    if state.key_required {
         let role = match token_from(&req) {
             None => return AdminError::Unauthorized("missing apikey").into_response(),
             Some(t) => match state.role_of(&t) {

@@ -278,7 +278,10 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         let state = Arc::new(state);
         admin = Some(state.clone());
         let app = admin::router(state);
-        crate::http::serve(&tasks, &cancel, listener, app, "admin API", http_limits);
+        let limits = http_limits
+            .clone()
+            .only_for(config.deployment.admin.allow_admin.clone());
+        crate::http::serve(&tasks, &cancel, listener, app, "admin API", limits);
     }
     let control_state = ControlState {
         carry: carry.clone(),
@@ -293,7 +296,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         let (listener, local) = bind("apisix.control", addr).await?;
         control_addr = Some(local);
         let app = control::router(control_state.clone());
-        crate::http::serve(&tasks, &cancel, listener, app, "control API", http_limits);
+        crate::http::serve(&tasks, &cancel, listener, app, "control API", http_limits.clone());
     }
     let mut metrics_addr = None;
     let prom = &config.plugin_attr.prometheus;
