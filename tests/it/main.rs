@@ -8,6 +8,7 @@ mod etcd;
 mod faults;
 mod hardening;
 mod harness;
+mod limits;
 mod health;
 mod observability;
 mod persistence;
