@@ -400,11 +400,18 @@ mod tests {
         assert_eq!(l.refused_tcp.load(Ordering::Relaxed), 1);
         drop(tcp);
         drop(held);
-        assert_eq!((l.live(), l.live_tcp(), l.live_udp(), l.udp_sources()), (0, 0, 0, 0));
+        assert_eq!(
+            (l.live(), l.live_tcp(), l.live_udp(), l.udp_sources()),
+            (0, 0, 0, 0)
+        );
         // TCP alone may use the whole budget.
         let all: Vec<SessionPermit> = (0..64).map(|_| l.try_acquire().expect("tcp")).collect();
         assert_eq!(l.try_acquire_udp(ip(1)).unwrap_err(), UdpRefusal::Cap);
-        assert_eq!(l.udp_sources(), 0, "a refused session leaves no count behind");
+        assert_eq!(
+            l.udp_sources(),
+            0,
+            "a refused session leaves no count behind"
+        );
         drop(all);
         // The smallest budgets still admit one of each.
         let one = Arc::new(Limits::new(1));

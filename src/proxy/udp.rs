@@ -470,8 +470,12 @@ pub async fn serve(
                         session::refuse_at_cap(&ctx, Protocol::Udp, client, &info);
                         if quiet_until.is_none_or(|t| Instant::now() >= t) {
                             match why {
-                                UdpRefusal::Cap => tracing::warn!(listen = %info.label, max_udp = ctx.limits.max_udp, "udp session limit reached; dropping datagrams of new clients"),
-                                UdpRefusal::Source => tracing::warn!(listen = %info.label, %client, per_source = ctx.limits.udp_per_source, "udp sessions of one client address at their limit; dropping its new sessions"),
+                                UdpRefusal::Cap => {
+                                    tracing::warn!(listen = %info.label, max_udp = ctx.limits.max_udp, "udp session limit reached; dropping datagrams of new clients")
+                                }
+                                UdpRefusal::Source => {
+                                    tracing::warn!(listen = %info.label, %client, per_source = ctx.limits.udp_per_source, "udp sessions of one client address at their limit; dropping its new sessions")
+                                }
                             }
                             quiet_until = Some(Instant::now() + Duration::from_secs(10));
                         }

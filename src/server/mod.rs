@@ -262,7 +262,12 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         carry.stats.clone(),
         ProxyConfig::from_config(&config, max_sessions)?,
     );
-    tracing::info!(max_sessions, max_udp = proxy.limits.max_udp, udp_per_source = proxy.limits.udp_per_source, "session limits");
+    tracing::info!(
+        max_sessions,
+        max_udp = proxy.limits.max_udp,
+        udp_per_source = proxy.limits.udp_per_source,
+        "session limits"
+    );
 
     let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
     let mut admin_addr = None;
@@ -296,7 +301,14 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         let (listener, local) = bind("apisix.control", addr).await?;
         control_addr = Some(local);
         let app = control::router(control_state.clone());
-        crate::http::serve(&tasks, &cancel, listener, app, "control API", http_limits.clone());
+        crate::http::serve(
+            &tasks,
+            &cancel,
+            listener,
+            app,
+            "control API",
+            http_limits.clone(),
+        );
     }
     let mut metrics_addr = None;
     let prom = &config.plugin_attr.prometheus;

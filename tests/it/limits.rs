@@ -12,8 +12,8 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::backend::{roundtrip, Backend, Mode};
 use crate::harness::{
-    eventually, free_port, spawn_serve, wait_exit, wait_listening, within, ChildConfig,
-    TestServer, KEY,
+    eventually, free_port, spawn_serve, wait_exit, wait_listening, within, ChildConfig, TestServer,
+    KEY,
 };
 
 /// `n` open connections to `to` from the loopback address `from`, none of
@@ -71,7 +71,10 @@ async fn idle_connections_from_inside_and_outside_allow_admin_lock_no_client_out
             closed_at_once += 1;
         }
     }
-    assert!(closed_at_once >= 300 - 16, "closed at accept: {closed_at_once}");
+    assert!(
+        closed_at_once >= 300 - 16,
+        "closed at accept: {closed_at_once}"
+    );
 
     // 300 silent connections from inside: the authorised client still gets
     // a slot, at once, from the API and from the Control API.
@@ -100,7 +103,10 @@ async fn idle_connections_from_inside_and_outside_allow_admin_lock_no_client_out
     {
         assert!(closed_by_server(c, 8).await, "a silent connection was kept");
     }
-    eprintln!("every silent connection closed after {:?}", started.elapsed());
+    eprintln!(
+        "every silent connection closed after {:?}",
+        started.elapsed()
+    );
     // And the APIs serve as before.
     authorised_get(&client, &admin_url).await;
     authorised_get(&client, &stats_url).await;
@@ -120,7 +126,9 @@ async fn idle_connections_from_inside_and_outside_allow_admin_lock_no_client_out
 async fn tcp_and_udp(worker_connections: u32) -> TestServer {
     TestServer::start_full(
         tempfile::tempdir().expect("tempdir"),
-        move |y| format!("{y}nginx_config:\n  event:\n    worker_connections: {worker_connections}\n"),
+        move |y| {
+            format!("{y}nginx_config:\n  event:\n    worker_connections: {worker_connections}\n")
+        },
         |c| {
             if let Some(sp) = c.apisix.stream_proxy.as_mut() {
                 sp.tcp = vec![apisix_stream::config::ListenSpec::new(
@@ -205,7 +213,11 @@ async fn a_udp_flood_from_4000_addresses_leaves_tcp_served() {
     .await;
     let st = s.stream_stats().await;
     assert!(full, "the UDP share fills up: {}", st["limits"]);
-    assert!(count(&st["limits"]["udp"]["refused"]) >= 1, "{}", st["limits"]);
+    assert!(
+        count(&st["limits"]["udp"]["refused"]) >= 1,
+        "{}",
+        st["limits"]
+    );
     assert_eq!(within(60, served).await.expect("clients"), 40);
 
     // With the UDP share full, TCP clients are still served: the quarter
@@ -215,12 +227,21 @@ async fn a_udp_flood_from_4000_addresses_leaves_tcp_served() {
     for i in 0..room {
         let mut c = within(5, TcpStream::connect(tcp)).await.expect("connect");
         let msg = format!("after {i}");
-        assert_eq!(roundtrip(&mut c, msg.as_bytes()).await, msg.as_bytes(), "TCP client {i}");
+        assert_eq!(
+            roundtrip(&mut c, msg.as_bytes()).await,
+            msg.as_bytes(),
+            "TCP client {i}"
+        );
         held.push(c);
     }
     let st = s.stream_stats().await;
     eprintln!("after the flood: {}", st["limits"]);
-    assert_eq!(count(&st["limits"]["tcp"]["refused"]), 0, "{}", st["limits"]);
+    assert_eq!(
+        count(&st["limits"]["tcp"]["refused"]),
+        0,
+        "{}",
+        st["limits"]
+    );
     assert_eq!(count(&st["limits"]["sessions"]), total, "{}", st["limits"]);
     drop((held, ports));
 }
@@ -230,9 +251,15 @@ async fn an_empty_admin_key_list_opens_nothing_and_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
     let yaml = ChildConfig::new(admin).yaml(&dir.path().join("data"));
-    let keys_at = yaml.find("    admin_key:\n").expect("admin_key in the test config");
+    let keys_at = yaml
+        .find("    admin_key:\n")
+        .expect("admin_key in the test config");
     let keys_end = yaml.find("    admin_listen:").expect("admin_listen");
-    let yaml = format!("{}    admin_key: []\n{}", &yaml[..keys_at], &yaml[keys_end..]);
+    let yaml = format!(
+        "{}    admin_key: []\n{}",
+        &yaml[..keys_at],
+        &yaml[keys_end..]
+    );
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, &yaml).expect("write config");
     let mut child = spawn_serve(&config);

@@ -135,7 +135,7 @@ async fn slow_or_silent_admin_clients_are_cut_off() {
 }
 
 #[tokio::test]
-async fn too_many_idle_admin_connections_are_refused_not_hoarded() {
+async fn past_the_admin_cap_the_longest_silent_connection_gives_way() {
     let s = TestServer::start().await;
     let mut idle = Vec::new();
     for _ in 0..apisix_stream::http::MAX_CONNECTIONS {
@@ -145,13 +145,25 @@ async fn too_many_idle_admin_connections_are_refused_not_hoarded() {
                 .expect("connect"),
         );
     }
-    // Past the cap: closed at once.
+    // Past the cap: the connection silent longest is closed at once and
+    // its slot goes to the new one, which is served.
     let mut extra = within(5, TcpStream::connect(s.admin))
         .await
         .expect("connect");
     let mut b = [0u8; 1];
-    let n = within(5, extra.read(&mut b)).await.unwrap_or(0);
-    assert_eq!(n, 0);
+    let n = within(5, idle[0].read(&mut b)).await.unwrap_or(0);
+    assert_eq!(n, 0, "the oldest silent connection is closed");
+    extra
+        .write_all(
+            format!("GET /apisix/admin/upstreams HTTP/1.1\r\nHost: x\r\nX-API-KEY: {KEY}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = within(5, extra.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     drop(idle);
     // Slots come back as soon as the idle sockets go.
     let ok = eventually(5, async || {
