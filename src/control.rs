@@ -256,6 +256,7 @@ pub fn stats_report(state: &ControlState) -> Value {
                 "sessions": state.limits.live_udp(),
                 "refused": state.limits.refused_udp.load(Ordering::Relaxed),
                 "max_sessions_per_source": state.limits.udp_per_source,
+                "per_source_above": state.limits.udp_per_source_above,
                 "sources": state.limits.udp_sources(),
                 "refused_per_source": state.limits.refused_udp_source.load(Ordering::Relaxed),
             },

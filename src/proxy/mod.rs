@@ -179,9 +179,11 @@ impl CertSource for Snapshot {
 ///   always stays for TCP. A UDP session opens on one datagram whose source
 ///   address can be forged; a TCP connection has proved its address with a
 ///   handshake, so it may use the whole budget.
-/// - One client address holds at most [`Limits::udp_per_source`] UDP
-///   sessions at once (a sixteenth of the UDP share), so one host cycling
-///   through source ports cannot take the share alone.
+/// - Once the UDP share is half used, a client address holding
+///   [`Limits::udp_per_source`] UDP sessions (a sixteenth of the share) gets
+///   no new one, so one host cycling through source ports cannot take the
+///   rest of the share alone. Below that, many clients behind one address
+///   (a NAT) open sessions freely.
 #[derive(Debug)]
 pub struct Limits {
     /// Most sessions at once, TCP and UDP together.
@@ -190,8 +192,11 @@ pub struct Limits {
     pub max_tcp: usize,
     /// Most UDP sessions at once (three quarters of the budget).
     pub max_udp: usize,
-    /// Most UDP sessions one client address holds at once.
+    /// Most UDP sessions one client address holds at once, once
+    /// [`Limits::udp_per_source_above`] UDP sessions are open.
     pub udp_per_source: usize,
+    /// Open UDP sessions from which the per-address limit applies.
+    pub udp_per_source_above: usize,
     live: AtomicUsize,
     live_tcp: AtomicUsize,
     live_udp: AtomicUsize,
@@ -238,6 +243,7 @@ impl Limits {
             max_tcp: max_sessions,
             max_udp,
             udp_per_source: (max_udp / 16).max(1),
+            udp_per_source_above: max_udp / 2,
             live: AtomicUsize::new(0),
             live_tcp: AtomicUsize::new(0),
             live_udp: AtomicUsize::new(0),
@@ -281,7 +287,8 @@ impl Limits {
         {
             let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
             let held = sources.entry(source).or_insert(0);
-            if *held >= self.udp_per_source {
+            let crowded = self.live_udp.load(Ordering::Acquire) >= self.udp_per_source_above;
+            if crowded && *held >= self.udp_per_source {
                 return refuse(UdpRefusal::Source);
             }
             *held += 1;
@@ -380,14 +387,20 @@ mod tests {
         let l = Arc::new(Limits::new(64));
         assert_eq!((l.max_tcp, l.max_udp, l.udp_per_source), (64, 48, 3));
         let ip = |i: u8| IpAddr::from([127, 1, 0, i]);
-        // One address: three sessions, then refused for that address only.
-        let mut held: Vec<SessionPermit> = (0..3)
-            .map(|_| l.try_acquire_udp(ip(0)).expect("within the share"))
+        // While the UDP share is less than half used, one address (a NAT)
+        // opens as many sessions as it needs.
+        let mut held: Vec<SessionPermit> = (0..5)
+            .map(|_| l.try_acquire_udp(ip(0)).expect("room for everyone"))
             .collect();
+        for i in 1..=19 {
+            held.push(l.try_acquire_udp(ip(i)).expect("below half"));
+        }
+        assert_eq!(l.live_udp(), l.udp_per_source_above);
+        // Past half, an address holding its sixteenth gets no new one...
         assert_eq!(l.try_acquire_udp(ip(0)).unwrap_err(), UdpRefusal::Source);
         assert_eq!(l.refused_udp_source.load(Ordering::Relaxed), 1);
-        // Many addresses fill the UDP share, and no more.
-        for i in 1..=45 {
+        // ...while others still do, up to the UDP share and no more.
+        for i in 20..=43 {
             held.push(l.try_acquire_udp(ip(i)).expect("within the UDP share"));
         }
         assert_eq!(l.try_acquire_udp(ip(99)).unwrap_err(), UdpRefusal::Cap);

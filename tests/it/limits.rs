@@ -173,22 +173,34 @@ async fn a_udp_flood_from_4000_addresses_leaves_tcp_served() {
     assert_eq!(count(&limits["tcp"]["max_sessions"]), total);
     assert!(max_udp < total && per_source < max_udp, "{limits}");
 
-    // One address cycling through source ports gets its share, no more.
-    let mut ports = Vec::new();
-    for _ in 0..per_source + 20 {
-        let c = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        c.send_to(b"x", udp).await.expect("send");
-        ports.push(c);
-    }
-    let per_address = eventually(10, async || {
+    // Datagrams the server has seen: each opened a session or was refused.
+    let seen = async || {
         let l = &s.stream_stats().await["limits"]["udp"];
-        count(&l["sessions"]) == per_source && count(&l["refused_per_source"]) == 20
-    })
-    .await;
-    assert!(per_address, "{}", s.stream_stats().await["limits"]);
-
-    // 4,000 one-byte datagrams, each from its own address (127.10.x.y),
-    // while TCP clients come and go.
+        count(&l["sessions"]) + count(&l["refused"]) + count(&l["refused_per_source"])
+    };
+    // One datagram from each of `n` addresses 127.10.x.y, from `first` on,
+    // a hundred at a time (each batch fits the listener's receive buffer,
+    // so none is lost before the server sees it).
+    let flood = async |first: u32, n: u32| {
+        let seen0 = seen().await;
+        for start in (first..first + n).step_by(100) {
+            let end = (start + 100).min(first + n);
+            for i in start..end {
+                let from = Ipv4Addr::new(127, 10, (i / 250) as u8, (i % 250 + 1) as u8);
+                let c = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from), 0))
+                    .await
+                    .expect("bind a forged-looking source");
+                c.send_to(b"x", udp).await.expect("send");
+            }
+            let want = seen0 + u64::from(end - first);
+            assert!(
+                eventually(10, async || seen().await >= want).await,
+                "datagrams lost"
+            );
+        }
+    };
+    // While TCP clients come and go, 4,000 one-byte datagrams, each from
+    // its own address.
     let served = tokio::spawn(async move {
         let mut served = 0u32;
         for i in 0..40u32 {
@@ -200,19 +212,37 @@ async fn a_udp_flood_from_4000_addresses_leaves_tcp_served() {
         }
         served
     });
-    for i in 0..4000u32 {
-        let from = Ipv4Addr::new(127, 10, (i / 250) as u8, (i % 250 + 1) as u8);
-        let c = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from), 0))
-            .await
-            .expect("bind a forged-looking source");
+    let above = count(&limits["udp"]["per_source_above"]);
+    flood(0, above as u32).await;
+    let st = s.stream_stats().await;
+    assert_eq!(
+        count(&st["limits"]["udp"]["sessions"]),
+        above,
+        "{}",
+        st["limits"]
+    );
+    // Then one address cycling through source ports gets its share, no more.
+    let mut ports = Vec::new();
+    for _ in 0..per_source + 20 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         c.send_to(b"x", udp).await.expect("send");
+        ports.push(c);
     }
-    let full = eventually(20, async || {
-        count(&s.stream_stats().await["limits"]["udp"]["sessions"]) == max_udp
+    let per_address = eventually(10, async || {
+        count(&s.stream_stats().await["limits"]["udp"]["refused_per_source"]) == 20
     })
     .await;
     let st = s.stream_stats().await;
-    assert!(full, "the UDP share fills up: {}", st["limits"]);
+    assert!(per_address, "{}", st["limits"]);
+    assert_eq!(count(&st["limits"]["udp"]["sessions"]), above + per_source);
+    flood(above as u32, 4000 - above as u32).await;
+    let st = s.stream_stats().await;
+    assert_eq!(
+        count(&st["limits"]["udp"]["sessions"]),
+        max_udp,
+        "the UDP share fills up: {}",
+        st["limits"]
+    );
     assert!(
         count(&st["limits"]["udp"]["refused"]) >= 1,
         "{}",
