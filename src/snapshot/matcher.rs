@@ -90,13 +90,7 @@ impl RouteIndex {
     pub fn build(routes: &[Arc<RouteRt>]) -> RouteIndex {
         let mut idx = RouteIndex::default();
         for (i, r) in routes.iter().enumerate() {
-            let list = match (r.server_port, r.sni.is_some()) {
-                (Some(p), false) => idx.by_port_plain.entry(p).or_default(),
-                (Some(p), true) => idx.by_port_sni.entry(p).or_default(),
-                (None, false) => &mut idx.any_plain,
-                (None, true) => &mut idx.any_sni,
-            };
-            list.push(i);
+            idx.list_mut(r).push(i);
         }
         let order = |list: &mut Vec<usize>| {
             list.sort_by_key(|&i| (Reverse(specificity(&routes[i])), i));
@@ -106,6 +100,54 @@ impl RouteIndex {
         order(&mut idx.any_plain);
         order(&mut idx.any_sni);
         idx
+    }
+
+    /// The index of `routes` made from `prev`, the index of the previous
+    /// route list: `remap[i]` is the new position of the previous route at
+    /// `i` when it is still there with the same filters, and `added` holds
+    /// the positions of the routes that are new or whose filters changed.
+    /// Positions keep their order under `remap` (both lists are in id
+    /// order), so the kept lists stay sorted and only `added` is placed.
+    pub fn update(
+        prev: &RouteIndex,
+        remap: &[Option<usize>],
+        added: &[usize],
+        routes: &[Arc<RouteRt>],
+    ) -> RouteIndex {
+        let map = |list: &Vec<usize>| -> Vec<usize> {
+            list.iter()
+                .filter_map(|&i| remap.get(i).copied().flatten())
+                .collect()
+        };
+        let map_ports = |by_port: &HashMap<u16, Vec<usize>>| -> HashMap<u16, Vec<usize>> {
+            by_port
+                .iter()
+                .map(|(p, list)| (*p, map(list)))
+                .filter(|(_, list)| !list.is_empty())
+                .collect()
+        };
+        let mut idx = RouteIndex {
+            by_port_plain: map_ports(&prev.by_port_plain),
+            by_port_sni: map_ports(&prev.by_port_sni),
+            any_plain: map(&prev.any_plain),
+            any_sni: map(&prev.any_sni),
+        };
+        let key = |i: usize| (Reverse(specificity(&routes[i])), i);
+        for &i in added {
+            let list = idx.list_mut(&routes[i]);
+            let at = list.partition_point(|&j| key(j) < key(i));
+            list.insert(at, i);
+        }
+        idx
+    }
+
+    fn list_mut(&mut self, r: &RouteRt) -> &mut Vec<usize> {
+        match (r.server_port, r.sni.is_some()) {
+            (Some(p), false) => self.by_port_plain.entry(p).or_default(),
+            (Some(p), true) => self.by_port_sni.entry(p).or_default(),
+            (None, false) => &mut self.any_plain,
+            (None, true) => &mut self.any_sni,
+        }
     }
 
     fn lists(

@@ -17,20 +17,21 @@
 //! [`carry`] and [`publish`] keep snapshots coming. Certificates are
 //! compiled by [`crate::tls`].
 
+pub mod build;
 pub mod carry;
 pub mod conn;
 pub mod matcher;
 pub mod publish;
 pub mod upstream;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::health::Checker;
-use crate::model::{Kind, StreamRoute};
+use crate::model::Kind;
 use crate::plugins;
 use crate::stats::{NodeStats, RouteStats};
 use crate::store::Dump;
@@ -63,6 +64,8 @@ pub struct RouteRt {
     pub stats: Arc<RouteStats>,
     /// Counters of each node of the upstream (same order as its backends).
     pub node_stats: Vec<Arc<NodeStats>>,
+    /// What it was compiled from, to reuse it while that is unchanged.
+    source: build::RouteSource,
 }
 
 impl RouteRt {
@@ -118,11 +121,17 @@ pub struct Snapshot {
     /// Store revision it was built from.
     pub revision: u64,
     routes: Vec<Arc<RouteRt>>,
-    index: matcher::RouteIndex,
+    index: Arc<matcher::RouteIndex>,
     upstreams: HashMap<String, Arc<UpstreamRt>>,
     /// Server certificates by SNI and client certificates by id.
-    pub tls: tls::TlsCerts,
+    pub tls: Arc<tls::TlsCerts>,
     rejected: BTreeMap<(Kind, String), String>,
+    /// Stream routes left out (failed, or xRPC subordinates), by id.
+    left_out: BTreeMap<String, build::RouteSource>,
+    /// How many stream routes name each stored upstream by `upstream_id`.
+    named: HashMap<String, usize>,
+    /// The SSL objects the certificates were compiled from.
+    ssl_sources: Vec<(String, Arc<Value>)>,
 }
 
 impl Snapshot {
@@ -169,174 +178,46 @@ impl Snapshot {
     }
 
     /// Compile everything in `dump`, taking counters, plugin state and
-    /// health settings from `carry`. Objects that do not compile are logged,
-    /// left out and listed in [`Snapshot::rejected`]. Upstreams whose JSON
-    /// is unchanged since `prev` are reused with their balancer state
-    /// (least_conn counts, round-robin position) and health checker; an
-    /// upstream that a stream route names and that has `checks` gets a
-    /// checker (sharing the targets of the one it replaces), unless health
-    /// checks are off.
+    /// health settings from `carry`, and reusing what `prev` compiled for
+    /// the objects that did not change (see [`build`]). Objects that do not
+    /// compile are logged, left out and listed in [`Snapshot::rejected`].
+    /// Upstreams reused keep their balancer state (least_conn counts,
+    /// round-robin position) and health checker; an upstream that a stream
+    /// route names and that has `checks` gets a checker (sharing the targets
+    /// of the one it replaces), unless health checks are off.
     pub fn build(dump: &Dump, prev: Option<&Snapshot>, carry: &Carry) -> Snapshot {
-        let stats = &carry.stats;
-        let mut rejected: BTreeMap<(Kind, String), String> = BTreeMap::new();
-        let mut reuse: HashMap<&str, &Arc<UpstreamRt>> = HashMap::new();
-        if let Some(p) = prev {
-            for u in p.upstreams.values() {
-                reuse.insert(&u.origin, u);
-            }
-            for r in &p.routes {
-                if let Ok(u) = &r.upstream {
-                    reuse.insert(&u.origin, u);
-                }
-            }
+        match prev {
+            Some(p) => build::build(dump, p, carry),
+            None => build::build(dump, &Snapshot::empty(), carry),
         }
-        let certs = tls::TlsCerts::build(
-            dump.entries
-                .iter()
-                .filter(|e| e.kind == Kind::Ssl)
-                .map(|e| (e.id.as_str(), &*e.value)),
-            prev.map(|p| &p.tls),
-        );
-        for (id, why) in certs.rejected() {
-            rejected.insert((Kind::Ssl, id.clone()), why.clone());
-        }
-        let mut parsed = Vec::new();
-        for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
-            match StreamRoute::from_value(&e.value) {
-                // xRPC subordinate routes are never matched directly.
-                Ok(r) if r.superior_id.is_some() => {}
-                Ok(r) => parsed.push((e, r)),
-                Err(err) => {
-                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped");
-                    rejected.insert((Kind::StreamRoute, e.id.clone()), err);
-                }
-            }
-        }
-        // The upstreams a route names get a checker when they have `checks`.
-        let checked: HashSet<String> = if carry.health.enabled() {
-            parsed
-                .iter()
-                .filter_map(|(e, r)| match (&r.upstream_id, e.value.get("upstream")) {
-                    (Some(uid), _) => Some(format!("upstreams/{uid}")),
-                    (None, Some(_)) => Some(format!("stream_routes/{}", e.id)),
-                    (None, None) => None,
-                })
-                .collect()
-        } else {
-            HashSet::new()
-        };
-        let compile =
-            |origin: String, id: Option<String>, v: &Value| -> Result<Arc<UpstreamRt>, String> {
-                let old = reuse.get(origin.as_str());
-                let checked = checked.contains(&origin);
-                if let Some(old) = old {
-                    if old.source == *v
-                        && old.upstream_id == id
-                        && !old.uses_ssl_object()
-                        && old.health().is_some() == (checked && old.checks().is_some())
-                    {
-                        return Ok(Arc::clone(old));
-                    }
-                }
-                let up = UpstreamRt::build(origin, id, v, &certs)?;
-                Ok(Arc::new(if checked {
-                    up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
-                } else {
-                    up
-                }))
-            };
+    }
 
-        let mut upstreams = HashMap::new();
-        for e in dump.entries.iter().filter(|e| e.kind == Kind::Upstream) {
-            match compile(format!("upstreams/{}", e.id), Some(e.id.clone()), &e.value) {
-                Ok(u) => {
-                    if let Some(Err(why)) = &u.tls {
-                        tracing::warn!(upstream_id = %e.id, error = %why, "upstream cannot speak TLS to its nodes");
-                        rejected.insert((Kind::Upstream, e.id.clone()), why.clone());
-                    }
-                    upstreams.insert(e.id.clone(), u);
-                }
-                Err(err) => {
-                    tracing::warn!(upstream_id = %e.id, error = %err, "upstream skipped");
-                    rejected.insert((Kind::Upstream, e.id.clone()), err);
-                }
-            }
+    /// Every object that cannot be served as written, with why, in key
+    /// order (for the Control API).
+    pub fn skipped(&self) -> impl Iterator<Item = (Kind, &str, &str)> + '_ {
+        self.rejected
+            .iter()
+            .map(|((k, id), why)| (*k, id.as_str(), why.as_str()))
+    }
+
+    /// A compiled route by id.
+    fn route(&self, id: &str) -> Option<&Arc<RouteRt>> {
+        self.routes
+            .binary_search_by(|r| r.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.routes[i])
+    }
+
+    /// The compiled upstream of `origin` (`upstreams/<id>` or a route's
+    /// inline `stream_routes/<id>`), for reuse.
+    fn upstream_by_origin(&self, origin: &str) -> Option<&Arc<UpstreamRt>> {
+        if let Some(id) = origin.strip_prefix("upstreams/") {
+            return self.upstreams.get(id);
         }
-        let mut routes = Vec::new();
-        for (e, r) in parsed {
-            let chain = match plugins::Chain::build(
-                &r.plugins,
-                &plugins::BuildCtx {
-                    route_id: &e.id,
-                    route_name: r.name.as_deref(),
-                    service_id: r.service_id.as_deref(),
-                    version: e.mod_rev,
-                    shared: &carry.plugins,
-                    upstreams: &upstreams,
-                    compile: &|origin, v| compile(origin, None, v),
-                    node_stats: &|label| stats.node(&e.id, label),
-                },
-            ) {
-                Ok(c) => c,
-                Err(err) => {
-                    tracing::warn!(route_id = %e.id, error = %err, "stream route skipped: bad plugins");
-                    rejected.insert((Kind::StreamRoute, e.id.clone()), err);
-                    continue;
-                }
-            };
-            let upstream = match (&r.upstream_id, e.value.get("upstream")) {
-                (Some(uid), _) => upstreams
-                    .get(uid)
-                    .cloned()
-                    .ok_or_else(|| format!("upstream [{uid}] not found")),
-                (None, Some(inline)) => {
-                    let up = compile(format!("stream_routes/{}", e.id), None, inline);
-                    let unusable = match &up {
-                        Err(why) => Some(why),
-                        Ok(u) => match &u.tls {
-                            Some(Err(why)) => Some(why),
-                            _ => None,
-                        },
-                    };
-                    if let Some(why) = unusable {
-                        tracing::warn!(route_id = %e.id, error = %why, "stream route's upstream cannot be used");
-                        rejected.insert((Kind::StreamRoute, e.id.clone()), why.clone());
-                    }
-                    up
-                }
-                (None, None) => Err("missing upstream configuration in Route or Service".into()),
-            };
-            let node_stats = match &upstream {
-                Ok(u) => u
-                    .balancer
-                    .backends()
-                    .iter()
-                    .map(|b| stats.node(&e.id, &b.label))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            routes.push(Arc::new(RouteRt {
-                id: e.id.clone(),
-                remote_addr: r.remote_addr,
-                server_addr: r.server_addr,
-                server_port: r.server_port,
-                sni: r.sni.map(|s| s.to_ascii_lowercase()),
-                upstream,
-                plugins: r.plugins,
-                chain,
-                stats: stats.route(&e.id),
-                node_stats,
-            }));
-        }
-        let index = matcher::RouteIndex::build(&routes);
-        Snapshot {
-            revision: dump.revision,
-            routes,
-            index,
-            upstreams,
-            tls: certs,
-            rejected,
-        }
+        let id = origin.strip_prefix("stream_routes/")?;
+        self.route(id)
+            .and_then(|r| r.upstream.as_ref().ok())
+            .filter(|u| u.origin == origin)
     }
 
     /// The route a connection takes, by the precedence of INTERFACE.md.

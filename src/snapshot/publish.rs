@@ -18,9 +18,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::build::panic_message;
 use super::{Carry, Snapshot};
 use crate::model::crypt::Keyring;
-use crate::store::{Dump, Store, StoreError};
+use crate::model::Kind;
+use crate::store::{Dump, Entry, Store, StoreError};
 
 /// The current snapshot, readable lock-free by every connection.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -76,13 +78,19 @@ struct Rebuilder {
     build: Arc<BuildFn>,
 }
 
-/// The message of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown panic")
+/// Whether a stored value has a slot the keyring may have encrypted (a
+/// private key); the others are compiled as stored, shared with the store.
+fn may_hold_secret(e: &Entry) -> bool {
+    let client_key = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.get("tls"))
+            .and_then(|t| t.get("client_key"))
+            .is_some()
+    };
+    match e.kind {
+        Kind::Ssl => true,
+        Kind::Upstream => client_key(Some(&e.value)),
+        Kind::StreamRoute => client_key(e.value.get("upstream")),
+    }
 }
 
 impl Rebuilder {
@@ -100,10 +108,12 @@ impl Rebuilder {
         // A panic in the build ends this blocking task only: it comes back
         // as an error and the previous snapshot stays in force.
         let built = tokio::task::spawn_blocking(move || {
-            for e in &mut dump.entries {
+            for e in dump.entries.iter_mut().filter(|e| may_hold_secret(e)) {
                 let mut v = (*e.value).clone();
                 keyring.open(e.kind, &mut v);
-                e.value = Arc::new(v);
+                if v != *e.value {
+                    e.value = Arc::new(v);
+                }
             }
             build(&dump, &prev, &carry)
         })
@@ -200,7 +210,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::Kind;
     use crate::store::local::LocalStore;
     use crate::store::Expect;
 
