@@ -59,6 +59,7 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/healthcheck/{src_type}/{src_id}", get(healthcheck_one))
         .route("/v1/stream/stats", get(stream_stats))
         .route("/v1/stream/connections", get(connections))
+        .route("/v1/stream/skipped", get(skipped))
         .route(
             "/v1/stream/connections/{id}",
             axum::routing::delete(close_connection),
@@ -266,6 +267,17 @@ pub fn stats_report(state: &ControlState) -> Value {
 
 async fn stream_stats(State(state): State<Arc<ControlState>>) -> Json<Value> {
     Json(stats_report(&state))
+}
+
+/// `GET /v1/stream/skipped`: every stored object the data plane cannot
+/// serve as written (left out, or its upstream unusable), with why.
+async fn skipped(State(state): State<Arc<ControlState>>) -> Json<Value> {
+    let snap = state.snapshot.load();
+    let list: Vec<Value> = snap
+        .skipped()
+        .map(|(kind, id, reason)| json!({"type": kind.segment(), "id": id, "reason": reason}))
+        .collect();
+    Json(json!({"revision": snap.revision, "skipped": list}))
 }
 
 async fn connections(State(state): State<Arc<ControlState>>) -> Json<Value> {

@@ -460,3 +460,187 @@ fn objects_that_cannot_be_served_are_listed_with_why() {
         "a bad plugin leaves the route out"
     );
 }
+
+/// `e` written again at revision `rev` with value `v`.
+fn rewrite(e: &Entry, rev: u64, v: Value) -> Entry {
+    Entry {
+        value: Arc::new(v),
+        mod_rev: rev,
+        ..e.clone()
+    }
+}
+
+fn at(rev: u64, mut entries: Vec<Entry>) -> Dump {
+    entries.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+    Dump {
+        revision: rev,
+        entries,
+    }
+}
+
+fn same_route(a: &Snapshot, b: &Snapshot, id: &str) -> bool {
+    match (a.route(id), b.route(id)) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_changed_upstream_recompiles_only_the_routes_naming_it() {
+    let carry = Carry::default();
+    let u1 = entry(Kind::Upstream, "u1", json!({"nodes": {"127.0.0.1:1001": 1}}));
+    let u2 = entry(Kind::Upstream, "u2", json!({"nodes": {"127.0.0.1:1002": 1}}));
+    let a = entry(Kind::StreamRoute, "a", json!({"upstream_id": "u1"}));
+    let b = entry(Kind::StreamRoute, "b", json!({"upstream_id": "u2"}));
+    let c = route("c", json!({"server_port": 9100}));
+    let split = entry(
+        Kind::StreamRoute,
+        "d",
+        json!({"upstream_id": "u2", "plugins": {"traffic-split": {"rules": [
+            {"weighted_upstreams": [{"upstream_id": "u1", "weight": 1}]}]}}}),
+    );
+    let s1 = Snapshot::build(
+        &at(1, vec![u1.clone(), u2.clone(), a.clone(), b.clone(), c.clone(), split.clone()]),
+        None,
+        &carry,
+    );
+    assert_eq!(s1.route_count(), 4);
+
+    let u1b = rewrite(&u1, 2, json!({"nodes": {"127.0.0.1:2001": 1}}));
+    let s2 = Snapshot::build(
+        &at(2, vec![u1b, u2.clone(), a, b, c, split]),
+        Some(&s1),
+        &carry,
+    );
+    assert!(!same_route(&s1, &s2, "a"), "a names u1: recompiled");
+    assert!(!same_route(&s1, &s2, "d"), "d's traffic-split names u1");
+    assert!(same_route(&s1, &s2, "b"), "b names u2 only");
+    assert!(same_route(&s1, &s2, "c"), "c has its own upstream");
+    let port = |s: &Snapshot, id: &str| {
+        s.route(id).expect("route").upstream.as_ref().expect("up").balancer.backends()[0].port
+    };
+    assert_eq!(port(&s2, "a"), 2001);
+    assert!(Arc::ptr_eq(
+        s1.upstream("u2").expect("u2"),
+        s2.upstream("u2").expect("u2")
+    ));
+    assert!(
+        Arc::ptr_eq(&s1.index, &s2.index),
+        "no route added, removed or refiltered: the index is kept"
+    );
+}
+
+#[test]
+fn adds_deletes_and_refilters_match_like_a_full_build() {
+    let carry = Carry::default();
+    let r1 = route("1", json!({}));
+    let r2 = route("2", json!({"server_port": 9100}));
+    let r3 = route("3", json!({"remote_addr": "127.0.0.0/8"}));
+    let r4 = route("4", json!({"server_port": 9100, "remote_addr": "127.0.0.1"}));
+    let s1 = Snapshot::build(
+        &at(1, vec![r1.clone(), r2.clone(), r3.clone(), r4.clone()]),
+        None,
+        &carry,
+    );
+    let conns = [
+        conn("127.0.0.1", "127.0.0.1", 9100, None),
+        conn("127.0.0.2", "127.0.0.1", 9100, None),
+        conn("127.0.0.2", "127.0.0.1", 9200, None),
+        conn("10.0.0.1", "127.0.0.1", 9200, None),
+        conn("10.0.0.1", "127.0.0.1", 9100, None),
+    ];
+    let r0 = route("0", json!({"server_port": 9100, "remote_addr": "127.0.0.0/24"}));
+    let r3b = rewrite(&r3, 2, {
+        let mut v = (*r3.value).clone();
+        v["remote_addr"] = json!("10.0.0.0/8");
+        v
+    });
+    let d2 = at(2, vec![r0, r1.clone(), r3b, r4.clone()]);
+    let s2 = Snapshot::build(&d2, Some(&s1), &carry);
+    let full = Snapshot::build(&d2, None, &carry);
+    for c in &conns {
+        assert_eq!(winner(&s2, c), winner(&full, c), "{c:?}");
+    }
+    assert_eq!(winner(&s2, &conns[1]).as_deref(), Some("0"));
+    assert_eq!(winner(&s2, &conns[3]).as_deref(), Some("3"));
+    assert!(same_route(&s1, &s2, "1") && same_route(&s1, &s2, "4"));
+    assert!(s2.route("2").is_none(), "deleted");
+
+    let d3 = at(3, vec![r1, r4]);
+    let s3 = Snapshot::build(&d3, Some(&s2), &carry);
+    for c in &conns {
+        assert_eq!(winner(&s3, c), winner(&Snapshot::build(&d3, None, &carry), c));
+    }
+    assert_eq!(s3.route_count(), 2);
+}
+
+#[test]
+fn ssl_changes_rebuild_certificates_and_the_routes_naming_them() {
+    let carry = Carry::default();
+    let tls_route = entry(
+        Kind::StreamRoute,
+        "tls",
+        json!({"upstream": {"nodes": {"127.0.0.1:1": 1}, "scheme": "tls",
+            "tls": {"client_cert_id": "c1"}}}),
+    );
+    let plain = route("plain", json!({}));
+    let s1 = Snapshot::build(&at(1, vec![tls_route.clone(), plain.clone()]), None, &carry);
+    assert!(s1
+        .rejected(Kind::StreamRoute, "tls")
+        .is_some_and(|why| why.contains("[c1]")));
+
+    let ssl = entry(
+        Kind::Ssl,
+        "c1",
+        json!({"id": "c1", "type": "client", "cert": "$env://APISIX_STREAM_UNSET_CERT",
+            "key": "$env://APISIX_STREAM_UNSET_KEY"}),
+    );
+    let d2 = at(2, vec![ssl.clone(), tls_route.clone(), plain.clone()]);
+    let s2 = Snapshot::build(&d2, Some(&s1), &carry);
+    assert!(!Arc::ptr_eq(&s1.tls, &s2.tls), "SSL objects changed");
+    assert!(!same_route(&s1, &s2, "tls"), "it names an SSL object");
+    assert!(same_route(&s1, &s2, "plain"));
+    assert!(s2.rejected(Kind::Ssl, "c1").is_some());
+
+    let s3 = Snapshot::build(&at(3, vec![ssl, tls_route, plain]), Some(&s2), &carry);
+    assert!(Arc::ptr_eq(&s2.tls, &s3.tls), "no SSL change: certificates kept");
+    assert!(same_route(&s2, &s3, "tls"));
+    assert!(s3.rejected(Kind::Ssl, "c1").is_some(), "still listed");
+    assert!(s3.rejected(Kind::StreamRoute, "tls").is_some(), "still listed");
+}
+
+#[test]
+fn a_skipped_route_is_listed_and_the_others_served_until_it_is_fixed() {
+    let carry = Carry::default();
+    let good = route("good", json!({}));
+    let bad = route(
+        "bad",
+        json!({"plugins": {"ip-restriction": {"whitelist": ["not an ip"]}}}),
+    );
+    let garbage = route("garbage", json!({"remote_addr": "not an address"}));
+    let s1 = Snapshot::build(&at(1, vec![good.clone(), bad.clone(), garbage.clone()]), None, &carry);
+    let listed = |s: &Snapshot| -> Vec<String> {
+        s.skipped().map(|(k, id, _)| format!("{}/{id}", k.segment())).collect()
+    };
+    assert_eq!(listed(&s1), ["stream_routes/bad", "stream_routes/garbage"]);
+    assert!(s1.skipped().all(|(_, _, why)| !why.is_empty()));
+    assert_eq!(winner(&s1, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(), Some("good"));
+
+    let s2 = Snapshot::build(&at(2, vec![good.clone(), bad.clone(), garbage.clone()]), Some(&s1), &carry);
+    assert_eq!(listed(&s2), listed(&s1), "unchanged: still skipped, not compiled again");
+    assert!(same_route(&s1, &s2, "good"));
+
+    let fixed = rewrite(&bad, 3, json!({"upstream": {"nodes": {"127.0.0.1:1995": 1}},
+        "remote_addr": "127.0.0.1"}));
+    let s3 = Snapshot::build(&at(3, vec![good, fixed, garbage]), Some(&s2), &carry);
+    assert_eq!(listed(&s3), ["stream_routes/garbage"]);
+    assert_eq!(winner(&s3, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(), Some("bad"));
+}
+
+#[test]
+fn a_panic_while_compiling_one_object_is_that_objects_error() {
+    let out: Result<u8, String> = build::guarded(|| panic!("cannot convert"));
+    assert!(out.is_err_and(|why| why.contains("cannot convert")));
+    assert_eq!(build::guarded(|| Ok::<u8, String>(3)), Ok(3));
+    assert_eq!(build::guarded(|| Err::<u8, String>("no".into())), Err("no".into()));
+}

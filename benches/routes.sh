@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Route-scale benchmark of the write path: load N stream routes through the
+# Admin API, then measure PUT latency, apply latency, load rate and memory
+# at each N (see benches/routes.py).
+#
+#   benches/routes.sh                        # release build, 1,000 / 10,000 / 100,000 routes
+#   benches/routes.sh --routes 1000 10000    # extra options go to routes.py
+#
+# JSON rows land in target/bench/routes.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked
+mkdir -p target/bench
+exec python3 benches/routes.py --bin "$PWD/target/release/apisix-stream" \
+  --json target/bench/routes.json "$@"
