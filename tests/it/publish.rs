@@ -110,3 +110,82 @@ async fn a_write_the_data_plane_cannot_serve_is_not_acknowledged() {
     let mut c = connect_from("127.0.0.1", s.tcp[0]).await;
     assert_eq!(read_line(&mut c).await, "good");
 }
+
+/// `GET /v1/stream/skipped` of the Control API.
+async fn skipped(s: &TestServer) -> Value {
+    let url = format!("http://{}/v1/stream/skipped", s.control());
+    crate::harness::within(5, reqwest::get(url))
+        .await
+        .expect("skipped")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn start_on(dir: tempfile::TempDir) -> TestServer {
+    TestServer::start_full(
+        dir,
+        |y| y,
+        |c| {
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![apisix_stream::config::ListenSpec::new(
+                    "127.0.0.1:0".parse().expect("addr"),
+                )];
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_stored_route_that_does_not_compile_is_skipped_and_listed_while_others_serve_across_a_restart(
+) {
+    use apisix_stream::model::Kind;
+    use apisix_stream::store::{local::LocalStore, Expect, Store};
+
+    let backend = Backend::start("good", Mode::Greet).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // Written below the Admin API's checks, as a damaged or foreign
+        // store could hold it.
+        let store = LocalStore::open(&dir.path().join("data")).expect("store");
+        let up = json!({"nodes": {backend.addr.to_string(): 1}});
+        for (id, v) in [
+            ("bad", json!({"remote_addr": "not an address", "upstream": up})),
+            ("good", json!({"remote_addr": "127.0.0.1", "upstream": up})),
+        ] {
+            store
+                .put(Kind::StreamRoute, id, v, Expect::Any)
+                .await
+                .expect("put");
+        }
+    }
+    let mut s = start_on(dir).await;
+    for round in ["first start", "restart"] {
+        let mut c = connect_from("127.0.0.1", s.tcp[0]).await;
+        assert_eq!(read_line(&mut c).await, "good", "{round}: the good route serves");
+        drop(c);
+        let list = skipped(&s).await;
+        let items = list["skipped"].as_array().expect("skipped list");
+        assert_eq!(items.len(), 1, "{round}: {list}");
+        assert_eq!(items[0]["type"], "stream_routes");
+        assert_eq!(items[0]["id"], "bad");
+        assert!(
+            items[0]["reason"].as_str().is_some_and(|r| r.contains("not an address")),
+            "{round}: {list}"
+        );
+        // Later writes are applied as usual.
+        let (st, v) = put(
+            &s,
+            "/apisix/admin/stream_routes/other",
+            &json!({"server_port": 1, "upstream": {"nodes": {backend.addr.to_string(): 1}}}),
+        )
+        .await;
+        assert!(st.is_success(), "{round}: {st} {v}");
+        s.stop().await;
+        let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tempdir"));
+        if round == "first start" {
+            s = start_on(dir).await;
+        }
+    }
+}
