@@ -4,7 +4,9 @@
 //! - `store.log`: an 8-byte magic followed by records
 //!   `[len: u32 LE][crc32: u32 LE][payload: len bytes of JSON]`. Every write
 //!   appends one record and `fsync`s it before the Admin API answers, so an
-//!   acknowledged write survives `kill -9` and power loss.
+//!   acknowledged write survives `kill -9` and power loss. Writes that arrive
+//!   while the log is busy are committed together, with one append and one
+//!   `fsync` (group commit), each answered only once it is durable.
 //! - `LOCK`: the process id of the `serve` holding the directory. The lock
 //!   itself is an exclusive `flock` on the directory, held for the life of
 //!   the store, so deleting or recreating `LOCK` never lets a second
@@ -25,7 +27,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -82,6 +85,8 @@ struct Log {
     log_len: u64,
     /// Encoded size of each live object's record, to know when to compact.
     sizes: BTreeMap<Key, u64>,
+    /// The sum of `sizes`.
+    live: u64,
     /// A failed write could not be cut back (e.g. the file system turned
     /// read-only): the file may end in a partial record, and nothing may be
     /// appended behind it until it is cut back to `log_len`.
@@ -90,8 +95,56 @@ struct Log {
 
 impl Log {
     fn live_bytes(&self) -> u64 {
-        self.sizes.values().sum()
+        self.live
     }
+
+    fn set_size(&mut self, key: Key, size: Option<u64>) {
+        let old = match size {
+            Some(n) => {
+                self.live = self.live.saturating_add(n);
+                self.sizes.insert(key, n)
+            }
+            None => self.sizes.remove(&key),
+        };
+        self.live = self.live.saturating_sub(old.unwrap_or(0));
+    }
+}
+
+/// One write waiting to be committed.
+enum Request {
+    Put {
+        kind: Kind,
+        id: String,
+        value: Value,
+        expect: Expect,
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+    },
+    Bump,
+}
+
+/// What a committed write did.
+enum Done {
+    Put(PutOutcome),
+    Delete(Option<Entry>),
+    Bump(u64),
+}
+
+/// A write and where its outcome goes.
+struct Job {
+    request: Request,
+    done: mpsc::Sender<Result<Done, StoreError>>,
+}
+
+/// A write of a batch, appended and waiting for the batch's `fsync`.
+struct Staged {
+    done: mpsc::Sender<Result<Done, StoreError>>,
+    key: Option<Key>,
+    size: Option<u64>,
+    change: Option<Result<Entry, Key>>,
+    outcome: Done,
 }
 
 struct Shared {
@@ -99,6 +152,9 @@ struct Shared {
     /// The directory's exclusive `flock`, held while the store lives.
     _dir_lock: File,
     log: Mutex<Log>,
+    /// Writes waiting for the log; whoever holds the log next commits them
+    /// all with one `fsync` (group commit).
+    queue: Mutex<Vec<Job>>,
     index: Index,
 }
 
@@ -350,9 +406,11 @@ impl LocalStore {
                     file,
                     lock,
                     log_len,
+                    live: loaded.sizes.values().sum(),
                     sizes: loaded.sizes,
                     torn: false,
                 }),
+                queue: Mutex::default(),
                 index: Index::new(loaded.entries, loaded.revision, ()),
             }),
         })
@@ -377,10 +435,9 @@ impl Shared {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Append one record durably; on failure the file is cut back so the
-    /// log never keeps a partial record in the middle.
-    fn append(&self, log: &mut Log, rec: &Record) -> Result<u64, StoreError> {
-        let buf = encode(rec)?;
+    /// Append encoded records durably; on failure the file is cut back so
+    /// the log never keeps a partial record in the middle.
+    fn append(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(LOG_NAME);
         if log.file.is_none() {
             match open_writable(&self.dir, log.log_len) {
@@ -405,7 +462,7 @@ impl Shared {
             log.torn = false;
             tracing::info!(path = %path.display(), "store writable again");
         }
-        let res = file.write_all(&buf).and_then(|()| file.sync_data());
+        let res = file.write_all(buf).and_then(|()| file.sync_data());
         if let Err(e) = res {
             // Cut the partial record off so the log stays valid; if even that
             // fails, remember it and refuse appends until it succeeds.
@@ -415,7 +472,204 @@ impl Shared {
             return Err(io_err("cannot write", &path, e));
         }
         log.log_len += buf.len() as u64;
-        Ok(buf.len() as u64)
+        Ok(())
+    }
+
+    /// Queue `request`, then commit every queued write (this one, and those
+    /// that came while the log was busy) with one append and one `fsync`.
+    /// Each write is answered only once it is durable.
+    fn submit(&self, request: Request) -> Result<Done, StoreError> {
+        let (done, outcome) = mpsc::channel();
+        self.queue().push(Job { request, done });
+        {
+            let mut log = self.log();
+            let jobs = std::mem::take(&mut *self.queue());
+            if !jobs.is_empty() {
+                self.commit(&mut log, jobs);
+            }
+        }
+        // Whoever held the log before us answered our job before letting go.
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("store write was lost".into())))
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Vec<Job>> {
+        // Jobs are pushed and taken whole: a panic cannot leave half of one.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Check, append and `fsync` a batch of writes in order, then apply
+    /// them to the index and answer each.
+    fn commit(&self, log: &mut Log, jobs: Vec<Job>) {
+        let mut rev = self.index.read(|t| t.revision());
+        let mut overlay: HashMap<Key, Option<Entry>> = HashMap::new();
+        let mut buf = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut answered = Vec::new();
+        for Job { request, done } in jobs {
+            let current = |key: &Key, overlay: &HashMap<Key, Option<Entry>>| match overlay.get(key) {
+                Some(e) => e.clone(),
+                None => self.index.read(|t| t.get(key).cloned()),
+            };
+            match request {
+                Request::Put {
+                    kind,
+                    id,
+                    value,
+                    expect,
+                } => {
+                    let key = (kind, id.clone());
+                    let prev = current(&key, &overlay);
+                    if let Expect::ModRev(m) = expect {
+                        if prev.as_ref().map(|p| p.mod_rev) != Some(m) {
+                            answered.push((done, Err(StoreError::Conflict)));
+                            continue;
+                        }
+                    }
+                    let next = rev + 1;
+                    let create_rev = prev.as_ref().map_or(next, |p| p.create_rev);
+                    let rec = Record {
+                        rev: next,
+                        op: Op::Put {
+                            kind: kind.segment().to_string(),
+                            id: id.clone(),
+                            create_rev,
+                            value,
+                        },
+                    };
+                    let bytes = match encode(&rec) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            answered.push((done, Err(e)));
+                            continue;
+                        }
+                    };
+                    let Op::Put { value, .. } = rec.op else {
+                        answered.push((
+                            done,
+                            Err(StoreError::Unavailable("internal error: bad record".into())),
+                        ));
+                        continue;
+                    };
+                    rev = next;
+                    buf.extend_from_slice(&bytes);
+                    let entry = Entry {
+                        kind,
+                        id,
+                        value: Arc::new(value),
+                        create_rev,
+                        mod_rev: rev,
+                    };
+                    overlay.insert(key.clone(), Some(entry.clone()));
+                    staged.push(Staged {
+                        done,
+                        key: Some(key),
+                        size: Some(bytes.len() as u64),
+                        change: Some(Ok(entry.clone())),
+                        outcome: Done::Put(PutOutcome {
+                            created: prev.is_none(),
+                            entry,
+                        }),
+                    });
+                }
+                Request::Delete { kind, id } => {
+                    let key = (kind, id.clone());
+                    let Some(prev) = current(&key, &overlay) else {
+                        answered.push((done, Ok(Done::Delete(None))));
+                        continue;
+                    };
+                    let rec = Record {
+                        rev: rev + 1,
+                        op: Op::Delete {
+                            kind: kind.segment().to_string(),
+                            id,
+                        },
+                    };
+                    match encode(&rec) {
+                        Ok(b) => buf.extend_from_slice(&b),
+                        Err(e) => {
+                            answered.push((done, Err(e)));
+                            continue;
+                        }
+                    }
+                    rev += 1;
+                    overlay.insert(key.clone(), None);
+                    staged.push(Staged {
+                        done,
+                        key: Some(key.clone()),
+                        size: None,
+                        change: Some(Err(key)),
+                        outcome: Done::Delete(Some(prev)),
+                    });
+                }
+                Request::Bump => {
+                    let rec = Record {
+                        rev: rev + 1,
+                        op: Op::Bump,
+                    };
+                    match encode(&rec) {
+                        Ok(b) => buf.extend_from_slice(&b),
+                        Err(e) => {
+                            answered.push((done, Err(e)));
+                            continue;
+                        }
+                    }
+                    rev += 1;
+                    staged.push(Staged {
+                        done,
+                        key: None,
+                        size: None,
+                        change: None,
+                        outcome: Done::Bump(rev),
+                    });
+                }
+            }
+        }
+        let written = if buf.is_empty() {
+            Ok(())
+        } else {
+            self.append(log, &buf)
+        };
+        match written {
+            Ok(()) => {
+                let changed = staged.iter().any(|s| s.change.is_some());
+                self.index.update(|t| {
+                    for s in &staged {
+                        match &s.change {
+                            Some(Ok(entry)) => {
+                                t.insert(entry.clone());
+                            }
+                            Some(Err(key)) => {
+                                t.remove(key);
+                            }
+                            None => {}
+                        }
+                    }
+                    if changed {
+                        t.commit(rev);
+                    } else {
+                        t.advance(rev);
+                    }
+                });
+                for s in staged {
+                    if let Some(key) = s.key {
+                        log.set_size(key, s.size);
+                    }
+                    answered.push((s.done, Ok(s.outcome)));
+                }
+                self.maybe_compact(log);
+            }
+            Err(e) => {
+                for s in staged {
+                    answered.push((s.done, Err(StoreError::Unavailable(e.to_string()))));
+                }
+            }
+        }
+        for (done, outcome) in answered {
+            // A caller that went away needs no answer.
+            let _ = done.send(outcome);
+        }
     }
 
     fn maybe_compact(&self, log: &mut Log) {
@@ -480,92 +734,34 @@ impl Store for LocalStore {
         value: Value,
         expect: Expect,
     ) -> Result<PutOutcome, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |shared| {
-            let mut log = shared.log();
-            let key = (kind, id.clone());
-            let (prev, revision) = shared
-                .index
-                .read(|t| (t.get(&key).map(|p| (p.create_rev, p.mod_rev)), t.revision()));
-            if let Expect::ModRev(rev) = expect {
-                if prev.map(|(_, m)| m) != Some(rev) {
-                    return Err(StoreError::Conflict);
-                }
-            }
-            let rev = revision + 1;
-            let create_rev = prev.map_or(rev, |(c, _)| c);
-            let rec = Record {
-                rev,
-                op: Op::Put {
-                    kind: kind.segment().to_string(),
-                    id: id.clone(),
-                    create_rev,
-                    value,
-                },
-            };
-            let size = shared.append(&mut log, &rec)?;
-            let Op::Put { value, .. } = rec.op else {
-                return Err(StoreError::Unavailable("internal error: bad record".into()));
-            };
-            log.sizes.insert(key, size);
-            let entry = Entry {
-                kind,
-                id,
-                value: Arc::new(value),
-                create_rev,
-                mod_rev: rev,
-            };
-            shared.index.update(|t| {
-                t.insert(entry.clone());
-                t.commit(rev);
-            });
-            shared.maybe_compact(&mut log);
-            Ok(PutOutcome {
-                created: prev.is_none(),
-                entry,
-            })
-        })
-        .await
+        let request = Request::Put {
+            kind,
+            id: id.to_string(),
+            value,
+            expect,
+        };
+        match self.blocking(move |shared| shared.submit(request)).await? {
+            Done::Put(outcome) => Ok(outcome),
+            _ => Err(StoreError::Unavailable("internal error: bad answer".into())),
+        }
     }
 
     async fn delete(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |shared| {
-            let mut log = shared.log();
-            let key = (kind, id.clone());
-            let (present, revision) = shared.index.read(|t| (t.get(&key).is_some(), t.revision()));
-            if !present {
-                return Ok(None);
-            }
-            let rev = revision + 1;
-            let rec = Record {
-                rev,
-                op: Op::Delete {
-                    kind: kind.segment().to_string(),
-                    id,
-                },
-            };
-            shared.append(&mut log, &rec)?;
-            log.sizes.remove(&key);
-            let old = shared.index.update(|t| {
-                t.commit(rev);
-                t.remove(&key)
-            });
-            shared.maybe_compact(&mut log);
-            Ok(old)
-        })
-        .await
+        let request = Request::Delete {
+            kind,
+            id: id.to_string(),
+        };
+        match self.blocking(move |shared| shared.submit(request)).await? {
+            Done::Delete(old) => Ok(old),
+            _ => Err(StoreError::Unavailable("internal error: bad answer".into())),
+        }
     }
 
     async fn next_id(&self) -> Result<String, StoreError> {
-        self.blocking(|shared| {
-            let mut log = shared.log();
-            let rev = shared.index.read(|t| t.revision()) + 1;
-            shared.append(&mut log, &Record { rev, op: Op::Bump })?;
-            shared.index.update(|t| t.advance(rev));
-            Ok(format_generated_id(rev))
-        })
-        .await
+        match self.blocking(|shared| shared.submit(Request::Bump)).await? {
+            Done::Bump(rev) => Ok(format_generated_id(rev)),
+            _ => Err(StoreError::Unavailable("internal error: bad answer".into())),
+        }
     }
 
     fn describe(&self) -> String {
@@ -782,5 +978,116 @@ mod tests {
             rx.changed().await.expect("changed");
             assert_eq!(*rx.borrow(), 1);
         });
+    }
+
+    #[test]
+    fn one_batch_commits_writes_in_order_with_one_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalStore::open(dir.path()).expect("open");
+        let mut outcomes = Vec::new();
+        let jobs: Vec<Job> = [
+            Request::Put {
+                kind: Kind::Upstream,
+                id: "a".into(),
+                value: json!({"v": 1}),
+                expect: Expect::Any,
+            },
+            Request::Put {
+                kind: Kind::Upstream,
+                id: "a".into(),
+                value: json!({"v": 2}),
+                expect: Expect::ModRev(1),
+            },
+            Request::Put {
+                kind: Kind::Upstream,
+                id: "a".into(),
+                value: json!({"v": 3}),
+                expect: Expect::ModRev(1),
+            },
+            Request::Bump,
+            Request::Delete {
+                kind: Kind::Upstream,
+                id: "b".into(),
+            },
+            Request::Put {
+                kind: Kind::Upstream,
+                id: "b".into(),
+                value: json!({"v": 4}),
+                expect: Expect::Any,
+            },
+            Request::Delete {
+                kind: Kind::Upstream,
+                id: "b".into(),
+            },
+        ]
+        .into_iter()
+        .map(|request| {
+            let (done, rx) = mpsc::channel();
+            outcomes.push(rx);
+            Job { request, done }
+        })
+        .collect();
+        let before = s.shared.log().log_len;
+        let mut log = s.shared.log();
+        s.shared.commit(&mut log, jobs);
+        assert!(log.log_len > before);
+        drop(log);
+        let got: Vec<String> = outcomes
+            .iter()
+            .map(|rx| match rx.recv().expect("answered") {
+                Ok(Done::Put(p)) => format!("put {} {}", p.entry.mod_rev, p.created),
+                Ok(Done::Delete(d)) => format!("delete {:?}", d.map(|e| e.mod_rev)),
+                Ok(Done::Bump(r)) => format!("bump {r}"),
+                Err(e) => format!("error {e}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "put 1 true",
+                "put 2 false",
+                "error value changed before overwritten",
+                "bump 3",
+                "delete None",
+                "put 4 true",
+                "delete Some(4)",
+            ]
+        );
+        assert_eq!(s.revision(), 5);
+        drop(s);
+        let s = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.revision(), 5);
+        let a = s.index().get(Kind::Upstream, "a").expect("a");
+        assert_eq!((*a.value).clone(), json!({"v": 2}));
+        assert!(s.index().get(Kind::Upstream, "b").is_none());
+    }
+
+    #[test]
+    fn concurrent_writes_are_all_durable_with_distinct_revisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let s = LocalStore::open(dir.path()).expect("open");
+            let tasks: Vec<_> = (0..48)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        s.put(Kind::StreamRoute, &format!("r{i}"), json!({"i": i}), Expect::Any)
+                            .await
+                            .expect("put")
+                            .entry
+                            .mod_rev
+                    })
+                })
+                .collect();
+            let mut revs = Vec::new();
+            for t in tasks {
+                revs.push(t.await.expect("task"));
+            }
+            revs.sort_unstable();
+            assert_eq!(revs, (1..=48).collect::<Vec<u64>>());
+        });
+        let s = LocalStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.index().list(Kind::StreamRoute).len(), 48);
+        assert_eq!(s.revision(), 48);
     }
 }
