@@ -238,7 +238,11 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
                 Some(p)
             }
         };
-        items.push(Item { entry: e, old, parsed });
+        items.push(Item {
+            entry: e,
+            old,
+            parsed,
+        });
     }
     for (_, r) in old_routes {
         count(&mut named, r.source.upstream_id.as_ref(), false);
@@ -290,7 +294,10 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         ) {
             Ok(u) => {
                 if let Some(Err(why)) = &u.tls {
-                    let reused = prev.upstreams.get(&e.id).is_some_and(|o| Arc::ptr_eq(o, &u));
+                    let reused = prev
+                        .upstreams
+                        .get(&e.id)
+                        .is_some_and(|o| Arc::ptr_eq(o, &u));
                     if !reused {
                         tracing::warn!(upstream_id = %e.id, error = %why, "upstream cannot speak TLS to its nodes");
                     }
@@ -408,6 +415,9 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     }
 }
 
+/// Compiles an upstream: (origin, JSON, whether it may get a checker).
+type CompileInline<'a> = dyn Fn(String, &Value, bool) -> Result<Arc<UpstreamRt>, String> + 'a;
+
 /// Compile one stream route: its plugin chain and the upstream in force.
 /// `compile(origin, json, checked)` compiles an inline upstream.
 fn compile_route(
@@ -416,10 +426,10 @@ fn compile_route(
     mut source: RouteSource,
     carry: &Carry,
     upstreams: &HashMap<String, Arc<UpstreamRt>>,
-    compile: &dyn Fn(String, &Value, bool) -> Result<Arc<UpstreamRt>, String>,
+    compile: &CompileInline<'_>,
 ) -> Result<RouteRt, String> {
     let stats = &carry.stats;
-    let chain = match plugins::Chain::build(
+    let chain = plugins::Chain::build(
         &r.plugins,
         &plugins::BuildCtx {
             route_id: &e.id,
@@ -431,10 +441,7 @@ fn compile_route(
             compile: &|origin, v| compile(origin, v, false),
             node_stats: &|label| stats.node(&e.id, label),
         },
-    ) {
-        Ok(c) => c,
-        Err(err) => return Err(err),
-    };
+    )?;
     let upstream = match (&r.upstream_id, e.value.get("upstream")) {
         (Some(uid), _) => upstreams
             .get(uid)

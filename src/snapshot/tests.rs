@@ -488,8 +488,16 @@ fn same_route(a: &Snapshot, b: &Snapshot, id: &str) -> bool {
 #[test]
 fn a_changed_upstream_recompiles_only_the_routes_naming_it() {
     let carry = Carry::default();
-    let u1 = entry(Kind::Upstream, "u1", json!({"nodes": {"127.0.0.1:1001": 1}}));
-    let u2 = entry(Kind::Upstream, "u2", json!({"nodes": {"127.0.0.1:1002": 1}}));
+    let u1 = entry(
+        Kind::Upstream,
+        "u1",
+        json!({"nodes": {"127.0.0.1:1001": 1}}),
+    );
+    let u2 = entry(
+        Kind::Upstream,
+        "u2",
+        json!({"nodes": {"127.0.0.1:1002": 1}}),
+    );
     let a = entry(Kind::StreamRoute, "a", json!({"upstream_id": "u1"}));
     let b = entry(Kind::StreamRoute, "b", json!({"upstream_id": "u2"}));
     let c = route("c", json!({"server_port": 9100}));
@@ -500,7 +508,17 @@ fn a_changed_upstream_recompiles_only_the_routes_naming_it() {
             {"weighted_upstreams": [{"upstream_id": "u1", "weight": 1}]}]}}}),
     );
     let s1 = Snapshot::build(
-        &at(1, vec![u1.clone(), u2.clone(), a.clone(), b.clone(), c.clone(), split.clone()]),
+        &at(
+            1,
+            vec![
+                u1.clone(),
+                u2.clone(),
+                a.clone(),
+                b.clone(),
+                c.clone(),
+                split.clone(),
+            ],
+        ),
         None,
         &carry,
     );
@@ -517,7 +535,14 @@ fn a_changed_upstream_recompiles_only_the_routes_naming_it() {
     assert!(same_route(&s1, &s2, "b"), "b names u2 only");
     assert!(same_route(&s1, &s2, "c"), "c has its own upstream");
     let port = |s: &Snapshot, id: &str| {
-        s.route(id).expect("route").upstream.as_ref().expect("up").balancer.backends()[0].port
+        s.route(id)
+            .expect("route")
+            .upstream
+            .as_ref()
+            .expect("up")
+            .balancer
+            .backends()[0]
+            .port
     };
     assert_eq!(port(&s2, "a"), 2001);
     assert!(Arc::ptr_eq(
@@ -536,7 +561,10 @@ fn adds_deletes_and_refilters_match_like_a_full_build() {
     let r1 = route("1", json!({}));
     let r2 = route("2", json!({"server_port": 9100}));
     let r3 = route("3", json!({"remote_addr": "127.0.0.0/8"}));
-    let r4 = route("4", json!({"server_port": 9100, "remote_addr": "127.0.0.1"}));
+    let r4 = route(
+        "4",
+        json!({"server_port": 9100, "remote_addr": "127.0.0.1"}),
+    );
     let s1 = Snapshot::build(
         &at(1, vec![r1.clone(), r2.clone(), r3.clone(), r4.clone()]),
         None,
@@ -549,7 +577,10 @@ fn adds_deletes_and_refilters_match_like_a_full_build() {
         conn("10.0.0.1", "127.0.0.1", 9200, None),
         conn("10.0.0.1", "127.0.0.1", 9100, None),
     ];
-    let r0 = route("0", json!({"server_port": 9100, "remote_addr": "127.0.0.0/24"}));
+    let r0 = route(
+        "0",
+        json!({"server_port": 9100, "remote_addr": "127.0.0.0/24"}),
+    );
     let r3b = rewrite(&r3, 2, {
         let mut v = (*r3.value).clone();
         v["remote_addr"] = json!("10.0.0.0/8");
@@ -569,7 +600,10 @@ fn adds_deletes_and_refilters_match_like_a_full_build() {
     let d3 = at(3, vec![r1, r4]);
     let s3 = Snapshot::build(&d3, Some(&s2), &carry);
     for c in &conns {
-        assert_eq!(winner(&s3, c), winner(&Snapshot::build(&d3, None, &carry), c));
+        assert_eq!(
+            winner(&s3, c),
+            winner(&Snapshot::build(&d3, None, &carry), c)
+        );
     }
     assert_eq!(s3.route_count(), 2);
 }
@@ -603,10 +637,16 @@ fn ssl_changes_rebuild_certificates_and_the_routes_naming_them() {
     assert!(s2.rejected(Kind::Ssl, "c1").is_some());
 
     let s3 = Snapshot::build(&at(3, vec![ssl, tls_route, plain]), Some(&s2), &carry);
-    assert!(Arc::ptr_eq(&s2.tls, &s3.tls), "no SSL change: certificates kept");
+    assert!(
+        Arc::ptr_eq(&s2.tls, &s3.tls),
+        "no SSL change: certificates kept"
+    );
     assert!(same_route(&s2, &s3, "tls"));
     assert!(s3.rejected(Kind::Ssl, "c1").is_some(), "still listed");
-    assert!(s3.rejected(Kind::StreamRoute, "tls").is_some(), "still listed");
+    assert!(
+        s3.rejected(Kind::StreamRoute, "tls").is_some(),
+        "still listed"
+    );
 }
 
 #[test]
@@ -618,23 +658,47 @@ fn a_skipped_route_is_listed_and_the_others_served_until_it_is_fixed() {
         json!({"plugins": {"ip-restriction": {"whitelist": ["not an ip"]}}}),
     );
     let garbage = route("garbage", json!({"remote_addr": "not an address"}));
-    let s1 = Snapshot::build(&at(1, vec![good.clone(), bad.clone(), garbage.clone()]), None, &carry);
+    let s1 = Snapshot::build(
+        &at(1, vec![good.clone(), bad.clone(), garbage.clone()]),
+        None,
+        &carry,
+    );
     let listed = |s: &Snapshot| -> Vec<String> {
-        s.skipped().map(|(k, id, _)| format!("{}/{id}", k.segment())).collect()
+        s.skipped()
+            .map(|(k, id, _)| format!("{}/{id}", k.segment()))
+            .collect()
     };
     assert_eq!(listed(&s1), ["stream_routes/bad", "stream_routes/garbage"]);
     assert!(s1.skipped().all(|(_, _, why)| !why.is_empty()));
-    assert_eq!(winner(&s1, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(), Some("good"));
+    assert_eq!(
+        winner(&s1, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
+        Some("good")
+    );
 
-    let s2 = Snapshot::build(&at(2, vec![good.clone(), bad.clone(), garbage.clone()]), Some(&s1), &carry);
-    assert_eq!(listed(&s2), listed(&s1), "unchanged: still skipped, not compiled again");
+    let s2 = Snapshot::build(
+        &at(2, vec![good.clone(), bad.clone(), garbage.clone()]),
+        Some(&s1),
+        &carry,
+    );
+    assert_eq!(
+        listed(&s2),
+        listed(&s1),
+        "unchanged: still skipped, not compiled again"
+    );
     assert!(same_route(&s1, &s2, "good"));
 
-    let fixed = rewrite(&bad, 3, json!({"upstream": {"nodes": {"127.0.0.1:1995": 1}},
-        "remote_addr": "127.0.0.1"}));
+    let fixed = rewrite(
+        &bad,
+        3,
+        json!({"upstream": {"nodes": {"127.0.0.1:1995": 1}},
+        "remote_addr": "127.0.0.1"}),
+    );
     let s3 = Snapshot::build(&at(3, vec![good, fixed, garbage]), Some(&s2), &carry);
     assert_eq!(listed(&s3), ["stream_routes/garbage"]);
-    assert_eq!(winner(&s3, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(), Some("bad"));
+    assert_eq!(
+        winner(&s3, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
+        Some("bad")
+    );
 }
 
 #[test]
@@ -642,5 +706,8 @@ fn a_panic_while_compiling_one_object_is_that_objects_error() {
     let out: Result<u8, String> = build::guarded(|| panic!("cannot convert"));
     assert!(out.is_err_and(|why| why.contains("cannot convert")));
     assert_eq!(build::guarded(|| Ok::<u8, String>(3)), Ok(3));
-    assert_eq!(build::guarded(|| Err::<u8, String>("no".into())), Err("no".into()));
+    assert_eq!(
+        build::guarded(|| Err::<u8, String>("no".into())),
+        Err("no".into())
+    );
 }

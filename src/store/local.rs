@@ -24,10 +24,10 @@
 //! keeps only the log, its lock and its compaction.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -508,7 +508,8 @@ impl Shared {
         let mut staged: Vec<Staged> = Vec::new();
         let mut answered = Vec::new();
         for Job { request, done } in jobs {
-            let current = |key: &Key, overlay: &HashMap<Key, Option<Entry>>| match overlay.get(key) {
+            let current = |key: &Key, overlay: &HashMap<Key, Option<Entry>>| match overlay.get(key)
+            {
                 Some(e) => e.clone(),
                 None => self.index.read(|t| t.get(key).cloned()),
             };
@@ -1071,11 +1072,16 @@ mod tests {
                 .map(|i| {
                     let s = s.clone();
                     tokio::spawn(async move {
-                        s.put(Kind::StreamRoute, &format!("r{i}"), json!({"i": i}), Expect::Any)
-                            .await
-                            .expect("put")
-                            .entry
-                            .mod_rev
+                        s.put(
+                            Kind::StreamRoute,
+                            &format!("r{i}"),
+                            json!({"i": i}),
+                            Expect::Any,
+                        )
+                        .await
+                        .expect("put")
+                        .entry
+                        .mod_rev
                     })
                 })
                 .collect();

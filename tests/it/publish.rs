@@ -151,7 +151,10 @@ async fn a_stored_route_that_does_not_compile_is_skipped_and_listed_while_others
         let store = LocalStore::open(&dir.path().join("data")).expect("store");
         let up = json!({"nodes": {backend.addr.to_string(): 1}});
         for (id, v) in [
-            ("bad", json!({"remote_addr": "not an address", "upstream": up})),
+            (
+                "bad",
+                json!({"remote_addr": "not an address", "upstream": up}),
+            ),
             ("good", json!({"remote_addr": "127.0.0.1", "upstream": up})),
         ] {
             store
@@ -163,7 +166,11 @@ async fn a_stored_route_that_does_not_compile_is_skipped_and_listed_while_others
     let mut s = start_on(dir).await;
     for round in ["first start", "restart"] {
         let mut c = connect_from("127.0.0.1", s.tcp[0]).await;
-        assert_eq!(read_line(&mut c).await, "good", "{round}: the good route serves");
+        assert_eq!(
+            read_line(&mut c).await,
+            "good",
+            "{round}: the good route serves"
+        );
         drop(c);
         let list = skipped(&s).await;
         let items = list["skipped"].as_array().expect("skipped list");
@@ -171,7 +178,9 @@ async fn a_stored_route_that_does_not_compile_is_skipped_and_listed_while_others
         assert_eq!(items[0]["type"], "stream_routes");
         assert_eq!(items[0]["id"], "bad");
         assert!(
-            items[0]["reason"].as_str().is_some_and(|r| r.contains("not an address")),
+            items[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not an address")),
             "{round}: {list}"
         );
         // Later writes are applied as usual.
