@@ -12,7 +12,9 @@
 //! revision, with why; the task carries on, so the next change is built
 //! and published as usual.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -76,12 +78,60 @@ struct Rebuilder {
     carry: Arc<Carry>,
     keyring: Arc<Keyring>,
     build: Arc<BuildFn>,
+    /// Stored values the keyring decrypted, kept while unchanged.
+    opened: Arc<Mutex<Vec<Opened>>>,
+}
+
+/// A stored value and the same value with its secrets decrypted.
+#[derive(Debug)]
+struct Opened {
+    kind: Kind,
+    id: String,
+    stored: Arc<Value>,
+    open: Arc<Value>,
+}
+
+/// Decrypt the secrets of `dump`'s values: those written after revision
+/// `since` are opened now, the others take the opened value kept in
+/// `opened` (so an unchanged object keeps one value and is not compiled
+/// again). `opened` is left holding what this dump uses.
+fn open_secrets(dump: &mut Dump, since: u64, keyring: &Keyring, opened: &mut Vec<Opened>) {
+    let mut kept = Vec::new();
+    for e in dump.entries.iter_mut().filter(|e| e.mod_rev > since) {
+        if !may_hold_secret(e) {
+            continue;
+        }
+        let mut v = (*e.value).clone();
+        keyring.open(e.kind, &mut v);
+        if v != *e.value {
+            let open = Arc::new(v);
+            kept.push(Opened {
+                kind: e.kind,
+                id: e.id.clone(),
+                stored: std::mem::replace(&mut e.value, Arc::clone(&open)),
+                open,
+            });
+        }
+    }
+    for o in opened.drain(..) {
+        let found = dump
+            .entries
+            .binary_search_by(|e| (e.kind, e.id.as_str()).cmp(&(o.kind, o.id.as_str())));
+        if let Ok(i) = found {
+            let e = &mut dump.entries[i];
+            if e.mod_rev <= since && Arc::ptr_eq(&e.value, &o.stored) {
+                e.value = Arc::clone(&o.open);
+                kept.push(o);
+            }
+        }
+    }
+    *opened = kept;
 }
 
 /// Whether a stored value has a slot the keyring may have encrypted (a
 /// private key); the others are compiled as stored, shared with the store.
 fn may_hold_secret(e: &Entry) -> bool {
-    let client_key = |v: Option<&serde_json::Value>| {
+    let client_key = |v: Option<&Value>| {
         v.and_then(|v| v.get("tls"))
             .and_then(|t| t.get("client_key"))
             .is_some()
@@ -103,18 +153,18 @@ impl Rebuilder {
         })?;
         let revision = dump.revision;
         let prev = self.current.load_full();
-        let (carry, keyring, build) =
-            (self.carry.clone(), self.keyring.clone(), self.build.clone());
+        let (carry, keyring, build, opened) = (
+            self.carry.clone(),
+            self.keyring.clone(),
+            self.build.clone(),
+            self.opened.clone(),
+        );
         // A panic in the build ends this blocking task only: it comes back
         // as an error and the previous snapshot stays in force.
         let built = tokio::task::spawn_blocking(move || {
-            for e in dump.entries.iter_mut().filter(|e| may_hold_secret(e)) {
-                let mut v = (*e.value).clone();
-                keyring.open(e.kind, &mut v);
-                if v != *e.value {
-                    e.value = Arc::new(v);
-                }
-            }
+            let mut opened = opened.lock().unwrap_or_else(|p| p.into_inner());
+            open_secrets(&mut dump, prev.revision, &keyring, &mut opened);
+            drop(opened);
             build(&dump, &prev, &carry)
         })
         .await
@@ -161,6 +211,7 @@ async fn start_with(
         carry,
         keyring: Arc::new(keyring),
         build,
+        opened: Arc::default(),
     };
     let first = rebuilder
         .rebuild()
