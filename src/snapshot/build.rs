@@ -112,8 +112,9 @@ struct Item<'a> {
     entry: &'a Entry,
     /// The previous compiled route (with its position) or left-out record.
     old: Old<'a>,
-    /// The parsed route, unless the previous compiled form may be reused.
-    parsed: Option<Result<StreamRoute, String>>,
+    /// The parsed route, unless the previous compiled form may be reused
+    /// (boxed: most items have none, and the list is walked per write).
+    parsed: Option<Box<Result<StreamRoute, String>>>,
 }
 
 enum Old<'a> {
@@ -193,7 +194,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     // Routes, merged with the previous ones (both in id order): those whose
     // stored value is unchanged may be reused; the others are parsed now.
     let mut named = prev.named.clone();
-    let mut items = Vec::new();
+    let mut items = Vec::with_capacity(prev.routes.len().saturating_add(16));
     let mut kept_left_out: HashSet<&str> = HashSet::new();
     let mut old_routes = prev.routes.iter().enumerate().peekable();
     for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
@@ -235,7 +236,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
                         count(&mut named, r.upstream_id.as_ref(), true);
                     }
                 }
-                Some(p)
+                Some(Box::new(p))
             }
         };
         items.push(Item {
@@ -349,9 +350,10 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
                 _ => {}
             }
         }
-        let parsed = item
-            .parsed
-            .unwrap_or_else(|| guarded(|| StreamRoute::from_value(&e.value)));
+        let parsed = match item.parsed {
+            Some(p) => *p,
+            None => guarded(|| StreamRoute::from_value(&e.value)),
+        };
         let mut source = RouteSource::new(e, parsed.as_ref().ok());
         let compiled = match parsed {
             // xRPC subordinate routes are never matched directly.
