@@ -9,7 +9,8 @@ keep-alive clients, then measures:
 - PUT p50/p99: updates of existing routes, one client, one at a time;
 - apply latency: time from a PUT's 2xx to the first connection served by
   the new upstream (a route for 127.0.0.1 switched between two backends);
-- RSS after loading, and again after the update churn.
+- RSS after loading, and again after the update churn; per route, the
+  growth over the empty server's RSS.
 
 Usage: benches/routes.py --bin target/release/apisix-stream [--routes 1000 10000]
 Prints one table row per route count and the targets each row meets.
@@ -178,6 +179,7 @@ def run(binary, n, clients, churn, applies):
     try:
         wait_port(admin, proc)
         a_port, b_port = backend("A"), backend("B")
+        rss_empty = rss_kib(proc.pid)
 
         # Load n routes with `clients` keep-alive connections.
         def loader(k, failures):
@@ -234,7 +236,8 @@ def run(binary, n, clients, churn, applies):
             "load_put_per_s": round(n / load_s),
             "rss_mib_loaded": round(rss_loaded / 1024, 1),
             "rss_mib_after_churn": round(rss_churned / 1024, 1),
-            "kib_per_route": round(rss_churned / n, 2),
+            "rss_mib_empty": round(rss_empty / 1024, 1),
+            "kib_per_route": round((rss_churned - rss_empty) / n, 2),
         }
     finally:
         proc.terminate()

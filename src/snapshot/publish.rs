@@ -24,6 +24,7 @@ use super::build::panic_message;
 use super::{Carry, Snapshot};
 use crate::model::crypt::Keyring;
 use crate::model::Kind;
+use crate::store::index::{Changes, Key};
 use crate::store::{Dump, Entry, Store, StoreError};
 
 /// The current snapshot, readable lock-free by every connection.
@@ -78,54 +79,59 @@ struct Rebuilder {
     carry: Arc<Carry>,
     keyring: Arc<Keyring>,
     build: Arc<BuildFn>,
-    /// Stored values the keyring decrypted, kept while unchanged.
-    opened: Arc<Mutex<Vec<Opened>>>,
+    /// The store's objects (secrets decrypted) as of the last build, kept
+    /// up to date with the store's changes instead of dumping it all.
+    mirror: Mutex<Option<Dump>>,
 }
 
-/// A stored value and the same value with its secrets decrypted.
-#[derive(Debug)]
-struct Opened {
-    kind: Kind,
-    id: String,
-    stored: Arc<Value>,
-    open: Arc<Value>,
-}
-
-/// Decrypt the secrets of `dump`'s values: those written after revision
-/// `since` are opened now, the others take the opened value kept in
-/// `opened` (so an unchanged object keeps one value and is not compiled
-/// again). `opened` is left holding what this dump uses.
-fn open_secrets(dump: &mut Dump, since: u64, keyring: &Keyring, opened: &mut Vec<Opened>) {
-    let mut kept = Vec::new();
-    for e in dump.entries.iter_mut().filter(|e| e.mod_rev > since) {
-        if !may_hold_secret(e) {
-            continue;
-        }
-        let mut v = (*e.value).clone();
-        keyring.open(e.kind, &mut v);
-        if v != *e.value {
-            let open = Arc::new(v);
-            kept.push(Opened {
-                kind: e.kind,
-                id: e.id.clone(),
-                stored: std::mem::replace(&mut e.value, Arc::clone(&open)),
-                open,
-            });
-        }
+/// Decrypt the secrets of `e`'s value (a new value only when it had any).
+fn open_secrets(e: &mut Entry, keyring: &Keyring) {
+    if !may_hold_secret(e) {
+        return;
     }
-    for o in opened.drain(..) {
-        let found = dump
-            .entries
-            .binary_search_by(|e| (e.kind, e.id.as_str()).cmp(&(o.kind, o.id.as_str())));
-        if let Ok(i) = found {
-            let e = &mut dump.entries[i];
-            if e.mod_rev <= since && Arc::ptr_eq(&e.value, &o.stored) {
-                e.value = Arc::clone(&o.open);
-                kept.push(o);
+    let mut v = (*e.value).clone();
+    keyring.open(e.kind, &mut v);
+    if v != *e.value {
+        e.value = Arc::new(v);
+    }
+}
+
+/// Bring `dump` (values opened) up to date with `changes`, in key order.
+fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring) {
+    let mut updates: Vec<(Key, Option<Entry>)> = changes
+        .changed
+        .into_iter()
+        .map(|mut e| {
+            open_secrets(&mut e, keyring);
+            ((e.kind, e.id.clone()), Some(e))
+        })
+        .chain(changes.removed.into_iter().map(|k| (k, None)))
+        .collect();
+    updates.sort_by(|a, b| a.0.cmp(&b.0));
+    let old = std::mem::take(&mut dump.entries);
+    let mut out = Vec::with_capacity(old.len() + updates.len());
+    let mut updates = updates.into_iter().peekable();
+    for e in old {
+        while let Some((k, _)) = updates.peek() {
+            if (k.0, k.1.as_str()) >= (e.kind, e.id.as_str()) {
+                break;
+            }
+            if let Some((_, Some(new))) = updates.next() {
+                out.push(new);
             }
         }
+        match updates.peek() {
+            Some((k, _)) if k.0 == e.kind && k.1 == e.id => {
+                if let Some((_, Some(new))) = updates.next() {
+                    out.push(new);
+                }
+            }
+            _ => out.push(e),
+        }
     }
-    *opened = kept;
+    out.extend(updates.filter_map(|(_, new)| new));
+    dump.entries = out;
+    dump.revision = changes.revision;
 }
 
 /// Whether a stored value has a slot the keyring may have encrypted (a
@@ -147,25 +153,41 @@ impl Rebuilder {
     /// Build a snapshot of the store as it is now and put it in force;
     /// returns its revision.
     async fn rebuild(&self) -> Result<u64, Failed> {
-        let mut dump = self.store.dump().await.map_err(|e| Failed {
-            revision: self.store.revision(),
-            reason: format!("cannot read the store: {e}"),
-        })?;
-        let revision = dump.revision;
+        let base = self
+            .mirror
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let changes = base
+            .as_ref()
+            .and_then(|m| self.store.index().changes_since(m.revision));
+        let (base, changes) = match (base, changes) {
+            (Some(m), Some(c)) => (m, Some(c)),
+            _ => {
+                let dump = self.store.dump().await.map_err(|e| Failed {
+                    revision: self.store.revision(),
+                    reason: format!("cannot read the store: {e}"),
+                })?;
+                (dump, None)
+            }
+        };
+        let revision = changes.as_ref().map_or(base.revision, |c| c.revision);
         let prev = self.current.load_full();
-        let (carry, keyring, build, opened) = (
-            self.carry.clone(),
-            self.keyring.clone(),
-            self.build.clone(),
-            self.opened.clone(),
-        );
+        let (carry, keyring, build) =
+            (self.carry.clone(), self.keyring.clone(), self.build.clone());
         // A panic in the build ends this blocking task only: it comes back
         // as an error and the previous snapshot stays in force.
-        let built = tokio::task::spawn_blocking(move || {
-            let mut opened = opened.lock().unwrap_or_else(|p| p.into_inner());
-            open_secrets(&mut dump, prev.revision, &keyring, &mut opened);
-            drop(opened);
-            build(&dump, &prev, &carry)
+        let (dump, built) = tokio::task::spawn_blocking(move || {
+            let mut dump = base;
+            match changes {
+                Some(c) => apply_changes(&mut dump, c, &keyring),
+                None => dump
+                    .entries
+                    .iter_mut()
+                    .for_each(|e| open_secrets(e, &keyring)),
+            }
+            let built = build(&dump, &prev, &carry);
+            (dump, built)
         })
         .await
         .map_err(|e| Failed {
@@ -176,6 +198,7 @@ impl Rebuilder {
                 format!("snapshot build failed: {e}")
             },
         })?;
+        *self.mirror.lock().unwrap_or_else(|p| p.into_inner()) = Some(dump);
         tracing::debug!(revision, routes = built.route_count(), "snapshot published");
         self.current.store(Arc::new(built));
         self.carry.health.apply(self.current.load().checkers());
@@ -211,7 +234,7 @@ async fn start_with(
         carry,
         keyring: Arc::new(keyring),
         build,
-        opened: Arc::default(),
+        mirror: Mutex::default(),
     };
     let first = rebuilder
         .rebuild()
@@ -361,5 +384,55 @@ mod tests {
         let node = now.routes()[0].upstream.as_ref().expect("upstream");
         assert_eq!(node.balancer.backends()[0].port, 1003);
         cancel.cancel();
+    }
+
+    #[test]
+    fn changes_are_merged_into_the_mirror_in_key_order() {
+        let e = |kind: Kind, id: &str, rev: u64| Entry {
+            kind,
+            id: id.into(),
+            value: Arc::new(json!({"rev": rev})),
+            create_rev: rev,
+            mod_rev: rev,
+        };
+        let mut dump = Dump {
+            revision: 3,
+            entries: vec![
+                e(Kind::Upstream, "u", 1),
+                e(Kind::StreamRoute, "b", 2),
+                e(Kind::StreamRoute, "d", 3),
+            ],
+        };
+        dump.entries.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        let kept = Arc::clone(&dump.entries.iter().find(|x| x.id == "u").expect("u").value);
+        apply_changes(
+            &mut dump,
+            Changes {
+                revision: 6,
+                changed: vec![
+                    e(Kind::StreamRoute, "a", 4),
+                    e(Kind::StreamRoute, "d", 5),
+                    e(Kind::StreamRoute, "e", 6),
+                ],
+                removed: vec![(Kind::StreamRoute, "b".into())],
+            },
+            &Keyring::default(),
+        );
+        let mut want: Vec<(Kind, String, u64)> = vec![
+            (Kind::Upstream, "u".into(), 1),
+            (Kind::StreamRoute, "a".into(), 4),
+            (Kind::StreamRoute, "d".into(), 5),
+            (Kind::StreamRoute, "e".into(), 6),
+        ];
+        want.sort();
+        let got: Vec<(Kind, String, u64)> = dump
+            .entries
+            .iter()
+            .map(|x| (x.kind, x.id.clone(), x.mod_rev))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(dump.revision, 6);
+        let u = dump.entries.iter().find(|x| x.id == "u").expect("u");
+        assert!(Arc::ptr_eq(&u.value, &kept), "unchanged values are kept");
     }
 }

@@ -13,7 +13,7 @@
 //! feed is sent while the lock is held: two writers can never announce out
 //! of order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -27,6 +27,22 @@ pub type Key = (Kind, String);
 /// Objects keyed by kind then id (byte-wise, as etcd orders keys).
 pub type Objects = BTreeMap<Key, Entry>;
 
+/// How many changed keys the index remembers for [`IndexView::changes_since`];
+/// a reader further behind takes a whole [`Dump`].
+const CHANGE_LOG_CAP: usize = 1 << 16;
+
+/// What changed after a revision: a reader that has every object as of that
+/// revision applies these to have them as of `revision`.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The revision the changes lead to.
+    pub revision: u64,
+    /// Objects written since, as they are now (in key order).
+    pub changed: Vec<Entry>,
+    /// Keys removed since (in key order).
+    pub removed: Vec<Key>,
+}
+
 /// The objects, the revision and the back-end's own bookkeeping `X`, all
 /// changed together under the index's lock.
 #[derive(Debug, Default)]
@@ -35,6 +51,14 @@ pub struct Table<X = ()> {
     revision: u64,
     /// Set by [`Table::commit`]: announce `revision` once the update ends.
     announce: bool,
+    /// Keys changed in this update, logged with the revision it reaches.
+    touched: Vec<Key>,
+    /// Changed keys by revision, oldest first.
+    log: VecDeque<(u64, Key)>,
+    /// Changes after this revision are all in `log`.
+    log_floor: u64,
+    /// Every object was replaced in this update.
+    replaced: bool,
     /// Bookkeeping the back-end keeps in step with the objects.
     pub extra: X,
 }
@@ -61,22 +85,58 @@ impl<X> Table<X> {
         if self.objects.get(&key) == Some(&entry) {
             return false;
         }
+        self.touched.push(key.clone());
         self.objects.insert(key, entry);
         true
     }
 
     /// Remove one object, returning it.
     pub fn remove(&mut self, key: &Key) -> Option<Entry> {
-        self.objects.remove(key)
+        let old = self.objects.remove(key);
+        if old.is_some() {
+            self.touched.push(key.clone());
+        }
+        old
     }
 
-    /// Replace every object; true when that changed anything.
+    /// Replace every object; true when that changed anything. Readers of
+    /// [`IndexView::changes_since`] take a whole dump afterwards.
     pub fn replace(&mut self, objects: Objects) -> bool {
         if objects == self.objects {
             return false;
         }
         self.objects = objects;
+        self.replaced = true;
         true
+    }
+
+    /// Log the keys changed in an update that began at revision `before`
+    /// under the revision reached. Changes that did not move the revision
+    /// (a reader may already hold that revision without them), and a
+    /// replacement of everything, make earlier revisions unknown instead.
+    fn settle(&mut self, before: u64) {
+        let replaced = std::mem::take(&mut self.replaced);
+        if !replaced && self.touched.is_empty() {
+            return;
+        }
+        if replaced || self.revision <= before {
+            self.touched.clear();
+            self.log.clear();
+            self.log_floor = if self.revision > before {
+                self.revision
+            } else {
+                self.revision.saturating_add(1)
+            };
+            return;
+        }
+        for key in std::mem::take(&mut self.touched) {
+            self.log.push_back((self.revision, key));
+        }
+        while self.log.len() > CHANGE_LOG_CAP {
+            if let Some((rev, _)) = self.log.pop_front() {
+                self.log_floor = self.log_floor.max(rev);
+            }
+        }
     }
 
     /// Move the revision to `rev` (if higher) without announcing it: a
@@ -114,6 +174,10 @@ impl<X> Index<X> {
                 objects,
                 revision,
                 announce: false,
+                touched: Vec::new(),
+                log: VecDeque::new(),
+                log_floor: revision,
+                replaced: false,
                 extra,
             }),
             feed: watch::channel(revision).0,
@@ -135,7 +199,9 @@ impl<X> Index<X> {
     /// announced on the feed before the lock is released.
     pub fn update<R>(&self, f: impl FnOnce(&mut Table<X>) -> R) -> R {
         let mut table = self.lock();
+        let before = table.revision;
         let out = f(&mut table);
+        table.settle(before);
         if std::mem::take(&mut table.announce) {
             self.feed.send_replace(table.revision);
         }
@@ -153,6 +219,9 @@ pub trait IndexView: Send + Sync {
     fn list(&self, kind: Kind) -> Vec<Entry>;
     /// Every object at the current revision.
     fn dump(&self) -> Dump;
+    /// What changed after revision `rev`, or None when that is no longer
+    /// known (too far behind, or everything was replaced): take a dump.
+    fn changes_since(&self, rev: u64) -> Option<Changes>;
     /// The last revision announced on the feed.
     fn revision(&self) -> u64;
     /// The change feed: the latest announced revision.
@@ -179,6 +248,26 @@ impl<X: Send> IndexView for Index<X> {
             revision: table.revision,
             entries: table.objects.values().cloned().collect(),
         }
+    }
+
+    fn changes_since(&self, rev: u64) -> Option<Changes> {
+        let table = self.lock();
+        if rev < table.log_floor || rev > table.revision {
+            return None;
+        }
+        let from = table.log.partition_point(|(r, _)| *r <= rev);
+        let keys: BTreeSet<&Key> = table.log.range(from..).map(|(_, k)| k).collect();
+        let mut out = Changes {
+            revision: table.revision,
+            ..Changes::default()
+        };
+        for key in keys {
+            match table.objects.get(key) {
+                Some(e) => out.changed.push(e.clone()),
+                None => out.removed.push(key.clone()),
+            }
+        }
+        Some(out)
     }
 
     fn revision(&self) -> u64 {
@@ -255,5 +344,53 @@ mod tests {
         let removed = index.update(|t| t.remove(&(Kind::Upstream, "1".into())));
         assert_eq!(removed.map(|e| e.mod_rev), Some(6));
         assert!(index.update(|t| !t.replace(Objects::new())));
+    }
+
+    #[test]
+    fn changes_since_a_revision_or_a_dump_when_unknown() {
+        let index: Index = Index::new(Objects::new(), 2, ());
+        assert!(index.changes_since(2).is_some_and(|c| c.changed.is_empty()));
+        index.update(|t| {
+            t.insert(entry(Kind::StreamRoute, "a", 3));
+            t.insert(entry(Kind::StreamRoute, "b", 3));
+            t.commit(3);
+        });
+        index.update(|t| {
+            t.remove(&(Kind::StreamRoute, "a".into()));
+            t.insert(entry(Kind::Upstream, "u", 4));
+            t.commit(4);
+        });
+        let ids = |c: &Changes| -> (Vec<String>, Vec<String>) {
+            (
+                c.changed.iter().map(|e| e.id.clone()).collect(),
+                c.removed.iter().map(|k| k.1.clone()).collect(),
+            )
+        };
+        let c = index.changes_since(2).expect("known");
+        assert_eq!(c.revision, 4);
+        assert_eq!(ids(&c), (vec!["b".into(), "u".into()], vec!["a".into()]));
+        let c = index.changes_since(3).expect("known");
+        assert_eq!(ids(&c), (vec!["u".into()], vec!["a".into()]));
+        assert!(index.changes_since(1).is_none(), "before the log");
+        assert!(index.changes_since(5).is_none(), "not reached");
+
+        // A change that does not move the revision, and a replacement of
+        // everything, leave earlier revisions to a dump.
+        index.update(|t| {
+            t.insert(entry(Kind::StreamRoute, "c", 4));
+        });
+        assert!(index.changes_since(4).is_none());
+        index.update(|t| {
+            t.insert(entry(Kind::StreamRoute, "d", 5));
+            t.commit(5);
+        });
+        assert!(index.changes_since(4).is_none());
+        assert!(index.changes_since(5).is_some());
+        index.update(|t| {
+            t.replace(Objects::new());
+            t.commit(6);
+        });
+        assert!(index.changes_since(5).is_none());
+        assert!(index.changes_since(6).is_some_and(|c| c.changed.is_empty()));
     }
 }
