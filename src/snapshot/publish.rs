@@ -153,11 +153,7 @@ impl Rebuilder {
     /// Build a snapshot of the store as it is now and put it in force;
     /// returns its revision.
     async fn rebuild(&self) -> Result<u64, Failed> {
-        let base = self
-            .mirror
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let base = self.mirror.lock().unwrap_or_else(|p| p.into_inner()).take();
         let changes = base
             .as_ref()
             .and_then(|m| self.store.index().changes_since(m.revision));
@@ -403,7 +399,8 @@ mod tests {
                 e(Kind::StreamRoute, "d", 3),
             ],
         };
-        dump.entries.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        dump.entries
+            .sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
         let kept = Arc::clone(&dump.entries.iter().find(|x| x.id == "u").expect("u").value);
         apply_changes(
             &mut dump,
