@@ -145,6 +145,13 @@ fn count(named: &mut HashMap<String, usize>, id: Option<&String>, add: bool) {
     }
 }
 
+/// Whether a route has a health checker of its own (an inline upstream's).
+fn inline_checker(r: &RouteRt) -> bool {
+    r.upstream
+        .as_ref()
+        .is_ok_and(|u| u.upstream_id.is_none() && u.health().is_some())
+}
+
 /// Whether the routes at the same position filter connections the same way.
 fn same_filters(a: &RouteRt, b: &RouteRt) -> bool {
     a.remote_addr == b.remote_addr
@@ -200,6 +207,12 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
         let mut old = Old::None;
         while let Some((i, r)) = old_routes.peek() {
+            if Arc::ptr_eq(&r.source.value, &e.value) {
+                // The very value it was compiled from: same id.
+                old = Old::Route(*i, r);
+                old_routes.next();
+                break;
+            }
             if r.id.as_str() < e.id.as_str() {
                 count(&mut named, r.source.upstream_id.as_ref(), false);
                 old_routes.next();
@@ -328,6 +341,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     let mut left_out = BTreeMap::new();
     let mut remap: Vec<Option<usize>> = vec![None; prev.routes.len()];
     let mut added = Vec::new();
+    let mut checkers_changed = false;
     for item in items {
         let e = item.entry;
         if item.parsed.is_none() {
@@ -371,6 +385,10 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         match compiled {
             Ok(rt) => {
                 let pos = routes.len();
+                checkers_changed |= inline_checker(&rt);
+                if let Old::Route(_, r) = &item.old {
+                    checkers_changed |= inline_checker(r);
+                }
                 match item.old {
                     Old::Route(old, r) if same_filters(r, &rt) => remap[old] = Some(pos),
                     _ => added.push(pos),
@@ -389,6 +407,16 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         }
     }
 
+    checkers_changed = checkers_changed
+        || remap
+            .iter()
+            .zip(&prev.routes)
+            .any(|(m, r)| m.is_none() && inline_checker(r))
+        || upstreams.len() != prev.upstreams.len()
+        || upstreams.iter().any(|(id, u)| {
+            let health = |u: &Arc<UpstreamRt>| u.health().map(Arc::as_ptr);
+            prev.upstreams.get(id).map(health) != Some(health(u))
+        });
     let same_layout = added.is_empty()
         && routes.len() == prev.routes.len()
         && remap.iter().enumerate().all(|(i, m)| *m == Some(i));
@@ -414,6 +442,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         left_out,
         named,
         ssl_sources,
+        checkers_changed,
     }
 }
 

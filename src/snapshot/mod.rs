@@ -132,6 +132,8 @@ pub struct Snapshot {
     named: HashMap<String, usize>,
     /// The SSL objects the certificates were compiled from.
     ssl_sources: Vec<(String, Arc<Value>)>,
+    /// Whether its health checkers may differ from the previous snapshot's.
+    checkers_changed: bool,
 }
 
 impl Snapshot {
@@ -162,6 +164,12 @@ impl Snapshot {
         self.rejected
             .get(&(kind, id.to_string()))
             .map(String::as_str)
+    }
+
+    /// Whether [`Snapshot::checkers`] may differ from those of the snapshot
+    /// it was built from (when not, the probes running stay as they are).
+    pub fn checkers_changed(&self) -> bool {
+        self.checkers_changed
     }
 
     /// Every health checker this snapshot holds (stored upstreams, then

@@ -110,26 +110,23 @@ fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring) {
     updates.sort_by(|a, b| a.0.cmp(&b.0));
     let old = std::mem::take(&mut dump.entries);
     let mut out = Vec::with_capacity(old.len() + updates.len());
-    let mut updates = updates.into_iter().peekable();
-    for e in old {
-        while let Some((k, _)) = updates.peek() {
-            if (k.0, k.1.as_str()) >= (e.kind, e.id.as_str()) {
-                break;
-            }
-            if let Some((_, Some(new))) = updates.next() {
-                out.push(new);
-            }
+    // Each update is placed by a binary search; the entries between move
+    // over in runs, without comparing their keys.
+    let mut rest = old.into_iter();
+    for (key, new) in updates {
+        let tail = rest.as_slice();
+        let at = tail.partition_point(|e| (e.kind, e.id.as_str()) < (key.0, key.1.as_str()));
+        out.extend(rest.by_ref().take(at));
+        if rest
+            .as_slice()
+            .first()
+            .is_some_and(|e| e.kind == key.0 && e.id == key.1)
+        {
+            rest.next();
         }
-        match updates.peek() {
-            Some((k, _)) if k.0 == e.kind && k.1 == e.id => {
-                if let Some((_, Some(new))) = updates.next() {
-                    out.push(new);
-                }
-            }
-            _ => out.push(e),
-        }
+        out.extend(new);
     }
-    out.extend(updates.filter_map(|(_, new)| new));
+    out.extend(rest);
     dump.entries = out;
     dump.revision = changes.revision;
 }
@@ -196,8 +193,11 @@ impl Rebuilder {
         })?;
         *self.mirror.lock().unwrap_or_else(|p| p.into_inner()) = Some(dump);
         tracing::debug!(revision, routes = built.route_count(), "snapshot published");
+        let checkers_changed = built.checkers_changed();
         self.current.store(Arc::new(built));
-        self.carry.health.apply(self.current.load().checkers());
+        if checkers_changed {
+            self.carry.health.apply(self.current.load().checkers());
+        }
         Ok(revision)
     }
 }
