@@ -194,10 +194,12 @@ impl Rebuilder {
         *self.mirror.lock().unwrap_or_else(|p| p.into_inner()) = Some(dump);
         tracing::debug!(revision, routes = built.route_count(), "snapshot published");
         let checkers_changed = built.checkers_changed();
-        self.current.store(Arc::new(built));
+        let replaced = self.current.swap(Arc::new(built));
         if checkers_changed {
             self.carry.health.apply(self.current.load().checkers());
         }
+        // Releasing a big snapshot takes time: not on the way to the answer.
+        tokio::task::spawn_blocking(move || drop(replaced));
         Ok(revision)
     }
 }

@@ -337,6 +337,7 @@ async fn checkers_are_attached_while_building_and_probed_while_in_force() {
         "an upstream no route names gets no checker"
     );
     assert_eq!(s1.checkers().count(), 1);
+    assert!(s1.checkers_changed());
     carry.health.apply(s1.checkers());
     assert_eq!(carry.health.len(), 1, "probes run for the checker in force");
     for _ in 0..3 {
@@ -349,6 +350,7 @@ async fn checkers_are_attached_while_building_and_probed_while_in_force() {
     d2.entries.push(route("3", json!({"server_port": 3})));
     let s2 = Snapshot::build(&d2, Some(&s1), &carry);
     assert!(Arc::ptr_eq(&c1, &checker(&s2)));
+    assert!(!s2.checkers_changed(), "probes need no new plan");
     carry.health.apply(s2.checkers());
     assert_eq!(carry.health.len(), 1);
 
@@ -365,6 +367,7 @@ async fn checkers_are_attached_while_building_and_probed_while_in_force() {
     ]);
     let s3 = Snapshot::build(&d3, Some(&s2), &carry);
     let c3 = checker(&s3);
+    assert!(s3.checkers_changed());
     assert!(!Arc::ptr_eq(&c1, &c3));
     assert!(!c3.healthy(0), "unchanged target keeps its state");
     assert!(c3.healthy(1));
@@ -379,6 +382,7 @@ async fn checkers_are_attached_while_building_and_probed_while_in_force() {
     // Routes deleted: their checkers' probes stop once that is in force.
     let s4 = Snapshot::build(&dump(vec![]), Some(&s3), &carry);
     assert_eq!(s4.checkers().count(), 0);
+    assert!(s4.checkers_changed());
     carry.health.apply(s4.checkers());
     assert!(carry.health.is_empty());
     tasks.close();
