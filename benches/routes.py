@@ -252,7 +252,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/apisix-stream")
     ap.add_argument("--routes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--churn", type=int, default=500)
     ap.add_argument("--applies", type=int, default=20)
     ap.add_argument("--json", help="write the rows here")
