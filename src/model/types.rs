@@ -193,6 +193,54 @@ fn parse_net(field: &str, s: &str) -> Result<IpNet, String> {
 }
 
 impl StreamRoute {
+    /// Reads only the match filters of a stored stream route (one that
+    /// cannot be served, to refuse its clients); an error when a filter
+    /// present cannot be read, or when it is an xRPC subordinate route.
+    pub fn filters_from_value(v: &Value) -> Result<Self, String> {
+        if !v.is_object() {
+            return Err("not a JSON object".into());
+        }
+        if v.get("protocol")
+            .and_then(|p| p.get("superior_id"))
+            .is_some()
+        {
+            return Err("an xRPC subordinate route is never matched directly".into());
+        }
+        let net = |field: &str| -> Result<Option<IpNet>, String> {
+            match v.get(field) {
+                None => Ok(None),
+                Some(Value::String(s)) => parse_net(field, s).map(Some),
+                Some(other) => Err(format!("invalid {field}: {other}")),
+            }
+        };
+        let server_port = match v.get("server_port") {
+            None => None,
+            Some(p) => Some(
+                as_int(p)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| format!("invalid server_port: {p}"))?,
+            ),
+        };
+        let sni = match v.get("sni") {
+            None => None,
+            Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
+            Some(other) => return Err(format!("invalid sni: {other}")),
+        };
+        Ok(StreamRoute {
+            id: id_field(v, "id").unwrap_or_default(),
+            remote_addr: net("remote_addr")?,
+            server_addr: net("server_addr")?,
+            server_port,
+            sni,
+            upstream: None,
+            upstream_id: None,
+            service_id: None,
+            plugins: Map::new(),
+            superior_id: None,
+            name: str_field(v, "name"),
+        })
+    }
+
     /// Builds the view from a validated stream route (with `id`).
     pub fn from_value(v: &Value) -> Result<Self, String> {
         // The store key is authoritative for the id; the body may lack it.

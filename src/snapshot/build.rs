@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::{matcher, Carry, RouteRt, Snapshot, UpstreamRt};
 use crate::model::{Kind, StreamRoute};
 use crate::plugins;
-use crate::store::{Dump, Entry};
+use crate::store::{unservable_reason, Dump, Entry};
 use crate::tls;
 
 /// What a stream route was compiled from, to tell whether it can be reused.
@@ -104,6 +104,44 @@ pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, Str
             "compiling it failed unexpectedly: {}",
             panic_message(&*p)
         ))
+    })
+}
+
+/// Parse a stored stream route; one its store marked unservable is an error.
+fn parse(e: &Entry) -> Result<StreamRoute, String> {
+    if let Some(why) = unservable_reason(&e.value) {
+        return Err(why.to_string());
+    }
+    guarded(|| StreamRoute::from_value(&e.value))
+}
+
+/// A route that cannot be served keeps its filters and refuses the
+/// connections they catch (503), so its clients never fall through to a
+/// wider route; `Err(why)` when not even its filters can be read.
+fn refusing_route(
+    e: &Entry,
+    why: String,
+    mut source: RouteSource,
+    carry: &Carry,
+) -> Result<RouteRt, String> {
+    let Ok(r) = StreamRoute::filters_from_value(&e.value) else {
+        return Err(why);
+    };
+    tracing::warn!(route_id = %e.id, error = %why, "stream route cannot be served; refusing its clients");
+    let refused = format!("stream route cannot be served: {why}");
+    source.problem = Some(why);
+    Ok(RouteRt {
+        id: e.id.clone(),
+        remote_addr: r.remote_addr,
+        server_addr: r.server_addr,
+        server_port: r.server_port,
+        sni: r.sni,
+        upstream: Err(refused),
+        plugins: serde_json::Map::new(),
+        chain: plugins::Chain::default(),
+        stats: carry.stats.route(&e.id),
+        node_stats: Vec::new(),
+        source,
     })
 }
 
@@ -243,7 +281,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
                         kept_left_out.insert(&e.id);
                     }
                 }
-                let p = guarded(|| StreamRoute::from_value(&e.value));
+                let p = parse(e);
                 if let Ok(r) = &p {
                     if r.superior_id.is_none() {
                         count(&mut named, r.upstream_id.as_ref(), true);
@@ -366,7 +404,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         }
         let parsed = match item.parsed {
             Some(p) => *p,
-            None => guarded(|| StreamRoute::from_value(&e.value)),
+            None => parse(e),
         };
         let mut source = RouteSource::new(e, parsed.as_ref().ok());
         let compiled = match parsed {
@@ -382,6 +420,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
             }),
             Err(err) => Err(err),
         };
+        let compiled = compiled.or_else(|err| refusing_route(e, err, source.clone(), carry));
         match compiled {
             Ok(rt) => {
                 let pos = routes.len();

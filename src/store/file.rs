@@ -239,6 +239,7 @@ fn parse_items(
             }
             // The file is written for this instance: a plugin it does not
             // enable is an error, as in an Admin API write.
+            let mut value = item.clone();
             if let Err(e) = model::validate(kind, item, plugins, NotEnabled::Refuse) {
                 tracing::warn!(
                     file = %path.display(),
@@ -246,10 +247,14 @@ fn parse_items(
                     position,
                     "failed to check item data of [{segment}] err:{e}"
                 );
-                continue;
+                // A stream route stays, marked, so that its clients are
+                // refused rather than served by a wider route.
+                match super::unservable(kind, item, &e) {
+                    Some(marked) => value = marked,
+                    None => continue,
+                }
             }
             let id = item_id(item, position);
-            let mut value = item.clone();
             if let Value::Object(map) = &mut value {
                 map.insert("id".into(), Value::String(id.clone()));
             }

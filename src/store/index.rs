@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::{Dump, Entry};
+use super::{unservable_reason, Dump, Entry};
 use crate::model::Kind;
 
 /// An object's key: its kind, then its id.
@@ -230,7 +230,11 @@ pub trait IndexView: Send + Sync {
 
 impl<X: Send> IndexView for Index<X> {
     fn get(&self, kind: Kind, id: &str) -> Option<Entry> {
-        self.lock().objects.get(&(kind, id.to_string())).cloned()
+        self.lock()
+            .objects
+            .get(&(kind, id.to_string()))
+            .filter(|e| unservable_reason(&e.value).is_none())
+            .cloned()
     }
 
     fn list(&self, kind: Kind) -> Vec<Entry> {
@@ -238,6 +242,7 @@ impl<X: Send> IndexView for Index<X> {
             .objects
             .range((kind, String::new())..)
             .take_while(|((k, _), _)| *k == kind)
+            .filter(|(_, e)| unservable_reason(&e.value).is_none())
             .map(|(_, e)| e.clone())
             .collect()
     }

@@ -39,6 +39,31 @@ pub struct Entry {
     pub mod_rev: u64,
 }
 
+/// The key a store adds to a stream route it holds but could not accept
+/// (the reason is its value): the data plane refuses the route's clients
+/// instead of letting them fall through to a wider route, and reads
+/// ([`Store::get`], [`Store::list`]) do not show it.
+pub const UNSERVABLE: &str = "__unservable";
+
+/// A stored stream route that failed its checks, kept marked [`UNSERVABLE`]
+/// so its filters still catch its clients; None when it is not a JSON
+/// object (nothing to match on).
+pub fn unservable(kind: Kind, value: &Value, why: &str) -> Option<Value> {
+    if kind != Kind::StreamRoute {
+        return None;
+    }
+    let mut value = value.clone();
+    value
+        .as_object_mut()?
+        .insert(UNSERVABLE.into(), Value::String(why.to_string()));
+    Some(value)
+}
+
+/// Why a stored value is marked [`UNSERVABLE`], if it is.
+pub fn unservable_reason(value: &Value) -> Option<&str> {
+    value.get(UNSERVABLE).and_then(Value::as_str)
+}
+
 /// A precondition on a write, checked atomically with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {

@@ -342,3 +342,57 @@ fn serve_stops_on_a_missing_or_broken_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn unservable_route_in_file_refuses_its_clients_instead_of_falling_through() {
+    let wide = Backend::start("wide", Mode::Greet).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apisix.yaml");
+    // Route "narrow" has a map-form node without a port (refused by the
+    // Admin API); route "wide" catches every other client.
+    write_file(
+        &file,
+        &format!(
+            "stream_routes:\n  - id: narrow\n    remote_addr: 127.0.0.1\n    upstream:\n      \
+             nodes:\n        \"127.0.0.1\": 1\n  - id: wide\n    upstream:\n      nodes:\n        \
+             \"{}\": 1\n#END\n",
+            wide.addr
+        ),
+    );
+    let path = file.clone();
+    let s = TestServer::start_full(
+        dir,
+        |y| y.replace("config_provider: local", "config_provider: yaml"),
+        move |c| {
+            c.deployment.standalone_file = path;
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
+            }
+        },
+    )
+    .await;
+    let proxy = s.tcp[0];
+    // A client the narrow route filters for is closed, never sent to the
+    // wide route's backend; any other client reaches the wide route.
+    let mut narrow_client = crate::backend::connect_from("127.0.0.1", proxy).await;
+    assert_eq!(read_line(&mut narrow_client).await, "");
+    let mut other = crate::backend::connect_from("127.0.0.2", proxy).await;
+    assert_eq!(read_line(&mut other).await, "wide");
+    // The Control API lists the narrow route as skipped, with its reason.
+    let url = format!("http://{}/v1/stream/skipped", s.control());
+    let listed: serde_json::Value = within(5, reqwest::get(url))
+        .await
+        .expect("skipped")
+        .json()
+        .await
+        .expect("json");
+    let text = listed.to_string();
+    assert!(text.contains("narrow"), "{text}");
+    assert!(!text.contains("\"wide\""), "{text}");
+    // Reads of the Admin API show only what can be served.
+    let (st, v) = s
+        .call(Method::GET, "/apisix/admin/stream_routes", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+}

@@ -11,7 +11,7 @@ use super::client::{b64, header_rev, num, range_end, unb64, CallError};
 use super::Shared;
 use crate::model::{self, EnabledPlugins, Kind, NotEnabled};
 use crate::store::index::{Key, Objects, Table};
-use crate::store::Entry;
+use crate::store::{unservable, unservable_reason, Entry};
 
 /// The (kind, id) a key names, if it is one of our objects: exactly
 /// `<prefix>/<dir>/<id>` with a known dir and a non-empty id.
@@ -79,7 +79,15 @@ pub(super) fn change_of(
     let value = match kv.get("value").and_then(Value::as_str) {
         None => check_value(kind, b"", plugins),
         Some(text) => match unb64(text) {
-            Some(raw) => check_value(kind, &raw, plugins),
+            Some(raw) => check_value(kind, &raw, plugins).or_else(|why| {
+                // A stream route that fails its checks is kept marked, so
+                // that, with no valid version to keep, its clients are
+                // refused instead of reaching a wider route.
+                serde_json::from_slice::<Value>(&raw)
+                    .ok()
+                    .and_then(|v| unservable(kind, &v, &why))
+                    .ok_or(why)
+            }),
             None => Err("value is not base64".into()),
         },
     };
@@ -123,6 +131,18 @@ pub(super) fn warn_invalid(key: &str, error: &str) {
     );
 }
 
+/// Whether `value`, a stream route marked unservable, leaves the valid
+/// version in force (logged); a marked value replaces only a marked one or
+/// nothing.
+fn keeps_previous(c: &Cache, key: &Key, full: &str, value: &Value) -> bool {
+    let Some(why) = unservable_reason(value) else {
+        return false;
+    };
+    warn_invalid(full, why);
+    c.get(key)
+        .is_some_and(|old| unservable_reason(&old.value).is_none())
+}
+
 /// Apply one watch event (events come in revision order); true when the
 /// data changed.
 pub(super) fn apply_event(c: &mut Cache, change: Change) -> bool {
@@ -151,6 +171,7 @@ pub(super) fn apply_event(c: &mut Cache, change: Change) -> bool {
             create_rev,
             mod_rev,
         } => match value {
+            Ok(value) if keeps_previous(c, &key, &full, &value) => false,
             Ok(value) => c.insert(Entry {
                 kind,
                 id,
@@ -214,6 +235,11 @@ pub(super) fn replace_all(c: &mut Cache, items: Vec<Change>, header_rev: u64) ->
         };
         let key = (kind, id.clone());
         match value {
+            Ok(value) if keeps_previous(c, &key, &full, &value) => {
+                if let Some(old) = c.get(&key) {
+                    next.insert(key, old.clone());
+                }
+            }
             Ok(value) => {
                 next.insert(
                     key,
