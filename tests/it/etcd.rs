@@ -868,6 +868,38 @@ async fn huge_numbers_and_unservable_nodes_in_etcd_freeze_nothing() {
     for tcp in [tcp_a, tcp_b] {
         assert_eq!(greeting(tcp).await.as_deref(), Some("b1"));
     }
+    // A proxy restarted while the unservable value is stored refuses the
+    // narrow route's clients: they never fall through to the wide route.
+    drop(a);
+    let mut a = spawn_serve(&cfg_a);
+    wait_listening(admin_a, &mut a);
+    wait_listening(tcp_a, &mut a);
+    assert!(
+        eventually(5, async || call(
+            &reqwest::Client::new(),
+            admin_a,
+            Some(KEY),
+            Method::GET,
+            "/apisix/admin/stream_routes/zz",
+            None
+        )
+        .await
+        .0 == StatusCode::OK)
+        .await,
+        "restarted proxy never loaded the routes"
+    );
+    // Its snapshot is in force: another client reaches the wide route.
+    assert!(
+        eventually(5, async || {
+            let mut c = crate::backend::connect_from("127.0.0.2", tcp_a).await;
+            crate::backend::read_line(&mut c).await == "wide"
+        })
+        .await,
+        "the wide route is not served after the restart"
+    );
+    for _ in 0..3 {
+        assert_eq!(greeting(tcp_a).await, None);
+    }
     // Later writes and deletes apply on both.
     put(&etcd, "1", narrow(json!({b2.addr.to_string(): 1}), huge)).await;
     for tcp in [tcp_a, tcp_b] {
