@@ -635,8 +635,12 @@ mod tests {
         let ids: Vec<&str> = snap.routes().iter().map(|r| r.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["1", "3"],
-            "a route with a bad plugin conf is left out"
+            ["1", "2", "3"],
+            "a route with a bad plugin conf keeps its filters"
+        );
+        assert!(
+            snap.routes()[1].upstream.is_err(),
+            "and refuses its connections"
         );
         let chain = &snap.routes()[0].chain;
         assert_eq!(
@@ -645,7 +649,7 @@ mod tests {
             "prometheus is not enabled by default; syslog is disabled"
         );
         assert!(chain.has_preread() && !chain.has_log());
-        assert!(snap.routes()[1].chain.is_empty());
+        assert!(snap.routes()[2].chain.is_empty());
         let mut s = Session::default();
         chain.admit(&mut s, &conn()).unwrap();
         let chosen = s.upstream.as_ref().expect("split upstream");

@@ -14,7 +14,10 @@
 //!
 //! Each object compiles on its own: one that fails (or panics while
 //! compiling) is logged once, left out, and listed in
-//! [`Snapshot::rejected`]; the others are served.
+//! [`Snapshot::rejected`]; the others are served. A stream route that
+//! fails (or that its store marked unservable) keeps its match filters and
+//! refuses the connections they catch, so its clients never fall through to
+//! a wider route; only one whose filters cannot be read is left out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -460,8 +460,12 @@ fn objects_that_cannot_be_served_are_listed_with_why() {
     let ids: Vec<&str> = s.routes().iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["bad-tls", "by-id", "ok"],
-        "a bad plugin leaves the route out"
+        ["bad-plugin", "bad-tls", "by-id", "ok"],
+        "a route with a bad plugin keeps its filters"
+    );
+    assert!(
+        s.routes()[0].upstream.is_err(),
+        "and refuses its connections"
     );
 }
 
@@ -674,10 +678,13 @@ fn a_skipped_route_is_listed_and_the_others_served_until_it_is_fixed() {
     };
     assert_eq!(listed(&s1), ["stream_routes/bad", "stream_routes/garbage"]);
     assert!(s1.skipped().all(|(_, _, why)| !why.is_empty()));
-    assert_eq!(
-        winner(&s1, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
-        Some("good")
-    );
+    // "bad" (filters readable) takes its clients and refuses them, never
+    // handing them to "good"; "garbage" (filters unreadable) is left out.
+    let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
+    assert_eq!(winner(&s1, &c).as_deref(), Some("bad"));
+    assert!(s1.match_route(&c).is_some_and(|r| r.upstream.is_err()));
+    let ids: Vec<&str> = s1.routes().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["bad", "good"]);
 
     let s2 = Snapshot::build(
         &at(2, vec![good.clone(), bad.clone(), garbage.clone()]),
@@ -703,6 +710,9 @@ fn a_skipped_route_is_listed_and_the_others_served_until_it_is_fixed() {
         winner(&s3, &conn("127.0.0.1", "127.0.0.1", 9100, None)).as_deref(),
         Some("bad")
     );
+    assert!(s3
+        .match_route(&conn("127.0.0.1", "127.0.0.1", 9100, None))
+        .is_some_and(|r| r.upstream.is_ok()));
 }
 
 #[test]

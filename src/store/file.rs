@@ -6,7 +6,8 @@
 //! Each item's id is its `id` field (number or string), else `arr_<n>` (its
 //! 1-based position); a later duplicate replaces an earlier one. Items are
 //! validated as the Admin API validates them; an invalid item is logged and
-//! left out while the others load.
+//! left out while the others load, except a stream route, which is kept
+//! marked [`super::UNSERVABLE`] so that its clients are refused.
 //!
 //! A YAML file must end with `#END` (a half-written file is never loaded);
 //! `${{VAR}}` / `${{VAR:=default}}` placeholders come from the environment.
@@ -670,7 +671,15 @@ upstreams:
 #END
 "#;
         let items = yaml(text).unwrap();
-        assert_eq!(ids(&items, Kind::StreamRoute), ["good"]);
+        // Stream routes are kept, marked, so that their clients are refused.
+        assert_eq!(
+            ids(&items, Kind::StreamRoute),
+            ["bad-plugin", "bad-port", "good"]
+        );
+        for id in ["bad-plugin", "bad-port"] {
+            let v = &items[&(Kind::StreamRoute, id.to_string())];
+            assert!(crate::store::unservable_reason(v).is_some(), "{v}");
+        }
         assert_eq!(ids(&items, Kind::Upstream), ["1"]);
     }
 
@@ -683,7 +692,12 @@ upstreams:
         );
         let text =
             "stream_routes:\n  - id: 1\n    upstream_id: 1\n    plugins: {x-rewrite: {}}\n#END\n";
-        assert!(yaml(text).unwrap().is_empty());
+        let items = yaml(text).unwrap();
+        let v = &items[&(Kind::StreamRoute, "1".to_string())];
+        assert_eq!(
+            crate::store::unservable_reason(v),
+            Some("unknown plugin [x-rewrite]")
+        );
     }
 
     #[test]

@@ -380,6 +380,11 @@ mod tests {
         }
     }
 
+    /// Whether `c` puts a stream route marked unservable.
+    fn marked(c: &Option<Change>) -> bool {
+        matches!(c, Some(Change::Put { value: Ok(v), .. }) if unservable_reason(v).is_some())
+    }
+
     #[test]
     fn decoding_checks_values() {
         let c = decode(
@@ -422,12 +427,13 @@ mod tests {
             &kv("/apisix/stream_routes/r", other, 3, 5),
             false,
         );
-        assert!(
-            matches!(c, Some(Change::Put { value: Err(_), .. })),
-            "{c:?}"
-        );
+        assert!(marked(&c), "{c:?}");
+        // A stream route that fails its checks is kept, marked unservable;
+        // one that is not a JSON object is refused.
         let bad = r#"{"upstream_id": "1", "plugins": {"limit-conn": {"conn": "x"}}}"#;
         let c = decode(&kv("/apisix/stream_routes/r", bad, 3, 5), false);
+        assert!(marked(&c), "{c:?}");
+        let c = decode(&kv("/apisix/stream_routes/r", "[1]", 3, 5), false);
         assert!(
             matches!(c, Some(Change::Put { value: Err(_), .. })),
             "{c:?}"
@@ -446,6 +452,39 @@ mod tests {
                 mod_rev: 9
             })
         );
+    }
+
+    #[test]
+    fn an_unservable_route_is_kept_marked_only_without_a_valid_version() {
+        let route = |v: Value, rev: u64| Change::Put {
+            kind: Kind::StreamRoute,
+            id: "r".into(),
+            key: "/apisix/stream_routes/r".into(),
+            value: Ok(Arc::new(v)),
+            create_rev: 2,
+            mod_rev: rev,
+        };
+        let bad = unservable(
+            Kind::StreamRoute,
+            &json!({"remote_addr": "127.0.0.1"}),
+            "bad",
+        )
+        .expect("an object");
+        let key = (Kind::StreamRoute, "r".to_string());
+        let mut c = Cache::default();
+        assert!(apply_event(&mut c, route(bad.clone(), 2)), "nothing before");
+        assert_eq!(unservable_reason(&c.objects()[&key].value), Some("bad"));
+        assert!(apply_event(&mut c, route(json!({"upstream_id": "1"}), 3)));
+        assert!(!apply_event(&mut c, route(bad.clone(), 4)), "valid kept");
+        assert_eq!(c.objects()[&key].mod_rev, 3);
+        // A full read keeps the valid version too, and marks a new key.
+        let mut other = route(bad.clone(), 5);
+        if let Change::Put { id, .. } = &mut other {
+            *id = "s".into();
+        }
+        assert!(replace_all(&mut c, vec![route(bad, 5), other], 5));
+        assert_eq!(c.objects()[&key].mod_rev, 3);
+        assert!(unservable_reason(&c.objects()[&(Kind::StreamRoute, "s".into())].value).is_some());
     }
 
     #[test]
