@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{matcher, Carry, RouteRt, Snapshot, UpstreamRt};
+use super::{matcher, Carry, RouteRt, Snapshot, UpstreamRt, UpstreamSource};
 use crate::model::{Kind, StreamRoute};
 use crate::plugins;
 use crate::store::{unservable_reason, Dump, Entry};
@@ -315,12 +315,12 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     let enabled = carry.health.enabled();
     let compile = |origin: String,
                    id: Option<String>,
-                   v: &Value,
+                   src: UpstreamSource,
                    checked: bool|
      -> Result<Arc<UpstreamRt>, String> {
         let old = prev.upstream_by_origin(&origin);
         if let Some(old) = old {
-            if old.source == *v
+            if *old.source == *src
                 && old.upstream_id == id
                 && !(ssl_changed && old.uses_ssl_object())
                 && old.health().is_some() == (checked && old.checks().is_some())
@@ -329,7 +329,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
             }
         }
         guarded(|| {
-            let up = UpstreamRt::build(origin, id, v, &certs)?;
+            let up = UpstreamRt::build_shared(origin, id, src, &certs)?;
             Ok(Arc::new(if checked {
                 up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
             } else {
@@ -344,7 +344,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         match compile(
             format!("upstreams/{}", e.id),
             Some(e.id.clone()),
-            &e.value,
+            UpstreamSource::Stored(Arc::clone(&e.value)),
             checked,
         ) {
             Ok(u) => {
@@ -489,7 +489,8 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
 }
 
 /// Compiles an upstream: (origin, JSON, whether it may get a checker).
-type CompileInline<'a> = dyn Fn(String, &Value, bool) -> Result<Arc<UpstreamRt>, String> + 'a;
+type CompileInline<'a> =
+    dyn Fn(String, UpstreamSource, bool) -> Result<Arc<UpstreamRt>, String> + 'a;
 
 /// Compile one stream route: its plugin chain and the upstream in force.
 /// `compile(origin, json, checked)` compiles an inline upstream.
@@ -511,7 +512,7 @@ fn compile_route(
             version: e.mod_rev,
             shared: &carry.plugins,
             upstreams,
-            compile: &|origin, v| compile(origin, v, false),
+            compile: &|origin, v| compile(origin, UpstreamSource::Owned(v.clone()), false),
             node_stats: &|label| stats.node(&e.id, label),
         },
     )?;
@@ -520,8 +521,12 @@ fn compile_route(
             .get(uid)
             .cloned()
             .ok_or_else(|| format!("upstream [{uid}] not found")),
-        (None, Some(inline)) => {
-            let up = compile(format!("stream_routes/{}", e.id), inline, true);
+        (None, Some(_)) => {
+            let up = compile(
+                format!("stream_routes/{}", e.id),
+                UpstreamSource::Inline(Arc::clone(&e.value)),
+                true,
+            );
             let unusable = match &up {
                 Err(why) => Some(why),
                 Ok(u) => match &u.tls {

@@ -39,7 +39,9 @@ use crate::tls;
 
 pub use carry::Carry;
 pub use conn::{canonical_ip, expand_template, ConnInfo};
-pub use upstream::{HashKey, UpstreamRt, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+pub use upstream::{
+    HashKey, UpstreamRt, UpstreamSource, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
 
 /// A compiled stream route.
 #[derive(Debug)]

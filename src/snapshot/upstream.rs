@@ -41,6 +41,33 @@ pub enum HashKey {
     Unknown(String),
 }
 
+/// The JSON an upstream was compiled from, shared with the stored object
+/// where it can be instead of copied.
+#[derive(Debug, Clone)]
+pub enum UpstreamSource {
+    /// A stored upstream's whole value.
+    Stored(Arc<Value>),
+    /// The `upstream` object inside a stored stream route's value.
+    Inline(Arc<Value>),
+    /// A copy (an upstream nested deeper, e.g. in a plugin's configuration).
+    Owned(Value),
+}
+
+/// What [`UpstreamSource::Inline`] reads when the route has no `upstream`.
+static NO_UPSTREAM: Value = Value::Null;
+
+impl std::ops::Deref for UpstreamSource {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        match self {
+            UpstreamSource::Stored(v) => v,
+            UpstreamSource::Inline(v) => v.get("upstream").unwrap_or(&NO_UPSTREAM),
+            UpstreamSource::Owned(v) => v,
+        }
+    }
+}
+
 /// A compiled upstream, shared by every route using it.
 #[derive(Debug)]
 pub struct UpstreamRt {
@@ -50,7 +77,7 @@ pub struct UpstreamRt {
     pub upstream_id: Option<String>,
     /// The source JSON, to reuse this object (and its balancer state)
     /// when a rebuild finds it unchanged.
-    pub source: Value,
+    pub source: UpstreamSource,
     /// Node selection.
     pub balancer: Balancer,
     /// Per-try connect timeout.
@@ -80,20 +107,30 @@ impl UpstreamRt {
         source: &Value,
         certs: &tls::TlsCerts,
     ) -> Result<Self, String> {
-        let up = Upstream::from_value(source)?;
-        Ok(Self::from_model(
+        Self::build_shared(
             origin,
             upstream_id,
-            source.clone(),
-            &up,
+            UpstreamSource::Owned(source.clone()),
             certs,
-        ))
+        )
+    }
+
+    /// Compile an upstream from its validated JSON, keeping `source`
+    /// (shared with the store's value where it is one) instead of a copy.
+    pub fn build_shared(
+        origin: String,
+        upstream_id: Option<String>,
+        source: UpstreamSource,
+        certs: &tls::TlsCerts,
+    ) -> Result<Self, String> {
+        let up = Upstream::from_value(&source)?;
+        Ok(Self::from_model(origin, upstream_id, source, &up, certs))
     }
 
     fn from_model(
         origin: String,
         upstream_id: Option<String>,
-        source: Value,
+        source: UpstreamSource,
         up: &Upstream,
         certs: &tls::TlsCerts,
     ) -> Self {
