@@ -404,7 +404,7 @@ impl Shared {
                         Entry {
                             kind,
                             id: id.clone(),
-                            value: Arc::new(value),
+                            value: super::shared_value(value),
                             create_rev: old.map_or(rev, |o| o.create_rev),
                             mod_rev: rev,
                         }

@@ -278,7 +278,7 @@ fn parse_log(path: &Path, data: &[u8]) -> Result<Loaded, StoreError> {
                     Entry {
                         kind,
                         id,
-                        value: Arc::new(value),
+                        value: super::shared_value(value),
                         create_rev,
                         mod_rev: rec.rev,
                     },
@@ -558,7 +558,7 @@ impl Shared {
                     let entry = Entry {
                         kind,
                         id,
-                        value: Arc::new(value),
+                        value: super::shared_value(value),
                         create_rev,
                         mod_rev: rev,
                     };

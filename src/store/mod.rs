@@ -162,6 +162,36 @@ pub fn format_generated_id(rev: u64) -> String {
     format!("{rev:020}")
 }
 
+/// Share a stored value, its maps, arrays and strings first trimmed to
+/// their length (parsing and editing leave them with spare capacity, which
+/// every stored object would otherwise keep for as long as it lives).
+pub fn shared_value(mut value: Value) -> Arc<Value> {
+    compact(&mut value);
+    Arc::new(value)
+}
+
+fn compact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let mut trimmed: serde_json::Map<String, Value> = std::mem::take(map)
+                .into_iter()
+                .map(|(mut k, mut v)| {
+                    k.shrink_to_fit();
+                    compact(&mut v);
+                    (k, v)
+                })
+                .collect();
+            std::mem::swap(map, &mut trimmed);
+        }
+        Value::Array(items) => {
+            items.shrink_to_fit();
+            items.iter_mut().for_each(compact);
+        }
+        Value::String(s) => s.shrink_to_fit(),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

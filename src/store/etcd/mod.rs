@@ -259,7 +259,7 @@ impl Store for EtcdStore {
         let entry = Entry {
             kind,
             id: id.to_string(),
-            value: Arc::new(value),
+            value: crate::store::shared_value(value),
             create_rev,
             mod_rev: rev,
         };
@@ -295,7 +295,7 @@ impl Store for EtcdStore {
                 Entry {
                     kind,
                     id: id.to_string(),
-                    value: Arc::new(serde_json::from_slice(&raw).unwrap_or(Value::Null)),
+                    value: crate::store::shared_value(serde_json::from_slice(&raw).unwrap_or(Value::Null)),
                     create_rev: num(prev.get("create_revision")),
                     mod_rev: num(prev.get("mod_revision")),
                 }
