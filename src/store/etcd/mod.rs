@@ -295,7 +295,9 @@ impl Store for EtcdStore {
                 Entry {
                     kind,
                     id: id.to_string(),
-                    value: crate::store::shared_value(serde_json::from_slice(&raw).unwrap_or(Value::Null)),
+                    value: crate::store::shared_value(
+                        serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                    ),
                     create_rev: num(prev.get("create_revision")),
                     mod_rev: num(prev.get("mod_revision")),
                 }
