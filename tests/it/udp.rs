@@ -26,7 +26,21 @@ impl Drop for UdpBackend {
 
 impl UdpBackend {
     async fn start(name: &'static str) -> UdpBackend {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        // A receive buffer as large as the proxy's own (the system's
+        // default holds a few hundred small datagrams): a burst of a
+        // thousand clients must not be dropped here, before the proxy is
+        // even measured.
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .expect("socket");
+        let _ = sock.set_recv_buffer_size(4 << 20);
+        sock.set_nonblocking(true).expect("nonblocking");
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        sock.bind(&local.into()).expect("bind");
+        let sock = UdpSocket::from_std(sock.into()).expect("tokio socket");
         let addr = sock.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 70_000];
