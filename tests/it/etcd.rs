@@ -13,14 +13,12 @@ use apisix_stream::store::etcd::EtcdStore;
 use apisix_stream::store::{Expect, Store, StoreError};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
-    call, eventually, eventually_some, free_port, program, run_cli, spawn_serve, wait_listening,
-    within, ChildConfig, ChildGuard, KEY,
+    call, eventually, eventually_some, free_port, greeting, program, run_cli, spawn_serve,
+    wait_listening, within, ChildConfig, ChildGuard, KEY,
 };
 
 /// One etcd member on loopback, killed when dropped.
@@ -195,31 +193,6 @@ fn spawn_proxy(etcd_url: &str) -> Proxy {
         admin,
         tcp,
         _dir: dir,
-    }
-}
-
-/// What one connection through a proxy yields: the backend's greeting, or
-/// `None` when the proxy closed it (no route).
-async fn greeting(addr: SocketAddr) -> Option<String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let mut out = Vec::new();
-    let mut b = [0u8; 64];
-    loop {
-        let n = match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => 0,
-            Err(_) => panic!("proxy neither answered nor closed within 3s"),
-        };
-        if n == 0 {
-            return (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned());
-        }
-        out.extend_from_slice(&b[..n]);
-        if let Some(pos) = out.iter().position(|c| *c == b'\n') {
-            return Some(String::from_utf8_lossy(&out[..pos]).into_owned());
-        }
     }
 }
 

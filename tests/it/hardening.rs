@@ -8,42 +8,16 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
-    bin, call, eventually, eventually_some, free_port, run_cli, spawn_serve, test_yaml,
+    bin, call, eventually, eventually_some, free_port, greeting, run_cli, spawn_serve, test_yaml,
     wait_listening, wait_listening_logged, within, ChildConfig, ChildGuard, TestServer, KEY,
 };
-
-/// The first line a connection through `proxy` yields: the backend's
-/// greeting, or `None` when the proxy closed it.
-async fn greeting(proxy: SocketAddr) -> Option<String> {
-    let mut s = within(5, TcpStream::connect(proxy))
-        .await
-        .expect("connect to proxy");
-    let mut out = Vec::new();
-    let mut b = [0u8; 64];
-    loop {
-        let n = match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => 0,
-            Err(_) => panic!("proxy neither answered nor closed within 3s"),
-        };
-        if n == 0 {
-            return (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned());
-        }
-        out.extend_from_slice(&b[..n]);
-        if let Some(pos) = out.iter().position(|c| *c == b'\n') {
-            return Some(String::from_utf8_lossy(&out[..pos]).into_owned());
-        }
-    }
-}
 
 /// Wait until connections through `proxy` yield `want`.
 async fn served_by(proxy: SocketAddr, want: Option<&str>) {

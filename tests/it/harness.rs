@@ -562,3 +562,32 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     }
     (status.code().unwrap_or(-1), out, err)
 }
+
+/// The first line a connection through `proxy` yields: the backend's
+/// greeting, or `None` when the proxy closed it.
+pub async fn greeting(proxy: SocketAddr) -> Option<String> {
+    let mut s = within(5, tokio::net::TcpStream::connect(proxy))
+        .await
+        .expect("connect to proxy");
+    let mut out = Vec::new();
+    let mut b = [0u8; 64];
+    loop {
+        let n = match tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read(&mut s, &mut b),
+        )
+        .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => 0,
+            Err(_) => panic!("proxy neither answered nor closed within 3s"),
+        };
+        if n == 0 {
+            return (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend_from_slice(&b[..n]);
+        if let Some(pos) = out.iter().position(|c| *c == b'\n') {
+            return Some(String::from_utf8_lossy(&out[..pos]).into_owned());
+        }
+    }
+}
