@@ -163,28 +163,43 @@ pub(super) fn apply_event(c: &mut Cache, change: Change) -> bool {
         c.extra.pending.remove(&key);
     }
     match change {
-        Change::Put {
+        Change::Delete { .. } => c.remove(&key).is_some(),
+        put => match admitted(c, &key, put) {
+            Some(entry) => c.insert(entry),
+            None => false,
+        },
+    }
+}
+
+/// The entry a `Put` stores, or `None` when the previous version of `key`
+/// stays in force (an invalid value, logged, or an unservable one that
+/// must not replace a valid version). Watch events and full reads share
+/// this rule.
+fn admitted(c: &Cache, key: &Key, put: Change) -> Option<Entry> {
+    let Change::Put {
+        kind,
+        id,
+        key: full,
+        value,
+        create_rev,
+        mod_rev,
+    } = put
+    else {
+        return None;
+    };
+    match value {
+        Ok(value) if keeps_previous(c, key, &full, &value) => None,
+        Ok(value) => Some(Entry {
             kind,
             id,
-            key: full,
             value,
             create_rev,
             mod_rev,
-        } => match value {
-            Ok(value) if keeps_previous(c, &key, &full, &value) => false,
-            Ok(value) => c.insert(Entry {
-                kind,
-                id,
-                value,
-                create_rev,
-                mod_rev,
-            }),
-            Err(e) => {
-                warn_invalid(&full, &e);
-                false
-            }
-        },
-        Change::Delete { .. } => c.remove(&key).is_some(),
+        }),
+        Err(e) => {
+            warn_invalid(&full, &e);
+            None
+        }
     }
 }
 
@@ -222,38 +237,15 @@ pub(super) fn replace_all(c: &mut Cache, items: Vec<Change>, header_rev: u64) ->
     }
     let mut next = Objects::new();
     for item in items {
-        let Change::Put {
-            kind,
-            id,
-            key: full,
-            value,
-            create_rev,
-            mod_rev,
-        } = item
-        else {
+        let Change::Put { kind, id, .. } = &item else {
             continue;
         };
-        let key = (kind, id.clone());
-        match value {
-            Ok(value) if keeps_previous(c, &key, &full, &value) => {
-                if let Some(old) = c.get(&key) {
-                    next.insert(key, old.clone());
-                }
+        let key = (*kind, id.clone());
+        match admitted(c, &key, item) {
+            Some(entry) => {
+                next.insert(key, entry);
             }
-            Ok(value) => {
-                next.insert(
-                    key,
-                    Entry {
-                        kind,
-                        id,
-                        value,
-                        create_rev,
-                        mod_rev,
-                    },
-                );
-            }
-            Err(e) => {
-                warn_invalid(&full, &e);
+            None => {
                 if let Some(old) = c.get(&key) {
                     next.insert(key, old.clone());
                 }
