@@ -272,6 +272,10 @@ pub struct ProxyProtocol {
 pub struct SslConf {
     /// `fallback_sni`: SNI assumed when a TLS client sends none.
     pub fallback_sni: Option<String>,
+    /// `ssl_trusted_certificate`: a PEM file of the CAs that verified
+    /// upstreams and etcd are checked against; `None` or `system`: the
+    /// system's roots.
+    pub ssl_trusted_certificate: Option<String>,
 }
 
 /// `apisix.data_encryption`.
@@ -417,6 +421,9 @@ pub struct Etcd {
     pub password: Option<Secret>,
     /// `tls`.
     pub tls: Option<EtcdTls>,
+    /// The CAs a verified etcd server is checked against: the server sets
+    /// it from `apisix.ssl.ssl_trusted_certificate` (not a key of its own).
+    pub trusted_ca: Option<String>,
 }
 
 impl Default for Etcd {
@@ -431,6 +438,7 @@ impl Default for Etcd {
             user: None,
             password: None,
             tls: None,
+            trusted_ca: None,
         }
     }
 }

@@ -463,6 +463,7 @@ fn build_apisix(top: &Section<'_>) -> Result<Apisix, ConfigError> {
         proxy_protocol,
         ssl: SslConf {
             fallback_sni: sec.section("ssl")?.opt_string("fallback_sni")?,
+            ssl_trusted_certificate: sec.section("ssl")?.opt_string("ssl_trusted_certificate")?,
         },
         data_encryption: DataEncryption { keyring },
         disable_upstream_healthcheck: sec.bool_or(
@@ -688,6 +689,7 @@ fn build_etcd(sec: &Section<'_>) -> Result<Etcd, ConfigError> {
             Some(Value::String(s)) => Some(Secret::new(s.clone())),
             Some(v) => return Err(sec.invalid_secret("password", v, "expected a string")),
         },
+        trusted_ca: None,
         tls,
     })
 }

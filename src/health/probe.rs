@@ -42,7 +42,7 @@ pub fn tls_config(active: &Active) -> Option<Arc<ClientConfig>> {
     if active.https_verify_certificate {
         tls::system_roots_config()
     } else {
-        tls::client_config(None).ok()
+        tls::client_config(None, None).ok()
     }
 }
 

@@ -286,7 +286,7 @@ async fn send_tcp(t: &Transport, batch: &[String], conn: &mut Option<Conn>) -> R
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect failed: {e}"))?;
         *conn = Some(if t.tls {
-            let config = crate::tls::client_config(None)?;
+            let config = crate::tls::client_config(None, None)?;
             Box::new(crate::tls::connect_upstream(stream, config, &t.host, t.timeout).await?)
         } else {
             Box::new(stream)

@@ -198,8 +198,12 @@ async fn open_store(
         }
         ConfigProvider::Etcd => {
             let plugins = EnabledPlugins::of(config);
-            let store =
-                EtcdStore::connect(&config.deployment.etcd, plugins, cancel.clone()).await?;
+            // etcd over TLS with `verify` trusts the same CAs as verified upstreams.
+            let etcd = crate::config::Etcd {
+                trusted_ca: config.apisix.ssl.ssl_trusted_certificate.clone(),
+                ..config.deployment.etcd.clone()
+            };
+            let store = EtcdStore::connect(&etcd, plugins, cancel.clone()).await?;
             Ok(store)
         }
     }
@@ -241,11 +245,13 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     if !checks {
         tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
     }
-    let carry = Arc::new(Carry::new(Registry::new(
-        checks,
-        tasks.clone(),
-        cancel.clone(),
-    )));
+    let trust =
+        crate::tls::Trust::from_setting(config.apisix.ssl.ssl_trusted_certificate.as_deref())
+            .map_err(ServerError::Unsupported)?;
+    let carry = Arc::new(Carry {
+        trust,
+        ..Carry::new(Registry::new(checks, tasks.clone(), cancel.clone()))
+    });
     carry
         .plugins
         .configure(&config.stream_plugins, &config.deployment.etcd.prefix);

@@ -329,7 +329,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
             }
         }
         guarded(|| {
-            let up = UpstreamRt::build_shared(origin, id, src, &certs)?;
+            let up = UpstreamRt::build_shared(origin, id, src, &certs, &carry.trust)?;
             Ok(Arc::new(if checked {
                 up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
             } else {

@@ -11,7 +11,8 @@
 //! - the health checkers ([`Registry`]): the build attaches each upstream's
 //!   checker before the snapshot is published (an unchanged upstream keeps
 //!   its checker, a rebuilt one with the same `checks` shares its targets'
-//!   state), and the publisher then lets the registry start and stop probes.
+//!   state), and the publisher then lets the registry start and stop probes;
+//! - the trust store of `tls.verify` upstreams ([`tls::Trust`]).
 //!
 //! Nothing here is reached through a snapshot, and nothing writes a
 //! snapshot once it is published.
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use crate::health::registry::Registry;
 use crate::plugins;
 use crate::stats::Stats;
+use crate::tls;
 
 /// State that outlives snapshots: counters, plugin runtime, health checkers.
 #[derive(Debug, Default)]
@@ -32,6 +34,9 @@ pub struct Carry {
     pub plugins: plugins::Shared,
     /// Whether upstreams get health checkers, and the probes that run.
     pub health: Registry,
+    /// `apisix.ssl.ssl_trusted_certificate`: the CAs `tls.verify` upstreams
+    /// are checked against.
+    pub trust: tls::Trust,
 }
 
 impl Carry {
@@ -41,6 +46,7 @@ impl Carry {
             stats: Arc::default(),
             plugins: plugins::Shared::default(),
             health,
+            trust: tls::Trust::default(),
         }
     }
 }

@@ -240,6 +240,7 @@ fn timeouts_retries_and_hash_keys() {
                 "timeout": {"connect": 0.5, "send": 3, "read": 7},
                 "type": "chash", "hash_on": "vars_combinations", "key": "$remote_addr:$remote_port"}),
         &none,
+        &crate::tls::Trust::default(),
     )
     .expect("builds");
     assert_eq!(u.connect_timeout, Duration::from_millis(500));
@@ -252,6 +253,7 @@ fn timeouts_retries_and_hash_keys() {
         None,
         &json!({"nodes": {"127.0.0.1:1": 1}, "retries": 0}),
         &none,
+        &crate::tls::Trust::default(),
     )
     .expect("builds");
     assert_eq!(

@@ -100,18 +100,21 @@ pub struct UpstreamRt {
 
 impl UpstreamRt {
     /// Compile an upstream from its validated JSON, without a health
-    /// checker. (Client certificates of `tls.client_cert_id` come from `certs`.)
+    /// checker. (Client certificates of `tls.client_cert_id` come from
+    /// `certs`; `tls.verify` checks nodes against `trust`.)
     pub fn build(
         origin: String,
         upstream_id: Option<String>,
         source: &Value,
         certs: &tls::TlsCerts,
+        trust: &tls::Trust,
     ) -> Result<Self, String> {
         Self::build_shared(
             origin,
             upstream_id,
             UpstreamSource::Owned(source.clone()),
             certs,
+            trust,
         )
     }
 
@@ -122,9 +125,17 @@ impl UpstreamRt {
         upstream_id: Option<String>,
         source: UpstreamSource,
         certs: &tls::TlsCerts,
+        trust: &tls::Trust,
     ) -> Result<Self, String> {
         let up = Upstream::from_value(&source)?;
-        Ok(Self::from_model(origin, upstream_id, source, &up, certs))
+        Ok(Self::from_model(
+            origin,
+            upstream_id,
+            source,
+            &up,
+            certs,
+            trust,
+        ))
     }
 
     fn from_model(
@@ -133,6 +144,7 @@ impl UpstreamRt {
         source: UpstreamSource,
         up: &Upstream,
         certs: &tls::TlsCerts,
+        trust: &tls::Trust,
     ) -> Self {
         let (connect_timeout, idle_timeout) = match &up.timeout {
             Some(t) => (
@@ -162,7 +174,7 @@ impl UpstreamRt {
                 .map_or(up.nodes.len().saturating_sub(1), |r| r as usize),
             retry_timeout: up.retry_timeout.and_then(secs),
             hash_key,
-            tls: (up.scheme == "tls").then(|| upstream_tls(up, certs)),
+            tls: (up.scheme == "tls").then(|| upstream_tls(up, certs, trust)),
             checker: None,
         }
     }
@@ -224,7 +236,11 @@ impl UpstreamRt {
     }
 }
 
-fn upstream_tls(up: &Upstream, certs: &tls::TlsCerts) -> Result<Arc<rustls::ClientConfig>, String> {
+fn upstream_tls(
+    up: &Upstream,
+    certs: &tls::TlsCerts,
+    trust: &tls::Trust,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let client_cert = match &up.tls {
         Some(t) => match (&t.client_cert_id, &t.client_cert, &t.client_key) {
             (Some(id), _, _) => Some(
@@ -238,5 +254,6 @@ fn upstream_tls(up: &Upstream, certs: &tls::TlsCerts) -> Result<Arc<rustls::Clie
         },
         None => None,
     };
-    tls::client_config(client_cert)
+    let verify = up.tls.as_ref().is_some_and(|t| t.verify).then_some(trust);
+    tls::client_config(client_cert, verify)
 }

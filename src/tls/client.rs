@@ -1,10 +1,13 @@
 //! The client side of TLS: to `scheme: tls` upstream nodes, to syslog
 //! servers and for `https` health probes.
 //!
-//! Upstream certificates are not verified, as in APISIX's stream proxy
-//! (nginx's `proxy_ssl_verify off`); an upstream may still ask for a client
-//! certificate (upstream mTLS). Health probes with
-//! `https_verify_certificate` verify against the system's CA bundle.
+//! Upstream certificates are not verified unless the upstream says
+//! `tls.verify: true`, as in APISIX's stream proxy (nginx's
+//! `proxy_ssl_verify off` by default); with it, the node's chain must lead
+//! to a CA of the [`Trust`] store and its certificate must name the SNI
+//! sent. An upstream may also ask for a client certificate (upstream
+//! mTLS). Health probes with `https_verify_certificate` verify against the
+//! system's CA bundle.
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -14,19 +17,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, TlsConnector};
 
-use super::provider;
-
-/// Where the system's trusted CA bundle usually lives.
-const CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
+use super::{provider, Trust};
 
 /// Accepts any upstream certificate: upstream certificates are not verified
 /// in APISIX's stream proxy (nginx's `proxy_ssl_verify off`).
@@ -93,14 +88,22 @@ impl rustls::client::ResolvesClientCert for FixedClientCert {
 }
 
 /// Client configuration for `scheme: tls` upstreams, with an optional
-/// client certificate (upstream mTLS).
-pub fn client_config(client_cert: Option<Arc<CertifiedKey>>) -> Result<Arc<ClientConfig>, String> {
+/// client certificate (upstream mTLS); with `verify`, the server's
+/// certificate is checked against that trust store and the name sent.
+pub fn client_config(
+    client_cert: Option<Arc<CertifiedKey>>,
+    verify: Option<&Trust>,
+) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("bad TLS versions: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)));
+        .map_err(|e| format!("bad TLS versions: {e}"))?;
+    let builder = match verify {
+        Some(trust) => builder.with_root_certificates(trust.roots()),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))),
+    };
     let config = match client_cert {
         None => builder.with_no_client_auth(),
         Some(k) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(k))),
@@ -113,31 +116,7 @@ pub fn client_config(client_cert: Option<Arc<CertifiedKey>>) -> Result<Arc<Clien
 pub fn system_roots_config() -> Option<Arc<ClientConfig>> {
     static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let mut roots = RootCertStore::empty();
-            for path in CA_BUNDLES {
-                let Ok(pem) = std::fs::read(path) else {
-                    continue;
-                };
-                let mut reader = pem.as_slice();
-                let certs = rustls_pemfile::certs(&mut reader).flatten();
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added > 0 {
-                    break;
-                }
-            }
-            if roots.is_empty() {
-                tracing::warn!(
-                    "no system CA bundle found: TLS clients that verify certificates will fail"
-                );
-            }
-            let config = ClientConfig::builder_with_provider(provider())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .ok()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Some(Arc::new(config))
-        })
+        .get_or_init(|| client_config(None, Some(&Trust::system())).ok())
         .clone()
 }
 

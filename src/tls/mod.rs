@@ -7,6 +7,7 @@
 //! - [`accept`]: [`terminate`] and [`peek_sni`] on stream listeners.
 //! - [`client`]: client configurations and [`connect_upstream`].
 //! - [`clienthello`]: the ClientHello parser behind [`peek_sni`].
+//! - [`trust`]: the CAs verified peers are checked against ([`Trust`]).
 //!
 //! This module sits below the data plane and the snapshot: it imports
 //! neither `proxy` nor `snapshot`, so both (and `health`, `plugins`) can
@@ -16,6 +17,7 @@ pub mod accept;
 pub mod certs;
 pub mod client;
 pub mod clienthello;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use rustls::crypto::CryptoProvider;
 pub use accept::{peek_sni, terminate, CertSource, HANDSHAKE_TIMEOUT};
 pub use certs::{certified_key, server_config, TlsCerts};
 pub use client::{client_config, connect_upstream, handshake, system_roots_config};
+pub use trust::Trust;
 
 /// SNI sent to TLS upstreams when the client connection had none (APISIX).
 pub const DEFAULT_UPSTREAM_SNI: &str = "apisix_backend";

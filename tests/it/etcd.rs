@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apisix_stream::config::{Etcd, EtcdTls, Secret};
+use apisix_stream::config::{Config, Etcd, EtcdTls, Secret};
 use apisix_stream::model::{EnabledPlugins, Kind};
 use apisix_stream::store::etcd::EtcdStore;
 use apisix_stream::store::{Expect, Store, StoreError};
@@ -883,4 +883,83 @@ async fn huge_numbers_and_unservable_nodes_in_etcd_freeze_nothing() {
         wait_greeting(tcp, Some("wide"), Duration::from_secs(5)).await;
     }
     drop(a);
+}
+
+/// A config for an in-process server on `etcd_url` with `verify: true`,
+/// trusting `trusted` (`None`: the system's roots).
+fn verified_etcd_config(dir: &Path, etcd_url: &str, trusted: Option<&Path>) -> Config {
+    let keys = format!(
+        "    host: [\"{etcd_url}\"]\n    prefix: /verified\n    timeout: 3\n    startup_retry: 1\n    tls:\n      verify: true\n"
+    );
+    let yaml = crate::harness::with_etcd(&crate::harness::test_yaml(&dir.join("data"), 0), &keys);
+    let mut config = Config::from_yaml(&yaml).expect("test config parses");
+    if let Some(sp) = config.apisix.stream_proxy.as_mut() {
+        sp.tcp.clear();
+        sp.udp.clear();
+    }
+    config.apisix.ssl.ssl_trusted_certificate = trusted.map(|p| p.display().to_string());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_is_verified_against_the_trusted_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "private etcd ca");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = (ca_params.self_signed(&ca_key).expect("ca"), ca_key);
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.0.pem()).expect("write ca");
+    let (server_cert, server_key) = issue(certs.path(), "server", &["127.0.0.1"], &ca);
+    let etcd = EtcdServer::start_with(
+        "https",
+        vec![
+            format!("--cert-file={server_cert}"),
+            format!("--key-file={server_key}"),
+        ],
+    )
+    .await;
+
+    // The private CA is not among the system's roots: verify refuses etcd.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let untrusted = verified_etcd_config(dir.path(), &etcd.url(), None);
+    let err = match within(30, apisix_stream::server::start(untrusted)).await {
+        Ok(_) => panic!("etcd's certificate was accepted without its CA"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // With apisix.ssl.ssl_trusted_certificate naming it, the server starts
+    // and its Admin API writes reach etcd.
+    let trusted = verified_etcd_config(dir.path(), &etcd.url(), Some(&ca_file));
+    let server = within(30, apisix_stream::server::start(trusted))
+        .await
+        .expect("starts on etcd over verified TLS");
+    let admin = server.admin_addr().expect("admin");
+    let client = reqwest::Client::new();
+    let (st, body) = call(
+        &client,
+        admin,
+        Some(KEY),
+        Method::PUT,
+        "/apisix/admin/upstreams/u1",
+        Some(&json!({"nodes": {"127.0.0.1:80": 1}}).to_string()),
+    )
+    .await;
+    assert!(st.is_success(), "{st} {body}");
+    let (st, body) = call(
+        &client,
+        admin,
+        Some(KEY),
+        Method::GET,
+        "/apisix/admin/upstreams/u1",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["key"], "/verified/upstreams/u1");
+    within(10, server.shutdown()).await;
 }

@@ -23,4 +23,5 @@ mod startup;
 mod tcp;
 mod tls;
 mod top;
+mod trust;
 mod udp;
