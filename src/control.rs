@@ -40,6 +40,8 @@ pub struct ControlState {
     pub prefix: String,
     /// The session cap and its counters.
     pub limits: Arc<crate::proxy::Limits>,
+    /// The etcd endpoints' state (etcd back-end only).
+    pub etcd: Option<crate::store::etcd::EtcdStatus>,
 }
 
 fn not_found() -> Response {
@@ -60,6 +62,7 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/stream/stats", get(stream_stats))
         .route("/v1/stream/connections", get(connections))
         .route("/v1/stream/skipped", get(skipped))
+        .route("/v1/etcd", get(etcd_status))
         .route(
             "/v1/stream/connections/{id}",
             axum::routing::delete(close_connection),
@@ -269,6 +272,14 @@ async fn stream_stats(State(state): State<Arc<ControlState>>) -> Json<Value> {
     Json(stats_report(&state))
 }
 
+/// `GET /v1/etcd`: every etcd endpoint's state (404 without etcd).
+async fn etcd_status(State(state): State<Arc<ControlState>>) -> Response {
+    match &state.etcd {
+        Some(etcd) => Json(etcd.report()).into_response(),
+        None => not_found(),
+    }
+}
+
 /// `GET /v1/stream/skipped`: every stored object the data plane cannot
 /// serve as written (left out, or its upstream unusable), with why.
 async fn skipped(State(state): State<Arc<ControlState>>) -> Json<Value> {
@@ -366,6 +377,11 @@ struct UpstreamLabel {
 struct NodeInfoLabel {
     hostname: String,
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    key: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -568,6 +584,26 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
         })
         .set(1);
     });
+    if let Some(etcd) = &state.etcd {
+        let reachable = Gauge::<i64>::default();
+        reachable.set(i64::from(etcd.reachable()));
+        reg.register(
+            "etcd_reachable",
+            "Config server etcd reachable from APISIX, 0 is unreachable",
+            reachable,
+        );
+        family::<KeyLabel, Gauge>(
+            &mut reg,
+            "etcd_modify_indexes",
+            "Etcd modify index for APISIX keys",
+            |f| {
+                for (key, rev) in etcd.modify_indexes() {
+                    f.get_or_create(&KeyLabel { key: key.into() })
+                        .set(i64::try_from(rev).unwrap_or(i64::MAX));
+                }
+            },
+        );
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
         tracing::warn!(error = %e, "cannot encode metrics");

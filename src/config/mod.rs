@@ -411,6 +411,8 @@ pub struct Etcd {
     pub timeout: u64,
     /// `watch_timeout` (seconds).
     pub watch_timeout: u64,
+    /// `keepalive_interval` (seconds): how often each endpoint is probed.
+    pub keepalive_interval: u64,
     /// `startup_retry`.
     pub startup_retry: u32,
     /// `resync_delay` (seconds).
@@ -433,6 +435,7 @@ impl Default for Etcd {
             prefix: "/apisix".into(),
             timeout: 30,
             watch_timeout: 50,
+            keepalive_interval: 1,
             startup_retry: 2,
             resync_delay: 5,
             user: None,

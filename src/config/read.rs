@@ -681,6 +681,7 @@ fn build_etcd(sec: &Section<'_>) -> Result<Etcd, ConfigError> {
         prefix,
         timeout: sec.u64_or("timeout", d.timeout, 1)?,
         watch_timeout: sec.u64_or("watch_timeout", d.watch_timeout, 1)?,
+        keepalive_interval: sec.u64_or("keepalive_interval", d.keepalive_interval, 1)?,
         startup_retry,
         resync_delay: sec.u64_or("resync_delay", d.resync_delay, 0)?,
         user: sec.opt_string("user")?,

@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         listeners: listeners.shared(),
         prefix: config.deployment.etcd.prefix.clone(),
         limits: proxy.limits.clone(),
+        etcd: store.etcd_status(),
     };
     let mut control_addr = None;
     if config.apisix.enable_control {

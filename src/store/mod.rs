@@ -155,6 +155,10 @@ pub trait Store: Send + Sync + 'static {
     fn stale(&self) -> Option<String> {
         None
     }
+    /// The etcd endpoints' state, for the etcd back-end.
+    fn etcd_status(&self) -> Option<etcd::EtcdStatus> {
+        None
+    }
 }
 
 /// Format a revision as APISIX formats generated ids.

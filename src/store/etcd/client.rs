@@ -1,11 +1,11 @@
 //! Talking to etcd through its HTTP/JSON gateway: the encodings it wants,
 //! one client per configured host (TLS, client certificate, SNI), the auth
-//! session, errors sorted into "unreachable", "auth" and "etcd said no", and
-//! fail-over between hosts.
+//! session, and errors sorted into "unreachable", "no answer", "auth" and
+//! "etcd said no".
 
 use std::net::SocketAddr;
 use std::sync::MutexGuard;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -82,8 +82,11 @@ pub(super) fn header_safe(s: &str) -> String {
 /// Why a request to etcd failed.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum CallError {
-    /// No answer: connection refused or lost, timeout, cluster unavailable.
+    /// Not served, surely not applied: connection refused, no leader.
     Unreachable(String),
+    /// Sent but not answered (timeout, connection lost, etcd's own request
+    /// timeout): a write may or may not have been applied.
+    Silent(String),
     /// The auth token is missing, expired or invalid.
     Auth(String),
     /// etcd answered with an error.
@@ -94,8 +97,16 @@ impl CallError {
     /// The message, whatever the kind.
     pub(super) fn text(&self) -> &str {
         match self {
-            CallError::Unreachable(s) | CallError::Auth(s) | CallError::Etcd(s) => s,
+            CallError::Unreachable(s)
+            | CallError::Silent(s)
+            | CallError::Auth(s)
+            | CallError::Etcd(s) => s,
         }
+    }
+
+    /// Whether the endpoint could not serve the request (try another).
+    pub(super) fn is_unreachable(&self) -> bool {
+        matches!(self, CallError::Unreachable(_) | CallError::Silent(_))
     }
 }
 
@@ -111,7 +122,10 @@ pub(super) fn gateway_error(v: &Value) -> Option<CallError> {
     let code = v.get("code").and_then(Value::as_u64).unwrap_or(0);
     Some(if is_auth_message(&msg) || code == 16 {
         CallError::Auth(msg)
-    } else if code == 14 || code == 4 {
+    } else if msg.contains("timed out") || msg.contains("leader changed") || code == 4 {
+        // etcd's words for "may or may not have been applied".
+        CallError::Silent(msg)
+    } else if code == 14 || msg.contains("no leader") || msg.contains("proposal dropped") {
         CallError::Unreachable(msg)
     } else {
         CallError::Etcd(msg)
@@ -134,15 +148,11 @@ pub(super) struct Host {
     pub(super) client: reqwest::Client,
 }
 
-/// Reachability and session state.
+/// Session state.
 #[derive(Default)]
 pub(super) struct Conn {
-    /// Index of the host in use.
-    pub(super) host: usize,
     /// Auth token of the current session.
     pub(super) token: Option<String>,
-    /// Since when and why etcd is unreachable.
-    pub(super) down: Option<(SystemTime, String)>,
 }
 
 pub(super) async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Host>, StoreError> {
@@ -245,45 +255,14 @@ impl Shared {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fail over to the next configured host.
-    pub(super) fn rotate(&self) {
-        let mut conn = self.conn();
-        conn.host = (conn.host + 1) % self.hosts.len();
-    }
-
-    /// Remember (and log once) that etcd is unreachable.
-    pub(super) fn mark_down(&self, reason: &str) {
-        let mut conn = self.conn();
-        if conn.down.is_none() {
-            tracing::warn!(
-                hosts = %self.hosts_text(),
-                error = reason,
-                "etcd unreachable; serving the last known configuration"
-            );
-            conn.down = Some((SystemTime::now(), reason.to_string()));
-        }
-    }
-
-    /// Etcd answered again through `host`, at `revision`.
-    pub(super) fn mark_up(&self, host: usize, revision: u64) {
-        let mut conn = self.conn();
-        conn.host = host;
-        if conn.down.take().is_some() {
-            tracing::info!(
-                host = %self.hosts[host].url,
-                revision,
-                "etcd reachable again; configuration resynchronised"
-            );
-        }
-    }
-
-    /// One POST to the gateway, bounded by `timeout`.
+    /// One POST to the gateway, bounded by `bound`.
     pub(super) async fn raw(
         &self,
         host: usize,
         path: &str,
         body: &Value,
         token: Option<&str>,
+        bound: Duration,
     ) -> Result<Value, CallError> {
         let h = &self.hosts[host];
         let mut req = h.client.post(format!("{}{path}", h.base)).json(body);
@@ -294,15 +273,18 @@ impl Shared {
             }
         }
         let exchange = async {
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| CallError::Unreachable(chain(&e)))?;
+            let resp = req.send().await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(chain(&e))
+                } else {
+                    CallError::Silent(chain(&e))
+                }
+            })?;
             let status = resp.status();
             let bytes = resp
                 .bytes()
                 .await
-                .map_err(|e| CallError::Unreachable(chain(&e)))?;
+                .map_err(|e| CallError::Silent(chain(&e)))?;
             let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 CallError::Etcd(format!("unreadable answer from etcd ({status}): {e}"))
             })?;
@@ -314,15 +296,13 @@ impl Shared {
             }
             Ok(v)
         };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| {
-                CallError::Unreachable(format!(
-                    "no answer from {} within {}s",
-                    h.url,
-                    self.timeout.as_secs()
-                ))
-            })?
+        tokio::time::timeout(bound, exchange).await.map_err(|_| {
+            CallError::Silent(format!(
+                "no answer from {} within {:.1}s",
+                h.url,
+                bound.as_secs_f64()
+            ))
+        })?
     }
 
     /// Get a fresh auth token (when `user` is configured).
@@ -331,7 +311,10 @@ impl Shared {
             return Ok(());
         };
         let body = json!({"name": user, "password": password.expose()});
-        let v = match self.raw(host, "/v3/auth/authenticate", &body, None).await {
+        let v = match self
+            .raw(host, "/v3/auth/authenticate", &body, None, self.timeout)
+            .await
+        {
             // Authentication failures are not session problems: report them as they are.
             Err(CallError::Auth(m)) => return Err(CallError::Etcd(m)),
             other => other?,
@@ -345,60 +328,37 @@ impl Shared {
         Ok(())
     }
 
-    /// A request with the session token, re-authenticating once when etcd
-    /// says the token is missing or invalid.
+    /// A request with the session token, bounded by `timeout`.
     pub(super) async fn call(
         &self,
         host: usize,
         path: &str,
         body: &Value,
     ) -> Result<Value, CallError> {
-        if self.creds.is_some() && self.conn().token.is_none() {
-            self.authenticate(host).await?;
-        }
-        let token = self.conn().token.clone();
-        match self.raw(host, path, body, token.as_deref()).await {
-            Err(CallError::Auth(_)) if self.creds.is_some() => {
-                self.authenticate(host).await?;
-                let token = self.conn().token.clone();
-                self.raw(host, path, body, token.as_deref()).await
-            }
-            other => other,
-        }
+        self.call_within(host, path, body, self.timeout).await
     }
 
-    /// The host for a write, or at once an error while etcd is unreachable.
-    pub(super) fn writable(&self) -> Result<usize, StoreError> {
-        let conn = self.conn();
-        match &conn.down {
-            Some((_, reason)) => Err(unavailable(format!("etcd is unreachable: {reason}"))),
-            None => Ok(conn.host),
-        }
-    }
-
-    /// A write request; an unreachable etcd is remembered (and the watcher
-    /// told) so later writes fail fast until it is back.
-    pub(super) async fn write(
+    /// A request with the session token, bounded by `bound`,
+    /// re-authenticating once when etcd says the token is missing or invalid.
+    pub(super) async fn call_within(
         &self,
         host: usize,
         path: &str,
         body: &Value,
-    ) -> Result<Value, StoreError> {
-        match self.call(host, path, body).await {
-            Ok(v) => Ok(v),
-            Err(CallError::Unreachable(reason)) => {
-                self.mark_down(&reason);
-                self.trouble.notify_one();
-                Err(unavailable(format!("etcd is unreachable: {reason}")))
-            }
-            Err(CallError::Auth(m)) => Err(unavailable(format!("etcd refused the request: {m}"))),
-            Err(CallError::Etcd(m)) => Err(unavailable(format!("etcd error: {m}"))),
+        bound: Duration,
+    ) -> Result<Value, CallError> {
+        if self.creds.is_some() && self.conn().token.is_none() {
+            self.authenticate(host).await?;
         }
-    }
-
-    /// Whether etcd is known to be unreachable.
-    pub(super) fn is_down(&self) -> bool {
-        self.conn().down.is_some()
+        let token = self.conn().token.clone();
+        match self.raw(host, path, body, token.as_deref(), bound).await {
+            Err(CallError::Auth(_)) if self.creds.is_some() => {
+                self.authenticate(host).await?;
+                let token = self.conn().token.clone();
+                self.raw(host, path, body, token.as_deref(), bound).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -438,6 +398,18 @@ mod tests {
         assert!(matches!(
             gateway_error(&e(14, "etcdserver: no leader")),
             Some(CallError::Unreachable(_))
+        ));
+        assert!(matches!(
+            gateway_error(&e(2, "raft proposal dropped")),
+            Some(CallError::Unreachable(_))
+        ));
+        assert!(matches!(
+            gateway_error(&e(14, "etcdserver: request timed out")),
+            Some(CallError::Silent(_))
+        ));
+        assert!(matches!(
+            gateway_error(&e(14, "etcdserver: leader changed")),
+            Some(CallError::Silent(_))
         ));
         assert!(matches!(
             gateway_error(&e(

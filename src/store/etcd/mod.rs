@@ -16,24 +16,29 @@
 //! is repaired by a full re-read diffed into the cache, so no event is lost
 //! across compactions, restarts or a fail-over to another host.
 //!
-//! The parts: [`client`] speaks to the gateway (auth, TLS, fail-over),
-//! [`watch`] follows the prefix and repairs a lost watch, [`cache`] turns
-//! etcd's key-values into the store's [`Index`].
+//! The parts: [`client`] speaks to the gateway (auth, TLS), [`health`]
+//! tracks and probes every endpoint, [`write`] fails writes over between
+//! endpoints, [`watch`] follows the prefix and repairs a lost watch,
+//! [`cache`] turns etcd's key-values into the store's [`Index`].
 
 mod cache;
 mod client;
+mod health;
 mod watch;
+mod write;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::cache::{apply_own, Tracking};
 use self::client::{b64, build_hosts, header_rev, header_safe, num, unb64, CallError, Conn, Host};
+use self::health::Health;
+pub use self::health::EndpointReport;
 use super::index::Index;
 use super::{format_generated_id, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::{Etcd, Secret};
@@ -53,6 +58,8 @@ struct Shared {
     /// The prefix as configured, for `describe`.
     conf_prefix: String,
     timeout: Duration,
+    /// How often every endpoint is probed (`keepalive_interval`).
+    keepalive: Duration,
     watch_timeout: Duration,
     resync_delay: Duration,
     creds: Option<(String, Secret)>,
@@ -60,9 +67,15 @@ struct Shared {
     plugins: EnabledPlugins,
     index: Index<Tracking>,
     conn: Mutex<Conn>,
-    /// Poked when a write finds etcd unreachable, so the watcher resyncs.
-    trouble: Notify,
+    /// Every endpoint's state.
+    health: Health,
+    /// Ids minted by `next_id` and not yet written: their first write is a
+    /// create that must not find the key.
+    minted: Mutex<HashSet<String>>,
 }
+
+/// Most ids remembered as minted (POSTs in flight).
+const MAX_MINTED: usize = 1024;
 
 /// The etcd store; cheap to share behind an `Arc`.
 pub struct EtcdStore {
@@ -97,6 +110,10 @@ impl Shared {
 
     fn dir_key(&self) -> String {
         format!("{}/", self.prefix)
+    }
+
+    fn minted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.minted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Create the `<prefix>/<dir>/` placeholders that are missing.
@@ -142,12 +159,14 @@ impl EtcdStore {
     ) -> Result<Arc<EtcdStore>, StoreError> {
         let timeout = crate::model::duration::whole_secs(conf.timeout.max(1));
         let hosts = build_hosts(conf, timeout).await?;
+        let health = Health::new(hosts.iter().map(|h| h.url.clone()).collect());
         let prefix = conf.prefix.trim_end_matches('/').to_string();
         let shared = Arc::new(Shared {
             hosts,
             prefix,
             conf_prefix: conf.prefix.clone(),
             timeout,
+            keepalive: crate::model::duration::whole_secs(conf.keepalive_interval.max(1)),
             watch_timeout: crate::model::duration::whole_secs(conf.watch_timeout.max(1)),
             resync_delay: crate::model::duration::whole_secs(conf.resync_delay),
             creds: conf
@@ -157,7 +176,8 @@ impl EtcdStore {
             plugins,
             index: Index::default(),
             conn: Mutex::new(Conn::default()),
-            trouble: Notify::new(),
+            health,
+            minted: Mutex::new(HashSet::new()),
         });
         let tries = conf.startup_retry.max(1);
         let mut last = String::new();
@@ -169,10 +189,11 @@ impl EtcdStore {
                     () = tokio::time::sleep(STARTUP_PAUSE) => {}
                 }
             }
-            for _ in 0..shared.hosts.len() {
-                let host = shared.conn().host;
+            for host in shared.health.order() {
                 match shared.bootstrap(host).await {
                     Ok(rev) => {
+                        shared.health.ok(host, rev);
+                        shared.health.used(host);
                         loaded = Some(rev);
                         break 'tries;
                     }
@@ -184,7 +205,9 @@ impl EtcdStore {
                             "cannot load the configuration from etcd"
                         );
                         last = e.text().to_string();
-                        shared.rotate();
+                        if e.is_unreachable() {
+                            shared.health.failed(host, e.text());
+                        }
                     }
                 }
             }
@@ -203,6 +226,7 @@ impl EtcdStore {
             revision = rev,
             "loaded the configuration from etcd"
         );
+        shared.start_probes(&cancel);
         tokio::spawn(shared.clone().follow(rev + 1, cancel));
         Ok(Arc::new(EtcdStore { shared }))
     }
@@ -222,30 +246,51 @@ impl Store for EtcdStore {
         expect: Expect,
     ) -> Result<PutOutcome, StoreError> {
         let s = &self.shared;
-        let host = s.writable()?;
         let key = b64(s.key_of(kind, id).as_bytes());
         let text = serde_json::to_string(&value)
             .map_err(|e| unavailable(format!("cannot encode the object: {e}")))?;
         let put = json!({"key": key, "value": b64(text.as_bytes()), "prev_kv": true});
-        let (rev, prev) = match expect {
-            Expect::Any => {
-                let v = s.write(host, "/v3/kv/put", &put).await?;
-                (header_rev(&v), v.get("prev_kv").cloned())
-            }
+        // The first write under an id minted here creates the key, once.
+        let fresh = s.minted().remove(id);
+        let compare = match expect {
             Expect::ModRev(r) => {
+                Some(json!({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": r}))
+            }
+            Expect::Any if fresh => Some(
+                json!({"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}),
+            ),
+            Expect::Any => None,
+        };
+        let (rev, prev) = match compare {
+            None => {
+                let w = s.write("/v3/kv/put", &put).await?;
+                (header_rev(&w.v), w.v.get("prev_kv").cloned())
+            }
+            Some(cmp) => {
                 let txn = json!({
-                    "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": r}],
+                    "compare": [cmp],
                     "success": [{"request_put": put}],
+                    "failure": [{"request_range": {"key": key}}],
                 });
-                let v = s.write(host, "/v3/kv/txn", &txn).await?;
-                if !v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
-                    return Err(StoreError::Conflict);
+                let w = s.write("/v3/kv/txn", &txn).await?;
+                let first = w.v.get("responses").and_then(|r| r.get(0));
+                if w.v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
+                    let resp = first.and_then(|r| r.get("response_put"));
+                    (header_rev(&w.v), resp.and_then(|r| r.get("prev_kv")).cloned())
+                } else {
+                    let current = first
+                        .and_then(|r| r.get("response_range"))
+                        .and_then(|r| r.get("kvs"))
+                        .and_then(|k| k.get(0));
+                    match current.filter(|kv| w.ambiguous && holds(kv, text.as_bytes())) {
+                        // An attempt that got no answer did apply: this is our write.
+                        Some(kv) => (
+                            num(kv.get("mod_revision")),
+                            (!fresh).then(|| json!({"create_revision": kv.get("create_revision")})),
+                        ),
+                        None => return Err(StoreError::Conflict),
+                    }
                 }
-                let resp = v
-                    .get("responses")
-                    .and_then(|r| r.get(0))
-                    .and_then(|r| r.get("response_put"));
-                (header_rev(&v), resp.and_then(|r| r.get("prev_kv")).cloned())
             }
         };
         if rev == 0 {
@@ -273,18 +318,29 @@ impl Store for EtcdStore {
 
     async fn delete(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
         let s = &self.shared;
-        let host = s.writable()?;
         let body = json!({"key": b64(s.key_of(kind, id).as_bytes()), "prev_kv": true});
-        let v = s.write(host, "/v3/kv/deleterange", &body).await?;
-        let rev = header_rev(&v);
-        let Some(prev) = v
+        let w = s.write("/v3/kv/deleterange", &body).await?;
+        let rev = header_rev(&w.v);
+        let key = (kind, id.to_string());
+        let Some(prev) = w
+            .v
             .get("prev_kvs")
             .and_then(Value::as_array)
             .and_then(|a| a.first())
         else {
-            return Ok(None);
+            // An attempt that got no answer may have deleted it: report the
+            // object as it was known.
+            let known = w.ambiguous.then(|| s.index.read(|c| c.get(&key).cloned()));
+            let Some(old) = known.flatten() else {
+                return Ok(None);
+            };
+            s.index.update(|c| {
+                if apply_own(c, key, rev, None) {
+                    c.commit(rev);
+                }
+            });
+            return Ok(Some(old));
         };
-        let key = (kind, id.to_string());
         let old = s.index.update(|c| {
             let old = c.get(&key).cloned().unwrap_or_else(|| {
                 let raw = prev
@@ -312,13 +368,20 @@ impl Store for EtcdStore {
 
     async fn next_id(&self) -> Result<String, StoreError> {
         let s = &self.shared;
-        let host = s.writable()?;
         let key = format!("{}/gen_id", s.prefix);
         let body = json!({"key": b64(key.as_bytes()), "value": b64(b"0")});
-        let v = s.write(host, "/v3/kv/put", &body).await?;
-        match header_rev(&v) {
+        let w = s.write("/v3/kv/put", &body).await?;
+        match header_rev(&w.v) {
             0 => Err(unavailable("etcd answered a write without a revision")),
-            rev => Ok(format_generated_id(rev)),
+            rev => {
+                let id = format_generated_id(rev);
+                let mut minted = s.minted();
+                if minted.len() >= MAX_MINTED {
+                    minted.clear();
+                }
+                minted.insert(id.clone());
+                Ok(id)
+            }
         }
     }
 
@@ -331,12 +394,103 @@ impl Store for EtcdStore {
     }
 
     fn stale(&self) -> Option<String> {
-        let conn = self.shared.conn();
-        conn.down.as_ref().map(|(since, reason)| {
+        self.shared.health.down().map(|(since, reason)| {
             header_safe(&format!(
                 "etcd unreachable since {}: {reason}",
-                crate::timefmt::rfc3339(*since)
+                crate::timefmt::rfc3339(since)
             ))
+        })
+    }
+
+    fn etcd_status(&self) -> Option<EtcdStatus> {
+        Some(EtcdStatus {
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+/// Whether the key-value `kv` holds exactly `value`.
+fn holds(kv: &Value, value: &[u8]) -> bool {
+    kv.get("value")
+        .and_then(Value::as_str)
+        .and_then(unb64)
+        .is_some_and(|v| v == value)
+}
+
+/// A read-only view of the etcd store's state for the Control API and
+/// the metrics.
+#[derive(Clone)]
+pub struct EtcdStatus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EtcdStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStatus")
+            .field("endpoints", &self.shared.hosts_text())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStatus {
+    /// Every configured endpoint's state, in configured order.
+    pub fn endpoints(&self) -> Vec<EndpointReport> {
+        self.shared.health.report()
+    }
+
+    /// Whether some endpoint answers (`apisix_etcd_reachable`).
+    pub fn reachable(&self) -> bool {
+        self.shared.health.any_healthy()
+    }
+
+    /// The highest modification revision per kind of object (by its etcd
+    /// directory name), as `apisix_etcd_modify_indexes` reports them.
+    pub fn modify_indexes(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Kind::ALL
+            .iter()
+            .map(|k| (k.segment(), 0))
+            .collect();
+        self.shared.index.read(|c| {
+            for e in c.objects().values() {
+                if let Some(row) = out.iter_mut().find(|(seg, _)| *seg == e.kind.segment()) {
+                    row.1 = row.1.max(e.mod_rev);
+                }
+            }
+        });
+        let max = out.iter().map(|(_, r)| *r).max().unwrap_or(0);
+        out.push(("max_modify_index", max));
+        out.push(("x_etcd_index", self.shared.index.revision()));
+        out
+    }
+
+    /// The whole state as the Control API shows it.
+    pub fn report(&self) -> Value {
+        let time = |t: Option<std::time::SystemTime>| t.map(crate::timefmt::rfc3339);
+        let endpoints: Vec<Value> = self
+            .endpoints()
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "endpoint": e.url,
+                    "healthy": e.healthy,
+                    "failing_since": time(e.failing_since),
+                    "last_error": e.last_error,
+                    "last_ok": time(e.last_ok),
+                    "revision": e.revision,
+                })
+            })
+            .collect();
+        let indexes: serde_json::Map<String, Value> = self
+            .modify_indexes()
+            .into_iter()
+            .map(|(k, r)| (k.to_string(), json!(r)))
+            .collect();
+        json!({
+            "reachable": self.reachable(),
+            "prefix": self.shared.conf_prefix,
+            "keepalive_interval": self.shared.keepalive.as_secs(),
+            "endpoints": endpoints,
+            "modify_indexes": indexes,
         })
     }
 }

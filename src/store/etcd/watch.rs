@@ -1,6 +1,19 @@
 //! Following etcd: one watch on the prefix, restarted when `watch_timeout`
-//! passes, and a full re-read (with back-off and host fail-over) when the
-//! watch is lost, etcd compacted past it, or etcd's revision went backwards.
+//! passes. A watch whose endpoint stops answering its probes (see
+//! [`super::health`]), loses its leader or breaks is dropped and opened
+//! again on the next healthy endpoint from the last revision seen; a full
+//! re-read (with back-off and endpoint fail-over) follows when no endpoint
+//! takes the watch, etcd compacted past it, or etcd's revision went
+//! backwards.
+//!
+//! Why probes and not HTTP/2 pings or watch progress requests: the watch
+//! goes through etcd's HTTP/JSON gateway over HTTP/1.1, which has no pings,
+//! and etcd's gateway (Go's HTTP/1 server) reads no further request messages
+//! on a stream once it has answered, so a progress request cannot be sent on
+//! it. A linearizable one-key read on the same endpoint, which etcd 3.4 and
+//! 3.5 both serve, proves what the watch needs: the member is alive and in
+//! touch with a leader. The watch also asks etcd to end it should the member
+//! lose its leader (`hasleader` metadata, as etcd's own client does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{apply_event, change_of, note_watched};
-use super::client::{b64, chain, gateway_error, header_rev, is_auth_message, num, range_end};
+use super::client::{b64, chain, gateway_error, CallError, header_rev, is_auth_message, num, range_end};
+use super::health::{turned_failing, Health};
 use super::Shared;
 
 /// Longest pause between two rounds of reconnection attempts.
@@ -44,24 +58,40 @@ pub(super) enum WatchEnd {
     Lost(String),
 }
 
+/// Wait until some endpoint is healthy again.
+async fn came_back(health: &Health, rx: &mut tokio::sync::watch::Receiver<u64>) {
+    loop {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if health.any_healthy() {
+            return;
+        }
+    }
+}
+
 impl Shared {
-    /// Re-read until some host answers; `None` once cancelled. The first
-    /// round starts at once and tries every host in order; later rounds
-    /// back off `resync_delay`, doubling up to a cap, with jitter.
+    /// Re-read until some endpoint answers; `None` once cancelled. The first
+    /// round starts at once and tries every endpoint, healthy ones first;
+    /// later rounds wait `resync_delay`, doubling up to a cap, with jitter,
+    /// or until a probe finds an endpoint answering again.
     pub(super) async fn resync(&self, cancel: &CancellationToken, why: String) -> Option<u64> {
         let mut last = why;
         let mut round = 0u32;
+        let mut rx = self.health.subscribe();
         loop {
             if round > 0 {
                 let pause = backoff(self.resync_delay, round, rand::random::<f64>());
                 tracing::debug!(round, ?pause, error = %last, "etcd still unreachable");
+                rx.borrow_and_update();
                 tokio::select! {
                     () = cancel.cancelled() => return None,
                     () = tokio::time::sleep(pause) => {}
+                    () = came_back(&self.health, &mut rx) => {}
                 }
             }
-            for _ in 0..self.hosts.len() {
-                let host = self.conn().host;
+            for host in self.health.order() {
+                let epoch = self.health.epoch(host);
                 let attempt = async {
                     if self.creds.is_some() {
                         // A restarted etcd forgets simple tokens.
@@ -72,26 +102,41 @@ impl Shared {
                 let res = tokio::select! {
                     () = cancel.cancelled() => return None,
                     r = attempt => r,
+                    () = turned_failing(&self.health, &mut rx, host, epoch) => Err(CallError::Silent(
+                        self.health.error_of(host).unwrap_or_default(),
+                    )),
                 };
                 match res {
                     Ok(rev) => {
-                        self.mark_up(host, rev);
+                        self.health.ok(host, rev);
+                        self.health.used(host);
+                        tracing::info!(
+                            endpoint = %self.hosts[host].url,
+                            revision = rev,
+                            "configuration reloaded from etcd"
+                        );
                         return Some(rev);
                     }
                     Err(e) => {
-                        tracing::debug!(host = %self.hosts[host].url, error = e.text(), "etcd re-read failed");
+                        tracing::debug!(endpoint = %self.hosts[host].url, error = e.text(), "etcd re-read failed");
                         last = e.text().to_string();
-                        self.rotate();
+                        if e.is_unreachable() {
+                            self.health.failed(host, e.text());
+                        }
                     }
                 }
             }
-            self.mark_down(&last);
             round += 1;
         }
     }
 
     /// Apply one watch message; `Some` when the watch must end.
-    pub(super) fn on_watch_message(&self, line: &[u8], from: &mut u64) -> Option<WatchEnd> {
+    pub(super) fn on_watch_message(
+        &self,
+        line: &[u8],
+        from: &mut u64,
+        created: &mut bool,
+    ) -> Option<WatchEnd> {
         let v: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(e) => return Some(WatchEnd::Lost(format!("unreadable watch message: {e}"))),
@@ -120,6 +165,7 @@ impl Shared {
             )));
         }
         if flag("created") {
+            *created = true;
             let current = header_rev(r);
             if current > 0 && current + 1 < *from {
                 return Some(WatchEnd::Backwards {
@@ -151,18 +197,31 @@ impl Shared {
         None
     }
 
-    /// Watch the prefix from `*from` until something ends it; `*from`
-    /// advances past every event applied.
-    pub(super) async fn watch(&self, from: &mut u64, cancel: &CancellationToken) -> WatchEnd {
-        let host = self.conn().host;
+    /// Watch the prefix on endpoint `host` from `*from` until something
+    /// ends it; `*from` advances past every event applied, `*created` tells
+    /// whether etcd took the watch.
+    pub(super) async fn watch(
+        &self,
+        host: usize,
+        from: &mut u64,
+        cancel: &CancellationToken,
+        created: &mut bool,
+    ) -> WatchEnd {
         let h = &self.hosts[host];
+        let mut rx = self.health.subscribe();
+        let epoch = self.health.epoch(host);
         let dir = self.dir_key();
         let body = json!({"create_request": {
             "key": b64(dir.as_bytes()),
             "range_end": b64(&range_end(dir.as_bytes())),
             "start_revision": *from,
         }});
-        let mut req = h.client.post(format!("{}/v3/watch", h.base)).json(&body);
+        // Ask the member to end the watch should it lose its leader.
+        let mut req = h
+            .client
+            .post(format!("{}/v3/watch", h.base))
+            .header("grpc-metadata-hasleader", "true")
+            .json(&body);
         if let Some(t) = self.conn().token.clone() {
             if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&t) {
                 v.set_sensitive(true);
@@ -172,6 +231,7 @@ impl Shared {
         let deadline = Instant::now() + self.watch_timeout;
         let sent = tokio::select! {
             () = cancel.cancelled() => return WatchEnd::Cancelled,
+            () = turned_failing(&self.health, &mut rx, host, epoch) => return self.silent(host),
             r = tokio::time::timeout(self.timeout, req.send()) => r,
         };
         let mut resp = match sent {
@@ -203,11 +263,7 @@ impl Shared {
             tokio::select! {
                 () = cancel.cancelled() => return WatchEnd::Cancelled,
                 () = tokio::time::sleep_until(deadline) => return WatchEnd::Timeout,
-                () = self.trouble.notified() => {
-                    if self.is_down() {
-                        return WatchEnd::Lost("a request to etcd failed".into());
-                    }
-                }
+                () = turned_failing(&self.health, &mut rx, host, epoch) => return self.silent(host),
                 chunk = resp.chunk() => match chunk {
                     Ok(Some(bytes)) => {
                         buf.extend_from_slice(&bytes);
@@ -217,8 +273,11 @@ impl Shared {
                             if line.is_empty() {
                                 continue;
                             }
-                            if let Some(end) = self.on_watch_message(line, from) {
+                            if let Some(end) = self.on_watch_message(line, from, created) {
                                 return end;
+                            }
+                            if *created && !self.health.is_healthy(host) {
+                                self.health.ok(host, 0);
                             }
                         }
                     }
@@ -229,10 +288,22 @@ impl Shared {
         }
     }
 
-    /// Follow etcd until `cancel`: watch, and re-read after any trouble.
+    /// How a watch on an endpoint its probe declared failing ends.
+    fn silent(&self, host: usize) -> WatchEnd {
+        let why = self.health.error_of(host).unwrap_or_default();
+        WatchEnd::Lost(format!("{} stopped answering: {why}", self.hosts[host].url))
+    }
+
+    /// Follow etcd until `cancel`: watch, move the watch to another
+    /// endpoint when its own fails, and re-read after any other trouble.
     pub(super) async fn follow(self: Arc<Self>, mut from: u64, cancel: CancellationToken) {
+        // Watches lost in a row without etcd taking one.
+        let mut misses = 0usize;
         loop {
-            let why = match self.watch(&mut from, &cancel).await {
+            let host = self.health.order().first().copied().unwrap_or(0);
+            let mut created = false;
+            let end = self.watch(host, &mut from, &cancel, &mut created).await;
+            let why = match end {
                 WatchEnd::Cancelled => return,
                 WatchEnd::Timeout => continue,
                 WatchEnd::Compacted(rev) => {
@@ -252,10 +323,26 @@ impl Shared {
                     format!("etcd revision went backwards from {expected} to {current}")
                 }
                 WatchEnd::Lost(reason) => {
+                    if !is_auth_message(&reason) {
+                        self.health.failed(host, &reason);
+                    }
+                    misses = if created { 1 } else { misses + 1 };
+                    if misses <= self.hosts.len() && self.health.any_healthy() {
+                        let next = self.health.order().first().copied().unwrap_or(0);
+                        tracing::info!(
+                            from = %self.hosts[host].url,
+                            to = %self.hosts[next].url,
+                            revision = from.saturating_sub(1),
+                            error = %reason,
+                            "etcd watch moved to another endpoint"
+                        );
+                        continue;
+                    }
                     tracing::debug!(error = %reason, "etcd watch lost; reloading");
                     reason
                 }
             };
+            misses = 0;
             match self.resync(&cancel, why).await {
                 Some(rev) => from = rev + 1,
                 None => return,
