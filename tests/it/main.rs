@@ -5,6 +5,7 @@ mod admin;
 mod backend;
 mod cli;
 mod etcd;
+mod etcd_cluster;
 mod faults;
 mod hardening;
 mod harness;

@@ -182,7 +182,10 @@ impl Health {
 
     /// Whether endpoint `i` is healthy.
     pub(super) fn is_healthy(&self, i: usize) -> bool {
-        self.lock().states.get(i).is_some_and(|s| s.failing.is_none())
+        self.lock()
+            .states
+            .get(i)
+            .is_some_and(|s| s.failing.is_none())
     }
 
     /// Whether some endpoint is healthy.
@@ -227,7 +230,12 @@ impl Health {
 }
 
 /// Wait until endpoint `i` turns failing again (its epoch moves past `epoch`).
-pub(super) async fn turned_failing(health: &Health, rx: &mut watch::Receiver<u64>, i: usize, epoch: u64) {
+pub(super) async fn turned_failing(
+    health: &Health,
+    rx: &mut watch::Receiver<u64>,
+    i: usize,
+    epoch: u64,
+) {
     loop {
         if health.epoch(i) != epoch {
             return;
@@ -289,7 +297,11 @@ mod tests {
     use super::*;
 
     fn health() -> Health {
-        Health::new(vec!["http://a".into(), "http://b".into(), "http://c".into()])
+        Health::new(vec![
+            "http://a".into(),
+            "http://b".into(),
+            "http://c".into(),
+        ])
     }
 
     #[test]

@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::cache::{apply_own, Tracking};
 use self::client::{b64, build_hosts, header_rev, header_safe, num, unb64, CallError, Conn, Host};
-use self::health::Health;
 pub use self::health::EndpointReport;
+use self::health::Health;
 use super::index::Index;
 use super::{format_generated_id, Entry, Expect, PutOutcome, Store, StoreError};
 use crate::config::{Etcd, Secret};
@@ -274,9 +274,16 @@ impl Store for EtcdStore {
                 });
                 let w = s.write("/v3/kv/txn", &txn).await?;
                 let first = w.v.get("responses").and_then(|r| r.get(0));
-                if w.v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
+                if w.v
+                    .get("succeeded")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                {
                     let resp = first.and_then(|r| r.get("response_put"));
-                    (header_rev(&w.v), resp.and_then(|r| r.get("prev_kv")).cloned())
+                    (
+                        header_rev(&w.v),
+                        resp.and_then(|r| r.get("prev_kv")).cloned(),
+                    )
                 } else {
                     let current = first
                         .and_then(|r| r.get("response_range"))
@@ -322,11 +329,10 @@ impl Store for EtcdStore {
         let w = s.write("/v3/kv/deleterange", &body).await?;
         let rev = header_rev(&w.v);
         let key = (kind, id.to_string());
-        let Some(prev) = w
-            .v
-            .get("prev_kvs")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
+        let Some(prev) =
+            w.v.get("prev_kvs")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
         else {
             // An attempt that got no answer may have deleted it: report the
             // object as it was known.
@@ -446,10 +452,8 @@ impl EtcdStatus {
     /// The highest modification revision per kind of object (by its etcd
     /// directory name), as `apisix_etcd_modify_indexes` reports them.
     pub fn modify_indexes(&self) -> Vec<(&'static str, u64)> {
-        let mut out: Vec<(&'static str, u64)> = Kind::ALL
-            .iter()
-            .map(|k| (k.segment(), 0))
-            .collect();
+        let mut out: Vec<(&'static str, u64)> =
+            Kind::ALL.iter().map(|k| (k.segment(), 0)).collect();
         self.shared.index.read(|c| {
             for e in c.objects().values() {
                 if let Some(row) = out.iter_mut().find(|(seg, _)| *seg == e.kind.segment()) {

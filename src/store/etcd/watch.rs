@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{apply_event, change_of, note_watched};
-use super::client::{b64, chain, gateway_error, CallError, header_rev, is_auth_message, num, range_end};
+use super::client::{
+    b64, chain, gateway_error, header_rev, is_auth_message, num, range_end, CallError,
+};
 use super::health::{turned_failing, Health};
 use super::Shared;
 
