@@ -11,8 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apisix_stream::config::Etcd;
+use apisix_stream::model::{EnabledPlugins, Kind};
+use apisix_stream::store::etcd::EtcdStore;
+use apisix_stream::store::{Expect, Store, StoreError};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Mode};
 use crate::harness::{
@@ -553,20 +558,31 @@ async fn writes_follow_a_new_leader_and_a_cluster_back_from_an_outage() {
     all_forward(&[&a, &b], "b1", Duration::from_secs(5)).await;
     let traffic = Traffic::start(&[&a, &b]);
 
-    // The leader dies: a write through A is answered 2xx across the election.
+    // The leader dies: writes through A (first endpoint: the leader) and B
+    // (first endpoint: a follower) are answered 2xx across the election.
     cluster.kill(leader);
-    let start = Instant::now();
-    let (st, v) = a
-        .admin(
-            Method::PUT,
-            "/apisix/admin/stream_routes/1",
-            Some(&route(&b2)),
-        )
-        .await;
-    let took = start.elapsed();
-    eprintln!("leader killed: PUT {st} after {:.2}s", took.as_secs_f64());
+    let timed = async |p: &Proxy, path: &str, body: String| {
+        let start = Instant::now();
+        let (st, v) = p.admin(Method::PUT, path, Some(&body)).await;
+        (st, v, start.elapsed())
+    };
+    let ((st, v, took), (st_b, v_b, took_b)) = tokio::join!(
+        timed(&a, "/apisix/admin/stream_routes/1", route(&b2)),
+        timed(
+            &b,
+            "/apisix/admin/upstreams/u1",
+            json!({"nodes": {b2.addr.to_string(): 1}}).to_string()
+        ),
+    );
+    eprintln!(
+        "leader killed: PUT via the proxy starting with it {st} after {:.2}s, via the one starting with a follower {st_b} after {:.2}s",
+        took.as_secs_f64(),
+        took_b.as_secs_f64()
+    );
     assert_eq!(st, StatusCode::OK, "{v}");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(st_b, StatusCode::CREATED, "{v_b}");
+    assert!(took_b < Duration::from_secs(5), "{took_b:?}");
     let forwarded = all_forward(&[&a, &b], "b2", Duration::from_secs(5)).await;
     eprintln!(
         "leader killed: change forwarded by both proxies {:.2}s after the 2xx",
@@ -633,4 +649,86 @@ async fn writes_follow_a_new_leader_and_a_cluster_back_from_an_outage() {
     let (done, failed) = traffic.finish().await;
     eprintln!("connections through the proxies meanwhile: {done}, failed: {failed}");
     assert_eq!(failed, 0, "connections failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_checked_against_the_revision_last_seen() {
+    let cluster = Cluster::start().await;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let conf = Etcd {
+        host: (0..3).map(|i| cluster.url(i)).collect(),
+        timeout: 3,
+        resync_delay: 1,
+        ..Etcd::default()
+    };
+    let store = within(
+        20,
+        EtcdStore::connect(&conf, EnabledPlugins::default(), cancel.clone()),
+    )
+    .await
+    .expect("connects");
+    let all = [0, 1, 2];
+    let value = |port: u16| json!({"nodes": {format!("127.0.0.1:{port}"): 1}});
+    let first = store
+        .put(Kind::Upstream, "u1", value(1), Expect::Any)
+        .await
+        .expect("put");
+    assert!(first.created);
+    // Changed behind the store's back, then a PUT from a cache that may not
+    // have seen it yet: the PUT still wins, as a PUT does.
+    cluster
+        .ctl(
+            &all,
+            &["put", "/apisix/upstreams/u1", &value(2).to_string()],
+        )
+        .await
+        .expect("etcdctl put");
+    let second = store
+        .put(Kind::Upstream, "u1", value(3), Expect::Any)
+        .await
+        .expect("put over a newer version");
+    assert!(!second.created);
+    assert_eq!(second.entry.create_rev, first.entry.create_rev);
+    let stored = cluster
+        .ctl(&all, &["get", "/apisix/upstreams/u1", "--print-value-only"])
+        .await
+        .expect("etcdctl get");
+    assert_eq!(
+        serde_json::from_str::<Value>(stored.trim()).expect("JSON"),
+        value(3)
+    );
+    // A POST's id taken meanwhile: the create does not overwrite it.
+    let id = store.next_id().await.expect("id");
+    cluster
+        .ctl(
+            &all,
+            &[
+                "put",
+                &format!("/apisix/upstreams/{id}"),
+                &value(4).to_string(),
+            ],
+        )
+        .await
+        .expect("etcdctl put");
+    let taken = store.put(Kind::Upstream, &id, value(5), Expect::Any).await;
+    assert!(matches!(taken, Err(StoreError::Conflict)), "{taken:?}");
+    // A DELETE of an object changed meanwhile still deletes it.
+    cluster
+        .ctl(
+            &all,
+            &["put", "/apisix/upstreams/u1", &value(6).to_string()],
+        )
+        .await
+        .expect("etcdctl put");
+    let gone = store
+        .delete(Kind::Upstream, "u1")
+        .await
+        .expect("delete")
+        .expect("was there");
+    assert_eq!(gone.id, "u1");
+    assert_eq!(
+        cluster.keys(&all, "/apisix/upstreams/").await,
+        [format!("/apisix/upstreams/{id}")]
+    );
 }

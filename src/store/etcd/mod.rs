@@ -112,6 +112,13 @@ impl Shared {
         format!("{}/", self.prefix)
     }
 
+    /// The modification revision of an object as last seen (0: absent).
+    fn known_rev(&self, kind: Kind, id: &str) -> u64 {
+        self.index
+            .read(|c| c.get(&(kind, id.to_string())).map(|e| e.mod_rev))
+            .unwrap_or(0)
+    }
+
     fn minted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.minted.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -249,65 +256,19 @@ impl Store for EtcdStore {
         let key = b64(s.key_of(kind, id).as_bytes());
         let text = serde_json::to_string(&value)
             .map_err(|e| unavailable(format!("cannot encode the object: {e}")))?;
-        let put = json!({"key": key, "value": b64(text.as_bytes()), "prev_kv": true});
         // The first write under an id minted here creates the key, once.
         let fresh = s.minted().remove(id);
-        let compare = match expect {
-            Expect::ModRev(r) => {
-                Some(json!({"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": r}))
-            }
-            Expect::Any if fresh => Some(
-                json!({"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}),
-            ),
-            Expect::Any => None,
+        let (want, strict) = match expect {
+            Expect::ModRev(r) => (r, true),
+            Expect::Any if fresh => (0, true),
+            Expect::Any => (s.known_rev(kind, id), false),
         };
-        let (rev, prev) = match compare {
-            None => {
-                let w = s.write("/v3/kv/put", &put).await?;
-                (header_rev(&w.v), w.v.get("prev_kv").cloned())
-            }
-            Some(cmp) => {
-                let txn = json!({
-                    "compare": [cmp],
-                    "success": [{"request_put": put}],
-                    "failure": [{"request_range": {"key": key}}],
-                });
-                let w = s.write("/v3/kv/txn", &txn).await?;
-                let first = w.v.get("responses").and_then(|r| r.get(0));
-                if w.v
-                    .get("succeeded")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-                {
-                    let resp = first.and_then(|r| r.get("response_put"));
-                    (
-                        header_rev(&w.v),
-                        resp.and_then(|r| r.get("prev_kv")).cloned(),
-                    )
-                } else {
-                    let current = first
-                        .and_then(|r| r.get("response_range"))
-                        .and_then(|r| r.get("kvs"))
-                        .and_then(|k| k.get(0));
-                    match current.filter(|kv| w.ambiguous && holds(kv, text.as_bytes())) {
-                        // An attempt that got no answer did apply: this is our write.
-                        Some(kv) => (
-                            num(kv.get("mod_revision")),
-                            (!fresh).then(|| json!({"create_revision": kv.get("create_revision")})),
-                        ),
-                        None => return Err(StoreError::Conflict),
-                    }
-                }
-            }
-        };
+        let (rev, prev_create) = s.put_checked(&key, &text, want, strict).await?;
         if rev == 0 {
             return Err(unavailable("etcd answered a write without a revision"));
         }
-        let created = prev.is_none();
-        let create_rev = prev
-            .map(|p| num(p.get("create_revision")))
-            .filter(|r| *r > 0)
-            .unwrap_or(rev);
+        let created = prev_create.is_none();
+        let create_rev = prev_create.filter(|r| *r > 0).unwrap_or(rev);
         let entry = Entry {
             kind,
             id: id.to_string(),
@@ -325,18 +286,15 @@ impl Store for EtcdStore {
 
     async fn delete(&self, kind: Kind, id: &str) -> Result<Option<Entry>, StoreError> {
         let s = &self.shared;
-        let body = json!({"key": b64(s.key_of(kind, id).as_bytes()), "prev_kv": true});
-        let w = s.write("/v3/kv/deleterange", &body).await?;
-        let rev = header_rev(&w.v);
-        let key = (kind, id.to_string());
-        let Some(prev) =
-            w.v.get("prev_kvs")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-        else {
-            // An attempt that got no answer may have deleted it: report the
-            // object as it was known.
-            let known = w.ambiguous.then(|| s.index.read(|c| c.get(&key).cloned()));
+        let want = s.known_rev(kind, id);
+        let d = s
+            .delete_checked(&b64(s.key_of(kind, id).as_bytes()), want)
+            .await?;
+        let (rev, key) = (d.rev, (kind, id.to_string()));
+        let Some(prev) = d.prev else {
+            // An attempt that got no answer deleted it: report the object
+            // as it was known.
+            let known = d.earlier.then(|| s.index.read(|c| c.get(&key).cloned()));
             let Some(old) = known.flatten() else {
                 return Ok(None);
             };
@@ -413,14 +371,6 @@ impl Store for EtcdStore {
             shared: self.shared.clone(),
         })
     }
-}
-
-/// Whether the key-value `kv` holds exactly `value`.
-fn holds(kv: &Value, value: &[u8]) -> bool {
-    kv.get("value")
-        .and_then(Value::as_str)
-        .and_then(unb64)
-        .is_some_and(|v| v == value)
 }
 
 /// A read-only view of the etcd store's state for the Control API and
