@@ -173,6 +173,7 @@ deployment:
     host: ["https://e1:2379", "http://e2:2379"]
     prefix: /p
     timeout: 3
+    keepalive_interval: 2
     user: root
     password: secretpw
     tls: {cert: /c.pem, key: /k.pem, verify: false, sni: etcd.local}
@@ -212,8 +213,13 @@ stream_plugins: [ip-restriction]
     let e = &c.deployment.etcd;
     assert_eq!(e.host.len(), 2);
     assert_eq!(
-        (e.prefix.as_str(), e.timeout, e.watch_timeout),
-        ("/p", 3, 50)
+        (
+            e.prefix.as_str(),
+            e.timeout,
+            e.watch_timeout,
+            e.keepalive_interval
+        ),
+        ("/p", 3, 50, 2)
     );
     assert_eq!(e.user.as_deref(), Some("root"));
     assert_eq!(e.password.as_ref().map(Secret::expose), Some("secretpw"));
@@ -322,6 +328,7 @@ fn bad_values_name_key_value_and_reason() {
             ("deployment: {etcd: {host: [\"127.0.0.1:2379\"]}}", "invalid deployment.etcd.host[0]: \"127.0.0.1:2379\" (expected a URL matching ^https?://)"),
             ("deployment: {etcd: {prefix: ''}}", "invalid deployment.etcd.prefix: \"\" (must not be empty)"),
             ("deployment: {etcd: {timeout: 0}}", "invalid deployment.etcd.timeout: 0 (expected an integer >= 1)"),
+            ("deployment: {etcd: {keepalive_interval: 0}}", "invalid deployment.etcd.keepalive_interval: 0 (expected an integer >= 1)"),
             ("apisix: {enable_admin: 'yes'}", "invalid apisix.enable_admin: \"yes\" (expected true or false)"),
             ("apisix: [1]", "invalid apisix: [1] (expected a table)"),
             ("apisix: {data_encryption: {keyring: [short]}}", "invalid apisix.data_encryption.keyring[0]: <5 bytes> (expected a 16- or 32-byte string)"),

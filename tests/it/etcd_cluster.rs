@@ -500,7 +500,14 @@ async fn a_hung_member_is_passed_over_by_watches_and_writes() {
         "{text}"
     );
 
-    // The member comes back: it is healthy again within seconds.
+    // A newer version of route 3, then the member comes back: it is
+    // healthy again within seconds, and the write it held (if it ever
+    // applies it) does not undo the newer version.
+    let newer = route(&b1);
+    cluster
+        .ctl(&others, &["put", "/apisix/stream_routes/3", &newer])
+        .await
+        .expect("etcdctl put");
     cluster.signal(hung, "-CONT");
     let back = Instant::now();
     for p in [&a, &b] {
@@ -518,6 +525,30 @@ async fn a_hung_member_is_passed_over_by_watches_and_writes() {
     eprintln!("connections through the proxies meanwhile: {done}, failed: {failed}");
     assert_eq!(failed, 0, "connections failed");
     assert!(done > 0);
+    let now = cluster
+        .ctl(
+            &[0, 1, 2],
+            &["get", "/apisix/stream_routes/3", "--print-value-only"],
+        )
+        .await
+        .expect("etcdctl get");
+    assert_eq!(now.trim(), newer);
+    // The watches moved to another member from the revision they had seen:
+    // no full re-read was needed.
+    for p in [&a, &b] {
+        assert_eq!(
+            p.log_lines(&["etcd watch moved to another endpoint", &hung_url]),
+            1,
+            "{}",
+            p.log_text()
+        );
+        assert_eq!(
+            p.log_lines(&["configuration reloaded from etcd"]),
+            0,
+            "{}",
+            p.log_text()
+        );
+    }
     // One log line per change of state, not per request.
     for p in [&a, &b] {
         assert_eq!(
