@@ -40,6 +40,8 @@ struct Inner {
     states: Vec<State>,
     /// The endpoint that served the last request.
     preferred: usize,
+    /// The configuration was loaded once (before, there is nothing to serve).
+    serving: bool,
 }
 
 /// The health of every configured endpoint.
@@ -77,6 +79,7 @@ impl Health {
             inner: Mutex::new(Inner {
                 states,
                 preferred: 0,
+                serving: false,
             }),
             changed: watch::channel(0).0,
         }
@@ -107,7 +110,7 @@ impl Health {
             down_for_s = format!("{down_for:.1}"),
             "etcd endpoint healthy again"
         );
-        if was_down {
+        if was_down && inner.serving {
             tracing::info!(endpoint = %self.urls[i], "etcd reachable again");
         }
         drop(inner);
@@ -127,7 +130,7 @@ impl Health {
         s.failing = Some((SystemTime::now(), error.to_string()));
         s.epoch += 1;
         tracing::warn!(endpoint = %self.urls[i], error, "etcd endpoint failing");
-        if inner.states.iter().all(|s| s.failing.is_some()) {
+        if inner.serving && inner.states.iter().all(|s| s.failing.is_some()) {
             tracing::warn!(
                 endpoints = %self.urls.join(","),
                 error,
@@ -137,6 +140,12 @@ impl Health {
         drop(inner);
         self.changed.send_modify(|g| *g += 1);
         true
+    }
+
+    /// The configuration is loaded: from now on the whole cluster going
+    /// down or coming back is logged too.
+    pub(super) fn serving(&self) {
+        self.lock().serving = true;
     }
 
     /// Endpoint `i` served a request: later requests start with it.

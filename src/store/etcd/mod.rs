@@ -233,6 +233,7 @@ impl EtcdStore {
             revision = rev,
             "loaded the configuration from etcd"
         );
+        shared.health.serving();
         shared.start_probes(&cancel);
         tokio::spawn(shared.clone().follow(rev + 1, cancel));
         Ok(Arc::new(EtcdStore { shared }))
