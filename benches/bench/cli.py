@@ -125,7 +125,8 @@ def binary(a):
         path = os.path.abspath(a.bin)
     else:
         profile = "debug" if a.debug else "release"
-        path = os.path.join(ROOT, "target", profile, "apisix-stream")
+        target_dir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+        path = os.path.join(os.path.abspath(target_dir), profile, "apisix-stream")
         if not a.no_build:
             argv = ["cargo", "build", "--locked"] + ([] if a.debug else ["--release"])
             say(f"building {profile} binary: {' '.join(argv)}")
