@@ -6,6 +6,7 @@ import os
 
 from . import svg
 from .results import NOISY, SUBJECT, fmt
+from .targets import ANCHORS
 
 TOP_KEYS = ["schema", "date", "command", "machine", "versions", "options", "busy_rounds",
             "suites", "charts", "elapsed_s"]
@@ -118,7 +119,8 @@ def held_points(doc):
 # ------------------------------------------------------------------ markdown
 def suite_table(s):
     targets = s["targets"]
-    ratio_cols = sorted({k for m in s["metrics"].values() for k in m["ratios"]})
+    ratio_cols = [f"{SUBJECT}/{a}" for a in ANCHORS
+                  if any(f"{SUBJECT}/{a}" in m["ratios"] for m in s["metrics"].values())]
     head = ["workload"] + targets + ratio_cols + ["better"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in s["metrics"].values():
@@ -166,6 +168,14 @@ def markdown(doc, charts):
                   f"\\*: rounds differ by more than ±{NOISY:.0%} of the median.", ""]
         lines += [f"- {n}" for n in s["notes"]]
         lines.append("")
+        if doc["options"]["rounds"] > 1:
+            lines += ["Per-round values:", ""]
+            for m in s["metrics"].values():
+                cells = [f"{t}: " + " ".join(fmt(v) for v in vals)
+                         for t, vals in m["rounds"].items() if vals]
+                if cells:
+                    lines.append(f"- {m['label']} ({m['unit']}): " + " | ".join(cells))
+            lines.append("")
     routes = doc["suites"].get("routes", {}).get("rows")
     if routes:
         keys = list(routes[0].keys())

@@ -174,6 +174,7 @@ class L4:
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   default_type application/octet-stream;
+  open_file_cache max=16;
   server {{ listen 127.0.0.1:{p.b_http} backlog=4096; root {www}; }}
 }}""", tcp=[p.b_http], nofile=self.nofile)
         it = self.procs.start("backend-iperf3", ["iperf3", "-s", "-B", "127.0.0.1",
@@ -183,7 +184,7 @@ class L4:
             dnsmasq(), "--keep-in-foreground", "--conf-file=/dev/null",
             "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={p.b_dns}",
             "--no-resolv", "--no-hosts", "--host-record=bench.test,127.0.0.1",
-            f"--pid-file={self.work}/dnsmasq.pid", "--log-facility=-", "--cache-size=0"])
+            f"--pid-file={self.work}/dnsmasq.pid", "--log-facility=-"])
         proc.wait_listening(dm, udp=[p.b_dns])
 
     def front(self, target):
