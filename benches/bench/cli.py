@@ -273,6 +273,7 @@ def run(a):
 
     started = time.monotonic()
     doc_suites, failed = {}, []
+    finished = False
     try:
         for name, r in runs.items():
             failed += r.run()
@@ -289,9 +290,10 @@ def run(a):
                     say(f"error: {e}")
                     doc_suites[name] = {"error": str(e)}
                     failed.append(name)
+        finished = True
     finally:
         ctx.procs.stop_all()
-        if a.keep or failed:
+        if a.keep or failed or not finished:
             say(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)

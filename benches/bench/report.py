@@ -10,7 +10,7 @@ from .targets import ANCHORS
 
 TOP_KEYS = ["schema", "date", "command", "machine", "versions", "options", "busy_rounds",
             "suites", "charts", "elapsed_s"]
-METRIC_KEYS = ["label", "unit", "better", "median", "rounds", "spread", "noisy", "ratios",
+METRIC_KEYS = ["label", "unit", "better", "proxy_only", "median", "rounds", "spread", "noisy", "ratios",
                "vs_direct", "best_anchor", "ratio_to_best"]
 
 

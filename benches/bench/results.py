@@ -16,10 +16,10 @@ BUSY_WARN = 10.0  # % of the machine used by others during a target's run
 class Metric:
     """One row: a key in the JSON, a label, a unit, and which way is better."""
 
-    def __init__(self, key, label, unit, better, subject_only=False):
+    def __init__(self, key, label, unit, better, proxy_only=False):
         self.key, self.label, self.unit, self.better = key, label, unit, better
         # measured for proxies only (CPU and memory): `direct` has no proxy
-        self.subject_only = subject_only
+        self.proxy_only = proxy_only
 
 
 def spread(vals):
@@ -84,6 +84,7 @@ class Suite:
             per = {t: list(self.values.get(m.key, {}).get(t, {}).values()) for t in self.targets}
             entry = {
                 "label": m.label, "unit": m.unit, "better": m.better,
+                "proxy_only": m.proxy_only,
                 "median": {t: self.median(m.key, t) for t in self.targets},
                 "rounds": per,
                 "spread": {t: round(spread(v), 3) for t, v in per.items() if v},
