@@ -113,7 +113,8 @@ fn net_text(n: &Option<IpNet>) -> Value {
     n.map_or(Value::Null, |n| Value::String(n.to_string()))
 }
 
-/// What `route test` shows of a route: its filters and its upstream.
+/// What `route test` shows of a route: its filters, its service and the
+/// upstream in force (the service's when the route has none of its own).
 fn summary(r: &RouteRt) -> Value {
     let mut v = json!({
         "server_addr": net_text(&r.server_addr),
@@ -121,6 +122,9 @@ fn summary(r: &RouteRt) -> Value {
         "remote_addr": net_text(&r.remote_addr),
         "sni": r.sni,
     });
+    if let Some(s) = r.chain.service_id() {
+        v["service_id"] = json!(s);
+    }
     match &r.upstream {
         Ok(up) => {
             if let Some(id) = &up.upstream_id {

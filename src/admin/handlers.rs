@@ -1,4 +1,5 @@
-//! CRUD for `stream_routes`, `upstreams` and `ssls`, with APISIX 3's ids,
+//! CRUD for `stream_routes`, `upstreams`, `ssls`, `services` and
+//! `plugin_metadata`, with APISIX 3's ids,
 //! status codes, response shapes and error texts.
 
 use std::sync::Arc;
@@ -69,7 +70,7 @@ fn arg<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-async fn read_body(state: &AdminState, headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
+pub(super) async fn read_body(state: &AdminState, headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -123,6 +124,20 @@ pub async fn dispatch(
     }
     let force = arg(&args, "force") == Some("true");
     let noun = target.kind.noun();
+    if target.kind == Kind::PluginMetadata {
+        match method {
+            Method::POST | Method::PATCH => {
+                return Err(AdminError::MethodNotAllowed(format!(
+                    "not supported `{method}` method for plugin_metadata"
+                )))
+            }
+            Method::PUT if target.sub_path.is_none() => {
+                let body = read_body(&state, &headers, body).await?;
+                return put_metadata(&state, target.id, body).await;
+            }
+            _ => {}
+        }
+    }
     match method {
         Method::GET if target.sub_path.is_none() => {
             let mut resp = match &target.id {
@@ -308,10 +323,11 @@ async fn check_references(
         return Ok(());
     }
     if let Some(sid) = conf.get("service_id").and_then(model::id_string) {
-        // Services are not a resource of this product: a reference can never resolve.
-        return Err(AdminError::BadRequest(format!(
-            "failed to fetch service info by service id [{sid}], response code: 404"
-        )));
+        if state.store.get(Kind::Service, &sid).await?.is_none() {
+            return Err(AdminError::BadRequest(format!(
+                "failed to fetch service info by service id [{sid}], response code: 404"
+            )));
+        }
     }
     let protocol = conf.get("protocol");
     if let Some(superior) = protocol
@@ -350,7 +366,8 @@ async fn check_references(
 }
 
 fn validate(state: &AdminState, kind: Kind, conf: &Value) -> Result<()> {
-    model::validate(kind, conf, &state.plugins, NotEnabled::Refuse).map_err(AdminError::BadRequest)
+    model::validate(kind, conf, &state.plugins.load(), NotEnabled::Refuse)
+        .map_err(AdminError::BadRequest)
 }
 
 fn set_field(conf: &mut Value, name: &str, v: Value) {
@@ -421,6 +438,31 @@ async fn put(
     store_and_answer(state, kind, &id, conf, Expect::Any, StatusCode::CREATED).await
 }
 
+/// `PUT /apisix/admin/plugin_metadata/<plugin>`: the id is the plugin's
+/// name, and no timestamps are added (as APISIX).
+async fn put_metadata(
+    state: &AdminState,
+    path_id: Option<String>,
+    body: Option<Value>,
+) -> Result<Response> {
+    let mut conf = body.ok_or_else(|| AdminError::BadRequest("missing configurations".into()))?;
+    model::check_forbidden_times(&conf).map_err(AdminError::BadRequest)?;
+    let Some(name) = path_id else {
+        return Err(AdminError::BadRequest("missing plugin name".into()));
+    };
+    set_field(&mut conf, "id", Value::String(name.clone()));
+    validate(state, Kind::PluginMetadata, &conf)?;
+    store_and_answer(
+        state,
+        Kind::PluginMetadata,
+        &name,
+        conf,
+        Expect::Any,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
 async fn post(state: &AdminState, kind: Kind, body: Option<Value>) -> Result<Response> {
     let mut conf = body.ok_or_else(|| AdminError::BadRequest("missing configurations".into()))?;
     if conf.get("id").is_some() {
@@ -454,26 +496,44 @@ async fn still_used(state: &AdminState, kind: Kind, id: &str) -> Result<Option<S
     };
     // Which objects may refer to this kind, through which field, and how
     // APISIX words the refusal.
-    let (users, path, message): (Kind, &[&str], fn(&str) -> String) = match kind {
-        Kind::Upstream => (Kind::StreamRoute, &["upstream_id"], |user| {
-            format!("can not delete this upstream, stream route [{user}] is still using it now")
-        }),
-        Kind::StreamRoute => (Kind::StreamRoute, &["protocol", "superior_id"], |user| {
+    type Message = fn(&str) -> String;
+    let checks: &[(Kind, &[&str], Message)] = match kind {
+        Kind::Upstream => &[
+            (Kind::StreamRoute, &["upstream_id"], |user| {
+                format!("can not delete this upstream, stream route [{user}] is still using it now")
+            }),
+            (Kind::Service, &["upstream_id"], |user| {
+                format!("can not delete this upstream, service [{user}] is still using it now")
+            }),
+        ],
+        Kind::StreamRoute => &[(Kind::StreamRoute, &["protocol", "superior_id"], |user| {
             format!(
                 "can not delete this stream route directly, stream route [{user}] is still using it as superior_id"
             )
-        }),
-        Kind::Ssl => (Kind::Upstream, &["tls", "client_cert_id"], |user| {
+        })],
+        Kind::Ssl => &[(Kind::Upstream, &["tls", "client_cert_id"], |user| {
             format!("can not delete this ssl, upstream [{user}] is still using it now")
-        }),
+        })],
+        Kind::Service => &[(Kind::StreamRoute, &["service_id"], |user| {
+            format!(
+                "can not delete this service directly, stream_route [{user}] is still using it now"
+            )
+        })],
+        Kind::PluginMetadata => &[],
     };
-    Ok(state
-        .store
-        .list(users)
-        .await?
-        .iter()
-        .find(|e| !(e.kind == kind && e.id == id) && uses(&e.value, path))
-        .map(|e| message(&e.id)))
+    for (users, path, message) in checks {
+        let found = state
+            .store
+            .list(*users)
+            .await?
+            .iter()
+            .find(|e| !(e.kind == kind && e.id == id) && uses(&e.value, path))
+            .map(|e| message(&e.id));
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 async fn delete(state: &AdminState, kind: Kind, id: &str, force: bool) -> Result<Response> {

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod explain;
 pub mod handlers;
+pub mod introspect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,8 +58,13 @@ pub struct AdminState {
     pub stream_enabled: bool,
     /// Key prefix in answers (`/apisix`).
     pub prefix: String,
-    /// Stream plugins enabled in config.yaml.
-    pub plugins: EnabledPlugins,
+    /// Stream plugins enabled in config.yaml (swapped by a plugin reload).
+    pub plugins: arc_swap::ArcSwap<EnabledPlugins>,
+    /// The config.yaml a plugin reload re-reads (`serve` sets it).
+    pub config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// The data plane's lasting state, when a data plane runs: a plugin
+    /// reload puts the new `stream_plugins` in force there.
+    pub carry: Option<Arc<crate::snapshot::Carry>>,
     /// What the data plane has applied (and what failed), when a data
     /// plane runs: writes answer only once their revision is served.
     pub published: Option<watch::Receiver<Published>>,
@@ -126,7 +132,9 @@ impl AdminState {
                 .prefix
                 .trim_end_matches('/')
                 .to_string(),
-            plugins: EnabledPlugins::of(config),
+            plugins: arc_swap::ArcSwap::from_pointee(EnabledPlugins::of(config)),
+            config_path: std::sync::OnceLock::new(),
+            carry: None,
             published: None,
             snapshot: None,
             keyring: Keyring::new(&config.apisix.data_encryption.keyring),
@@ -227,6 +235,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/apisix/admin/stream_routes_test",
             any(explain::stream_routes_test),
+        )
+        .route("/apisix/admin/plugins", any(introspect::plugins_all))
+        .route("/apisix/admin/plugins/list", any(introspect::plugins_list))
+        .route("/apisix/admin/plugins/reload", any(introspect::reload))
+        .route("/apisix/admin/plugins/{name}", any(introspect::plugin))
+        .route(
+            "/apisix/admin/schema/validate/{resource}",
+            any(introspect::schema_validate),
         )
         .route("/apisix/admin/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)

@@ -129,11 +129,12 @@ fn for_each_secret(kind: Kind, v: &mut Value, f: &mut dyn FnMut(&mut String)) {
             }
         }
         Kind::Upstream => visit(v.get_mut("tls").and_then(|t| t.get_mut("client_key"))),
-        Kind::StreamRoute => visit(
+        Kind::StreamRoute | Kind::Service => visit(
             v.get_mut("upstream")
                 .and_then(|u| u.get_mut("tls"))
                 .and_then(|t| t.get_mut("client_key")),
         ),
+        Kind::PluginMetadata => {}
     }
 }
 

@@ -324,6 +324,58 @@ fn build_ssl() -> Schema {
         )
 }
 
+fn build_service() -> Schema {
+    Schema::object()
+        .prop("id", id_schema())
+        .prop("name", name_def())
+        .prop("desc", desc_def())
+        .prop("labels", labels_def())
+        .prop("create_time", timestamp_def())
+        .prop("update_time", timestamp_def())
+        .prop("plugins", Schema::object())
+        .prop("upstream", upstream().clone())
+        .prop("upstream_id", id_schema())
+        .prop("script", Schema::string().len(10, 102_400))
+        .prop("enable_websocket", Schema::boolean())
+        .prop(
+            "hosts",
+            Schema::array(Schema::string().pattern(HOST_PATTERN))
+                .min_items(1)
+                .unique(),
+        )
+        .closed()
+}
+
+/// The service schema (apisix/schema_def.lua `service`).
+pub(crate) fn service() -> &'static Schema {
+    static S: OnceLock<Schema> = OnceLock::new();
+    S.get_or_init(build_service)
+}
+
+/// What every plugin_metadata object is checked against before its
+/// plugin's own metadata schema: an object.
+pub(crate) fn plugin_metadata() -> &'static Schema {
+    static S: OnceLock<Schema> = OnceLock::new();
+    S.get_or_init(Schema::object)
+}
+
+/// syslog's `metadata_schema` (with the batch processor's `max_pending_entries`).
+fn syslog_metadata() -> Schema {
+    Schema::object()
+        .prop("log_format", Schema::object())
+        .prop("max_pending_entries", Schema::integer().min(1.0))
+}
+
+/// The metadata schema of a stream plugin that declares one (APISIX gives
+/// the others an empty object schema).
+pub(crate) fn metadata(name: &str) -> Option<&'static Schema> {
+    static SL: OnceLock<Schema> = OnceLock::new();
+    match name {
+        "syslog" => Some(SL.get_or_init(syslog_metadata)),
+        _ => None,
+    }
+}
+
 /// The upstream schema.
 pub(crate) fn upstream() -> &'static Schema {
     static S: OnceLock<Schema> = OnceLock::new();

@@ -1,4 +1,5 @@
-//! The object model of the Admin API resources (`stream_routes`, `upstreams`, `ssls`):
+//! The object model of the Admin API resources (`stream_routes`, `upstreams`, `ssls`,
+//! `services`, `plugin_metadata`):
 //! APISIX's validation with its exact error texts, ids, PATCH merging, secret stripping, and
 //! typed views for the data plane.
 //!
@@ -27,7 +28,7 @@ pub use patch::{merge_patch, patch_sub_path};
 pub use plugins::{EnabledPlugins, NotEnabled};
 pub use types::{LbType, Node, Ssl, SslType, StreamRoute, Timeout, Upstream, UpstreamTls};
 
-/// The three Admin API resources.
+/// The stored Admin API resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `/apisix/admin/stream_routes`.
@@ -36,18 +37,30 @@ pub enum Kind {
     Upstream,
     /// `/apisix/admin/ssls`.
     Ssl,
+    /// `/apisix/admin/services`.
+    Service,
+    /// `/apisix/admin/plugin_metadata` (the id is the plugin's name).
+    PluginMetadata,
 }
 
 impl Kind {
     /// Every kind, in URL order.
-    pub const ALL: [Kind; 3] = [Kind::StreamRoute, Kind::Upstream, Kind::Ssl];
+    pub const ALL: [Kind; 5] = [
+        Kind::StreamRoute,
+        Kind::Upstream,
+        Kind::Ssl,
+        Kind::Service,
+        Kind::PluginMetadata,
+    ];
 
-    /// The kind named by a URL/etcd segment (`stream_routes`, `upstreams`, `ssls`).
+    /// The kind named by a URL/etcd segment (`stream_routes`, `upstreams`, ...).
     pub fn from_segment(s: &str) -> Option<Kind> {
         match s {
             "stream_routes" => Some(Kind::StreamRoute),
             "upstreams" => Some(Kind::Upstream),
             "ssls" => Some(Kind::Ssl),
+            "services" => Some(Kind::Service),
+            "plugin_metadata" => Some(Kind::PluginMetadata),
             _ => None,
         }
     }
@@ -58,6 +71,8 @@ impl Kind {
             Kind::StreamRoute => "stream_routes",
             Kind::Upstream => "upstreams",
             Kind::Ssl => "ssls",
+            Kind::Service => "services",
+            Kind::PluginMetadata => "plugin_metadata",
         }
     }
 
@@ -67,6 +82,8 @@ impl Kind {
             Kind::StreamRoute => "stream route",
             Kind::Upstream => "upstream",
             Kind::Ssl => "ssl",
+            Kind::Service => "service",
+            Kind::PluginMetadata => "plugin_metadata",
         }
     }
 }
@@ -125,15 +142,41 @@ pub fn validate(
         Kind::StreamRoute => validate::stream_route(v, enabled, not_enabled),
         Kind::Upstream => validate::upstream(v),
         Kind::Ssl => validate::ssl(v),
+        Kind::Service => validate::service(v, enabled, not_enabled),
+        Kind::PluginMetadata => validate::plugin_metadata(v),
     }
 }
 
-/// Stored objects `v` refers to and that must exist: a stream route's `upstream_id`, an
+/// The JSON schema an object of `kind` is checked against first (the
+/// answer of `POST /apisix/admin/schema/validate/<kind>` and of the
+/// plugin introspection come from the same definitions the checks use).
+pub fn check_schema(kind: Kind, v: &Value) -> Result<(), String> {
+    match kind {
+        Kind::StreamRoute => defs::stream_route().check(v),
+        Kind::Upstream => defs::upstream().check(v),
+        Kind::Ssl => defs::ssl().check(v),
+        Kind::Service => defs::service().check(v),
+        Kind::PluginMetadata => defs::plugin_metadata().check(v),
+    }
+}
+
+/// A stream plugin's conf schema as JSON (`GET /apisix/admin/plugins/<name>`);
+/// `None` for a plugin this build does not implement.
+pub fn plugin_schema_json(name: &str) -> Option<Value> {
+    defs::plugin(name).map(schema::Schema::to_json)
+}
+
+/// A stream plugin's metadata schema as JSON, if it has one.
+pub fn plugin_metadata_schema_json(name: &str) -> Option<Value> {
+    defs::metadata(name).map(schema::Schema::to_json)
+}
+
+/// Stored objects `v` refers to and that must exist: a stream route's or service's `upstream_id`, an
 /// upstream's `tls.client_cert_id` (which must also be an ssl of `type: client`).
 pub fn references(kind: Kind, v: &Value) -> Vec<(Kind, String)> {
     let mut out = Vec::new();
     match kind {
-        Kind::StreamRoute => {
+        Kind::StreamRoute | Kind::Service => {
             if let Some(id) = v.get("upstream_id").and_then(id_string) {
                 out.push((Kind::Upstream, id));
             }
@@ -147,7 +190,7 @@ pub fn references(kind: Kind, v: &Value) -> Vec<(Kind, String)> {
                 out.push((Kind::Ssl, id));
             }
         }
-        Kind::Ssl => {}
+        Kind::Ssl | Kind::PluginMetadata => {}
     }
     out
 }
@@ -168,7 +211,8 @@ pub fn strip_secrets(kind: Kind, v: &mut Value) {
             }
         }
         Kind::Upstream => strip_tls_key(Some(v)),
-        Kind::StreamRoute => strip_tls_key(v.get_mut("upstream")),
+        Kind::StreamRoute | Kind::Service => strip_tls_key(v.get_mut("upstream")),
+        Kind::PluginMetadata => {}
     }
 }
 

@@ -48,16 +48,41 @@ impl EnabledPlugins {
     }
 }
 
+/// The stream plugins this build implements, in APISIX's priority order.
+pub const IMPLEMENTED: [&str; 6] = [
+    "ip-restriction",
+    "limit-conn",
+    "mqtt-proxy",
+    "traffic-split",
+    "prometheus",
+    "syslog",
+];
+
+/// Whether this build can run the stream plugin `name`.
+pub fn implemented(name: &str) -> bool {
+    IMPLEMENTED.contains(&name)
+}
+
 /// What an object naming a plugin this instance does not enable gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotEnabled {
     /// Refused with APISIX's `unknown plugin [name]`: Admin API writes and
     /// the standalone file, both written for this instance.
     Refuse,
-    /// Accepted, the plugin left unchecked and unused: objects read from
-    /// etcd, which instances enabling other plugins share (APISIX's
-    /// data-plane check skips them the same way).
+    /// Accepted, the plugin left unchecked and unused, when this build
+    /// implements it: objects read from etcd, which instances enabling other
+    /// plugins share (APISIX's data-plane check skips them the same way). A
+    /// plugin this build does not implement is still refused (unless its
+    /// `_meta.disable` is true): its route must not run without it.
     Skip,
+}
+
+/// Whether a plugin conf carries `_meta.disable: true`.
+pub fn is_disabled(conf: &Value) -> bool {
+    conf.get("_meta")
+        .and_then(|m| m.get("disable"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// Operators a resty.expr rule may use.
@@ -66,28 +91,27 @@ const EXPR_OPS: &[&str] = &[
 ];
 
 /// Checks every plugin of a `plugins` object in order, returning APISIX's message for the first
-/// failure; a plugin `enabled` does not list is refused or skipped as `not_enabled` says.
+/// failure; a plugin `enabled` does not list is refused or skipped as `not_enabled` says, and
+/// one this build does not implement is refused (fail closed: forwarding without a missing
+/// auth or ACL plugin would open the route).
 pub(crate) fn check_plugins(
     plugins: &Map<String, Value>,
     enabled: &EnabledPlugins,
     not_enabled: NotEnabled,
 ) -> Result<(), String> {
     for (name, conf) in plugins {
-        let Some(conf_obj) = conf.as_object() else {
+        if !conf.is_object() {
             let json = serde_json::to_string(conf).unwrap_or_default();
             return Err(format!("invalid plugin conf {json} for plugin [{name}]"));
-        };
-        if !enabled.contains(name) {
+        }
+        let disabled = is_disabled(conf);
+        let known = implemented(name);
+        if !enabled.contains(name) || !known {
             match not_enabled {
-                NotEnabled::Refuse => return Err(format!("unknown plugin [{name}]")),
-                NotEnabled::Skip => continue,
+                NotEnabled::Skip if known || disabled => continue,
+                _ => return Err(format!("unknown plugin [{name}]")),
             }
         }
-        let disabled = conf_obj
-            .get("_meta")
-            .and_then(|m| m.get("disable"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         if let Err(e) = check_plugin_conf(name, conf) {
             if !disabled {
                 return Err(format!(
@@ -99,8 +123,7 @@ pub(crate) fn check_plugins(
     Ok(())
 }
 
-/// Schema plus plugin-specific checks of one plugin conf. Plugins this crate does not know
-/// (enabled by config but without a built-in schema) are accepted as any object.
+/// Schema plus plugin-specific checks of one plugin conf (of an implemented plugin).
 fn check_plugin_conf(name: &str, conf: &Value) -> Result<(), String> {
     if let Some(schema) = defs::plugin(name) {
         schema.check(conf)?;

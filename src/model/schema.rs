@@ -199,6 +199,111 @@ impl Schema {
         self
     }
 
+    /// The schema as JSON Schema (as APISIX's plugins write theirs):
+    /// what `GET /apisix/admin/plugins/<name>` answers, from the same
+    /// definition [`Schema::check`] validates with.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        let num = |n: f64| {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Value::from(n as i64)
+            } else {
+                Value::from(n)
+            }
+        };
+        if let Some(ty) = self.ty {
+            out.insert("type".into(), ty.name().into());
+        }
+        if let Some(n) = self.min_len {
+            out.insert("minLength".into(), n.into());
+        }
+        if let Some(n) = self.max_len.filter(|n| *n != usize::MAX) {
+            out.insert("maxLength".into(), n.into());
+        }
+        if let Some((p, _)) = &self.pattern {
+            out.insert("pattern".into(), p.clone().into());
+        }
+        if let Some(f) = self.format {
+            let name = match f {
+                Format::Ipv4 => "ipv4",
+                Format::Ipv6 => "ipv6",
+            };
+            out.insert("format".into(), name.into());
+        }
+        if let Some(n) = self.minimum {
+            out.insert("minimum".into(), num(n));
+        }
+        if let Some(n) = self.maximum {
+            out.insert("maximum".into(), num(n));
+        }
+        if let Some(n) = self.exclusive_minimum {
+            out.insert("exclusiveMinimum".into(), num(n));
+        }
+        if let Some(values) = &self.enum_values {
+            out.insert("enum".into(), Value::Array(values.clone()));
+        }
+        if !self.properties.is_empty() {
+            let props: serde_json::Map<String, Value> = self
+                .properties
+                .iter()
+                .map(|(k, s)| ((*k).to_string(), s.to_json()))
+                .collect();
+            out.insert("properties".into(), Value::Object(props));
+        }
+        if let Some(pp) = &self.pattern_properties {
+            let mut m = serde_json::Map::new();
+            m.insert(".*".into(), pp.to_json());
+            out.insert("patternProperties".into(), Value::Object(m));
+        }
+        if self.no_additional {
+            out.insert("additionalProperties".into(), false.into());
+        }
+        if !self.required.is_empty() {
+            out.insert("required".into(), self.required.clone().into());
+        }
+        if let Some(items) = &self.items {
+            out.insert("items".into(), items.to_json());
+        }
+        if let Some(n) = self.min_items {
+            out.insert("minItems".into(), n.into());
+        }
+        if let Some(n) = self.max_items {
+            out.insert("maxItems".into(), n.into());
+        }
+        if self.unique_items {
+            out.insert("uniqueItems".into(), true.into());
+        }
+        let list = |l: &[Schema]| Value::Array(l.iter().map(Schema::to_json).collect());
+        if !self.any_of.is_empty() {
+            out.insert("anyOf".into(), list(&self.any_of));
+        }
+        if !self.one_of.is_empty() {
+            out.insert("oneOf".into(), list(&self.one_of));
+        }
+        if let Some(n) = &self.not {
+            out.insert("not".into(), n.to_json());
+        }
+        if !self.dependencies.is_empty() {
+            let deps: serde_json::Map<String, Value> = self
+                .dependencies
+                .iter()
+                .map(|(k, s)| ((*k).to_string(), s.to_json()))
+                .collect();
+            out.insert("dependencies".into(), Value::Object(deps));
+        }
+        if let Some(ite) = &self.if_then_else {
+            let (cond, then, els) = &**ite;
+            out.insert("if".into(), cond.to_json());
+            if let Some(t) = then {
+                out.insert("then".into(), t.to_json());
+            }
+            if let Some(e) = els {
+                out.insert("else".into(), e.to_json());
+            }
+        }
+        Value::Object(out)
+    }
+
     /// Checks `v`, returning lua-jsonschema's message for the first failure.
     pub(crate) fn check(&self, v: &Value) -> Result<(), String> {
         if let Some(ty) = self.ty {

@@ -56,6 +56,41 @@ pub(crate) fn stream_route(
     Ok(())
 }
 
+/// Service checks, as apisix/admin/services.lua: schema, inline upstream,
+/// plugins (the stream plugins, since the service's plugins run on the
+/// stream routes that use it).
+pub(crate) fn service(
+    v: &Value,
+    enabled: &EnabledPlugins,
+    not_enabled: NotEnabled,
+) -> Result<(), String> {
+    defs::service()
+        .check(v)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    if let Some(up) = v.get("upstream") {
+        upstream_checks(up)?;
+    }
+    if let Some(p) = v.get("plugins").and_then(Value::as_object) {
+        plugins::check_plugins(p, enabled, not_enabled)?;
+    }
+    Ok(())
+}
+
+/// plugin_metadata checks, as apisix/admin/plugin_metadata.lua: the id is
+/// the name of a plugin this build implements, the body its metadata schema.
+pub(crate) fn plugin_metadata(v: &Value) -> Result<(), String> {
+    let Some(name) = v.get("id").and_then(Value::as_str) else {
+        return Err("missing plugin name".into());
+    };
+    if !plugins::implemented(name) {
+        return Err("invalid plugin name".into());
+    }
+    let schema = defs::metadata(name).unwrap_or_else(|| defs::plugin_metadata());
+    schema
+        .check(v)
+        .map_err(|e| format!("invalid configuration: {e}"))
+}
+
 /// Upstream checks: IPv6 brackets, schema, then the upstream-specific checks.
 pub(crate) fn upstream(v: &Value) -> Result<(), String> {
     check_ipv6_brackets(v)?;

@@ -10,8 +10,10 @@
 //! - **log**, when the session has ended: `prometheus` and `syslog`.
 //!
 //! Plugins run in descending priority. A plugin that config's
-//! `stream_plugins` does not enable is ignored (logged once), and one whose
-//! conf carries `_meta.disable: true` is skipped. A route without plugins
+//! `stream_plugins` does not enable is ignored (logged once), one whose
+//! conf carries `_meta.disable: true` is skipped, and a route naming a
+//! plugin this build does not implement is not compiled: it refuses its
+//! connections (fail closed). A route without plugins
 //! has an empty chain, and the data plane checks [`Chain::is_empty`] before
 //! doing anything else, so it costs nothing per connection.
 //!
@@ -59,10 +61,42 @@ pub fn priority(name: &str) -> Option<i32> {
     })
 }
 
+/// Stored plugin metadata the plugins read at run time (a change applies
+/// to every route at once, without recompiling them).
+#[derive(Debug, Default)]
+pub struct Metadata {
+    /// syslog's `log_format`, for routes whose syslog conf has none.
+    syslog_log_format: arc_swap::ArcSwapOption<Map<String, Value>>,
+}
+
+impl Metadata {
+    /// Put syslog's stored metadata (or none) in force.
+    pub fn set_syslog(&self, metadata: Option<&Value>) {
+        let format = metadata
+            .and_then(|m| m.get("log_format"))
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty());
+        let current = self.syslog_log_format.load();
+        if current.as_deref() != format {
+            self.syslog_log_format.store(format.cloned().map(Arc::new));
+        }
+    }
+
+    /// syslog's `log_format` from its metadata, if set.
+    pub fn syslog_log_format(&self) -> Option<Arc<Map<String, Value>>> {
+        self.syslog_log_format.load_full()
+    }
+}
+
 /// Process-wide plugin state shared by every snapshot.
 #[derive(Debug)]
 pub struct Shared {
     enabled: RwLock<EnabledPlugins>,
+    /// Bumped whenever `enabled` changes: snapshots compiled under an older
+    /// generation are not reused, and the publisher rebuilds on a bump.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Stored plugin metadata.
+    pub metadata: Arc<Metadata>,
     prefix: RwLock<String>,
     /// limit-conn's concurrent-session counters.
     pub limit_conn: Arc<limit_conn::Counters>,
@@ -76,6 +110,8 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             enabled: RwLock::new(EnabledPlugins::default()),
+            generation: tokio::sync::watch::Sender::new(0),
+            metadata: Arc::default(),
             prefix: RwLock::new("/apisix".to_string()),
             limit_conn: Arc::default(),
             metrics: Arc::default(),
@@ -89,8 +125,12 @@ impl Shared {
     /// Take config's `stream_plugins` and the storage key prefix (used in
     /// limit-conn keys). Call before the first snapshot is built.
     pub fn configure(&self, stream_plugins: &[String], prefix: &str) {
+        let wanted = EnabledPlugins::new(stream_plugins);
         if let Ok(mut e) = self.enabled.write() {
-            *e = EnabledPlugins::new(stream_plugins);
+            if *e != wanted {
+                *e = wanted;
+                self.generation.send_modify(|g| *g += 1);
+            }
         }
         if let Ok(mut p) = self.prefix.write() {
             *p = prefix.trim_end_matches('/').to_string();
@@ -103,6 +143,17 @@ impl Shared {
             .read()
             .map(|e| e.clone())
             .unwrap_or_else(|_| EnabledPlugins::new::<&str>([]))
+    }
+
+    /// How many times the enabled plugins changed.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Wakes whenever the enabled plugins change (the publisher then
+    /// compiles every route again).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     fn prefix(&self) -> String {
@@ -331,6 +382,13 @@ impl Chain {
         let enabled = ctx.shared.enabled();
         let mut active = Map::new();
         for (name, conf) in plugins {
+            if !crate::model::plugins::implemented(name) {
+                if crate::model::plugins::is_disabled(conf) {
+                    continue;
+                }
+                // Fail closed: the route must not run without it.
+                return Err(format!("unknown plugin [{name}]"));
+            }
             if !enabled.contains(name) {
                 ctx.shared.warn_once(
                     name,
@@ -338,12 +396,7 @@ impl Chain {
                 );
                 continue;
             }
-            let disabled = conf
-                .get("_meta")
-                .and_then(|m| m.get("disable"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if !disabled {
+            if !crate::model::plugins::is_disabled(conf) {
                 active.insert(name.clone(), conf.clone());
             }
         }
@@ -374,14 +427,12 @@ impl Chain {
                     ctx.route_name,
                     &ctx.shared.metrics,
                 )),
-                "syslog" => Plugin::Syslog(syslog::Syslog::build(&conf, &ctx.shared.syslog)?),
-                other => {
-                    ctx.shared.warn_once(
-                        other,
-                        "plugin enabled by stream_plugins is not available in this build; ignored",
-                    );
-                    continue;
-                }
+                "syslog" => Plugin::Syslog(syslog::Syslog::build(
+                    &conf,
+                    &ctx.shared.syslog,
+                    Arc::clone(&ctx.shared.metadata),
+                )?),
+                other => return Err(format!("unknown plugin [{other}]")),
             };
             chain.plugins.push(plugin);
         }
@@ -417,6 +468,11 @@ impl Chain {
     /// True when a plugin runs in the log phase.
     pub fn has_log(&self) -> bool {
         self.log
+    }
+
+    /// The service the route runs under, if any.
+    pub fn service_id(&self) -> Option<&str> {
+        self.service_id.as_deref()
     }
 
     /// Names of the compiled plugins, in run order.

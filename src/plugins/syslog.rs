@@ -3,7 +3,8 @@
 //!
 //! The entry is built from `log_format` (`"$var"` values are substituted,
 //! other values kept; `route_id` and `service_id` added); without a
-//! `log_format` nothing is sent and `syslog's log_format is not set` is
+//! `log_format` in the conf, the one of syslog's plugin metadata
+//! (`/apisix/admin/plugin_metadata/syslog`) is used; without either nothing is sent and `syslog's log_format is not set` is
 //! logged. Each line reads `<46>1 <RFC 3339 UTC time> - apisix <pid> - -
 //! <json>\n` (facility syslog, severity info; stream sessions have no host).
 //!
@@ -153,12 +154,19 @@ fn spawn(t: Transport) -> Sink {
 pub struct Syslog {
     sink: Arc<Sink>,
     log_format: Option<Map<String, Value>>,
+    metadata: Arc<super::Metadata>,
     format_warned: AtomicBool,
 }
 
 impl Syslog {
-    /// Compile a validated conf, attaching the sender for its transport.
-    pub fn build(conf: &Value, registry: &Registry) -> Result<Syslog, String> {
+    /// Compile a validated conf, attaching the sender for its transport;
+    /// without a `log_format` of its own, the one of syslog's plugin
+    /// metadata (read per session, so a metadata change applies at once).
+    pub fn build(
+        conf: &Value,
+        registry: &Registry,
+        metadata: Arc<super::Metadata>,
+    ) -> Result<Syslog, String> {
         let t = Transport::from_conf(conf)?;
         Ok(Syslog {
             sink: registry.sink(&t),
@@ -167,13 +175,21 @@ impl Syslog {
                 .and_then(Value::as_object)
                 .filter(|m| !m.is_empty())
                 .cloned(),
+            metadata,
             format_warned: AtomicBool::new(false),
         })
     }
 
     /// The JSON entry of a session, `None` without a `log_format`.
     pub fn entry(&self, vars: &Vars<'_>) -> Option<Map<String, Value>> {
-        let format = self.log_format.as_ref()?;
+        let from_metadata;
+        let format = match &self.log_format {
+            Some(f) => f,
+            None => {
+                from_metadata = self.metadata.syslog_log_format()?;
+                &*from_metadata
+            }
+        };
         let mut entry = Map::new();
         for (k, v) in format {
             match v.as_str().and_then(|s| s.strip_prefix('$')) {
@@ -383,8 +399,8 @@ mod tests {
         let port = server.local_addr().unwrap().port();
         let reg = Registry::default();
         let conf = serde_json::json!({"host": "127.0.0.1", "port": port, "sock_type": "udp", "batch_max_size": 2});
-        let s = Syslog::build(&conf, &reg).unwrap();
-        let again = Syslog::build(&conf, &reg).unwrap();
+        let s = Syslog::build(&conf, &reg, Arc::default()).unwrap();
+        let again = Syslog::build(&conf, &reg, Arc::default()).unwrap();
         assert!(Arc::ptr_eq(&s.sink, &again.sink), "same conf, one sender");
         s.sink.push("a\n".into());
         s.sink.push("b\n".into());

@@ -147,6 +147,14 @@ impl Server {
         }
     }
 
+    /// The config.yaml the server was started from, which
+    /// `PUT /apisix/admin/plugins/reload` re-reads.
+    pub fn set_config_path(&self, path: &std::path::Path) {
+        if let Some(state) = &self.admin {
+            let _ = state.config_path.set(path.to_path_buf());
+        }
+    }
+
     /// Put the admin keys of `config` in force (SIGHUP); `Ok(true)` when
     /// they changed, an error when the new set is refused.
     pub fn reload_admin_keys(&self, config: &Config) -> Result<bool, String> {
@@ -286,6 +294,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         state.body_timeout = config.nginx_config.http.client_body_timeout;
         state.published = Some(publisher.published.clone());
         state.snapshot = Some(publisher.current.clone());
+        state.carry = Some(carry.clone());
         let state = Arc::new(state);
         admin = Some(state.clone());
         let app = admin::router(state);

@@ -89,6 +89,9 @@ impl Signals {
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let mut signals = Signals::watch();
     let mut server = super::start(config).await?;
+    if let Some(path) = &config_path {
+        server.set_config_path(path);
+    }
     loop {
         match signals.next().await {
             Event::Stop => break,

@@ -485,6 +485,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
         named,
         ssl_sources,
         checkers_changed,
+        services: Default::default(),
     }
 }
 

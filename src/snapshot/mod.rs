@@ -22,6 +22,7 @@ pub mod carry;
 pub mod conn;
 pub mod matcher;
 pub mod publish;
+pub mod service;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +72,8 @@ pub struct RouteRt {
 }
 
 impl RouteRt {
-    /// The route's filters in one line (for `top` and `route test`).
+    /// The route's filters in one line, and the service it runs under (for
+    /// `top` and `route test`).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(a) = &self.server_addr {
@@ -87,10 +89,12 @@ impl RouteRt {
             parts.push(format!("sni={n}"));
         }
         if parts.is_empty() {
-            "any".to_string()
-        } else {
-            parts.join(" ")
+            parts.push("any".to_string());
         }
+        if let Some(s) = self.chain.service_id() {
+            parts.push(format!("service={s}"));
+        }
+        parts.join(" ")
     }
 }
 
@@ -136,6 +140,8 @@ pub struct Snapshot {
     ssl_sources: Vec<(String, Arc<Value>)>,
     /// Whether its health checkers may differ from the previous snapshot's.
     checkers_changed: bool,
+    /// Routes merged with their service, and the plugin generation.
+    services: service::Services,
 }
 
 impl Snapshot {
@@ -196,10 +202,24 @@ impl Snapshot {
     /// route names and that has `checks` gets a checker (sharing the targets
     /// of the one it replaces), unless health checks are off.
     pub fn build(dump: &Dump, prev: Option<&Snapshot>, carry: &Carry) -> Snapshot {
-        match prev {
-            Some(p) => build::build(dump, p, carry),
-            None => build::build(dump, &Snapshot::empty(), carry),
-        }
+        let empty = Snapshot::empty();
+        // Routes under a service are merged first; a change of the enabled
+        // plugins compiles everything again.
+        let generation = carry.plugins.generation();
+        let prev = prev
+            .filter(|p| p.services.generation == generation)
+            .unwrap_or(&empty);
+        service::apply_metadata(dump, carry);
+        let (dump, mut services) = service::resolve(dump, &prev.services);
+        services.generation = generation;
+        let mut built = build::build(&dump, prev, carry);
+        built.services = services;
+        built
+    }
+
+    /// The plugin generation this snapshot was compiled with.
+    pub fn plugin_generation(&self) -> u64 {
+        self.services.generation
     }
 
     /// Every object that cannot be served as written, with why, in key

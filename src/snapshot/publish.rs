@@ -142,7 +142,8 @@ fn may_hold_secret(e: &Entry) -> bool {
     match e.kind {
         Kind::Ssl => true,
         Kind::Upstream => client_key(Some(&e.value)),
-        Kind::StreamRoute => client_key(e.value.get("upstream")),
+        Kind::StreamRoute | Kind::Service => client_key(e.value.get("upstream")),
+        Kind::PluginMetadata => false,
     }
 }
 
@@ -226,6 +227,9 @@ async fn start_with(
     let current: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let mut changes = store.subscribe();
     changes.borrow_and_update();
+    // A plugin reload compiles every route again without a store change.
+    let mut plugins_changed = carry.plugins.subscribe();
+    plugins_changed.borrow_and_update();
     let rebuilder = Rebuilder {
         store,
         current: current.clone(),
@@ -246,11 +250,17 @@ async fn start_with(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                changed = changes.changed() => {
+                changed = async {
+                    tokio::select! {
+                        c = changes.changed() => c,
+                        c = plugins_changed.changed() => c,
+                    }
+                } => {
                     if changed.is_err() {
                         break;
                     }
                     changes.borrow_and_update();
+                    plugins_changed.borrow_and_update();
                     match rebuilder.rebuild().await {
                         Ok(revision) => {
                             tx.send_replace(Published { revision, failed: None });
