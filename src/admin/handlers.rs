@@ -70,7 +70,11 @@ fn arg<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-pub(super) async fn read_body(state: &AdminState, headers: &HeaderMap, body: Body) -> Result<Option<Value>> {
+pub(super) async fn read_body(
+    state: &AdminState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Option<Value>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -160,7 +160,9 @@ pub async fn schema_validate(
     }
     let kind = Kind::from_segment(&resource)
         .ok_or_else(|| AdminError::NotFound(format!("Unsupported resource type: {resource}")))?;
-    let body = read_body(&state, &headers, body).await?.unwrap_or(Value::Null);
+    let body = read_body(&state, &headers, body)
+        .await?
+        .unwrap_or(Value::Null);
     model::check_schema(kind, &body).map_err(AdminError::BadRequest)?;
     Ok(StatusCode::OK.into_response())
 }
@@ -191,9 +193,7 @@ pub async fn reload(State(state): State<Arc<AdminState>>, method: Method) -> Res
     if !unknown.is_empty() {
         tracing::warn!(plugins = ?unknown, "stream_plugins names plugins this build does not implement; routes using them refuse their clients");
     }
-    state
-        .plugins
-        .store(Arc::new(EnabledPlugins::of(&config)));
+    state.plugins.store(Arc::new(EnabledPlugins::of(&config)));
     if let Some(carry) = &state.carry {
         carry
             .plugins

@@ -82,7 +82,8 @@ fn ids() {
 
 #[test]
 fn invalid_id_in_body() {
-    for kind in Kind::ALL {
+    // plugin_metadata's id is a plugin name, checked on its own.
+    for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::PluginMetadata) {
         let e = err(validate(
             kind,
             &json!({"id": "*invalid"}),
@@ -286,7 +287,24 @@ fn route_plugins() {
     // objects shared through etcd: a plugin not enabled here is not checked
     // (an invalid conf included), an enabled one still is
     let shared = |v: Value| validate(Kind::StreamRoute, &v, &only, NotEnabled::Skip);
-    shared(json!({"plugins": {"prometheus": {"prefer_name": "x"}, "x-custom": {}}})).unwrap();
+    shared(json!({"plugins": {"prometheus": {"prefer_name": "x"}}})).unwrap();
+    // a plugin this build does not implement fails closed, unless disabled
+    assert_eq!(
+        err(shared(json!({"plugins": {"x-custom": {}}}))),
+        "unknown plugin [x-custom]"
+    );
+    shared(json!({"plugins": {"x-custom": {"_meta": {"disable": true}}}})).unwrap();
+    // enabled by stream_plugins but not implemented: refused as well
+    let custom = EnabledPlugins::new(["x-auth", "limit-conn"]);
+    assert_eq!(
+        err(validate(
+            Kind::StreamRoute,
+            &json!({"plugins": {"x-auth": {}}}),
+            &custom,
+            NotEnabled::Refuse
+        )),
+        "unknown plugin [x-auth]"
+    );
     assert_eq!(
         err(shared(json!({"plugins": {"x-custom": 1}}))),
         "invalid plugin conf 1 for plugin [x-custom]"
@@ -980,4 +998,70 @@ fn number_formatting() {
         r#"invalid configuration: property "retry_timeout" validation failed: expected -0.5 to be at least 0"#
     );
     assert_eq!(super::schema::quote("a\"b\\"), r#""a\"b\\""#);
+}
+
+// ---- services and plugin metadata ----
+
+#[test]
+fn services_are_checked_as_apisix() {
+    let service = |v: Value| validate(Kind::Service, &v, &plugins(), NotEnabled::Refuse);
+    service(
+        json!({"id": "s", "name": "db", "upstream": {"nodes": {"127.0.0.1:1": 1}},
+                   "plugins": {"ip-restriction": {"whitelist": ["127.0.0.1"]}},
+                   "labels": {"team": "a"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        err(service(json!({"server_port": 1}))),
+        "invalid configuration: additional properties forbidden, found server_port"
+    );
+    assert_eq!(
+        err(service(json!({"plugins": {"x-auth": {}}}))),
+        "unknown plugin [x-auth]"
+    );
+    assert_eq!(
+        err(service(json!({"upstream": {"nodes": {"127.0.0.1": 1}}}))),
+        "invalid configuration: node 127.0.0.1 has no port (stream upstream nodes need one)"
+    );
+    assert_eq!(
+        references(Kind::Service, &json!({"upstream_id": 7})),
+        vec![(Kind::Upstream, "7".to_string())]
+    );
+}
+
+#[test]
+fn plugin_metadata_is_checked_by_plugin() {
+    let meta = |v: Value| validate(Kind::PluginMetadata, &v, &plugins(), NotEnabled::Refuse);
+    meta(json!({"id": "syslog", "log_format": {"client": "$remote_addr"}})).unwrap();
+    meta(json!({"id": "limit-conn", "anything": 1})).unwrap();
+    assert_eq!(
+        err(meta(json!({"id": "syslog", "log_format": "x"}))),
+        r#"invalid configuration: property "log_format" validation failed: wrong type: expected object, got string"#
+    );
+    assert_eq!(err(meta(json!({"id": "x-auth"}))), "invalid plugin name");
+    assert_eq!(err(meta(json!({}))), "missing plugin name");
+}
+
+#[test]
+fn plugin_schemas_are_published_from_the_checked_definition() {
+    let s = crate::model::plugin_schema_json("limit-conn").unwrap();
+    assert_eq!(s["type"], "object");
+    assert_eq!(s["properties"]["conn"]["exclusiveMinimum"], 0);
+    assert_eq!(
+        s["required"],
+        json!(["conn", "burst", "default_conn_delay", "key"])
+    );
+    assert_eq!(
+        s["properties"]["key_type"]["enum"],
+        json!(["var", "var_combination"])
+    );
+    let ip = crate::model::plugin_schema_json("ip-restriction").unwrap();
+    assert_eq!(ip["oneOf"][0]["required"], json!(["whitelist"]));
+    assert!(crate::model::plugin_schema_json("x-auth").is_none());
+    let meta = crate::model::plugin_metadata_schema_json("syslog").unwrap();
+    assert_eq!(meta["properties"]["log_format"]["type"], "object");
+    assert_eq!(
+        check_schema(Kind::Service, &json!({"name": 1})).unwrap_err(),
+        r#"property "name" validation failed: wrong type: expected string, got number"#
+    );
 }

@@ -66,7 +66,8 @@ impl Merged {
 /// the next build may reuse.
 pub(super) fn resolve<'a>(dump: &'a Dump, prev: &Services) -> (Cow<'a, Dump>, Services) {
     let mut next = Services::default();
-    let uses_service = |e: &Entry| e.kind == Kind::StreamRoute && e.value.get("service_id").is_some();
+    let uses_service =
+        |e: &Entry| e.kind == Kind::StreamRoute && e.value.get("service_id").is_some();
     if !dump.entries.iter().any(uses_service) {
         return (Cow::Borrowed(dump), next);
     }
@@ -203,7 +204,10 @@ mod tests {
         );
         assert_eq!(own["upstream_id"], "mine");
         assert!(own.get("upstream").is_none());
-        assert_eq!(own["plugins"]["ip-restriction"]["whitelist"][0], "127.0.0.1");
+        assert_eq!(
+            own["plugins"]["ip-restriction"]["whitelist"][0],
+            "127.0.0.1"
+        );
         assert!(own["plugins"].get("prometheus").is_some());
         let by_id = merge(&json!({"upstream_id": "u"}), &json!({"service_id": "s"}));
         assert_eq!(by_id["upstream_id"], "u");
@@ -223,7 +227,10 @@ mod tests {
         assert_eq!(first.entries[0].mod_rev, 5);
         assert!(Arc::ptr_eq(&first.entries[1].value, &plain.value));
         let (again, cache) = resolve(&dump, &cache);
-        assert!(Arc::ptr_eq(&first.entries[0].value, &again.entries[0].value));
+        assert!(Arc::ptr_eq(
+            &first.entries[0].value,
+            &again.entries[0].value
+        ));
         let changed = entry(Kind::Service, "s", json!({"upstream_id": "v"}), 9);
         let dump = Dump {
             revision: 9,

@@ -18,6 +18,7 @@ mod proxy_protocol;
 mod publish;
 mod reliability;
 mod security;
+mod services;
 mod session;
 mod standalone;
 mod startup;

@@ -25,8 +25,9 @@ pub(super) fn parse_key(prefix: &str, key: &str) -> Option<(Kind, String)> {
 }
 
 /// Check a stored value as APISIX's readers do: a route naming a plugin
-/// this instance does not enable is still accepted (the plugin is not used
-/// here; another instance sharing the prefix may enable it).
+/// this instance implements but does not enable is still accepted (the
+/// plugin is not used here; another instance sharing the prefix may enable
+/// it); one naming a plugin this build does not implement fails closed.
 pub(super) fn check_value(
     kind: Kind,
     raw: &[u8],
@@ -404,11 +405,13 @@ mod tests {
                 "{bad}"
             );
         }
-        // A plugin not enabled here is accepted unchecked (another instance
-        // may enable it); an enabled one is still checked.
+        // A plugin this build does not implement marks the route
+        // unservable (fail closed); one it implements but does not enable
+        // here is accepted unchecked (another instance may enable it); an
+        // enabled one is still checked.
         let route = r#"{"server_port": 9100, "upstream_id": "1", "plugins": {"x-custom": {}}}"#;
         let c = decode(&kv("/apisix/stream_routes/r", route, 3, 5), false);
-        assert!(matches!(c, Some(Change::Put { value: Ok(_), .. })), "{c:?}");
+        assert!(marked(&c), "{c:?}");
         let other = r#"{"upstream_id": "1", "plugins": {"prometheus": {"prefer_name": 1}}}"#;
         let c = decode(&kv("/apisix/stream_routes/r", other, 3, 5), false);
         assert!(matches!(c, Some(Change::Put { value: Ok(_), .. })), "{c:?}");
