@@ -17,7 +17,8 @@
 //! route nor its service changed (the same `Arc`), so the build reuses the
 //! compiled route; when the service changes, every route that uses it gets
 //! a new merged value and is compiled again. A route whose service does not
-//! exist refuses its connections (it is marked unservable with the reason).
+//! exist, or was stored marked unservable (it names a plugin this build
+//! does not run), refuses its connections, marked unservable with the reason.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -99,8 +100,16 @@ pub(super) fn resolve<'a>(dump: &'a Dump, prev: &Services) -> (Cow<'a, Dump>, Se
                 route_rev: e.mod_rev,
                 service: service.map(|s| (Arc::clone(&s.value), s.mod_rev)),
                 value: Arc::new(match service {
-                    Some(s) => merge(&s.value, &e.value),
-                    None => missing(&e.value, &sid),
+                    Some(s) => match unservable_reason(&s.value) {
+                        None => merge(&s.value, &e.value),
+                        Some(why) => {
+                            refused(&e.value, format!("service [{sid}] cannot be served: {why}"))
+                        }
+                    },
+                    None => refused(
+                        &e.value,
+                        format!("failed to fetch service configuration by id: {sid}"),
+                    ),
                 }),
                 mod_rev: service.map_or(e.mod_rev, |s| s.mod_rev.max(e.mod_rev)),
             },
@@ -141,17 +150,12 @@ pub fn merge(service: &Value, route: &Value) -> Value {
     merged
 }
 
-/// A route whose service is not stored: kept, so its filters still catch
-/// its clients, and refused.
-fn missing(route: &Value, service_id: &str) -> Value {
+/// A route whose service is not stored, or cannot be served: kept, so its
+/// filters still catch its clients, and refused.
+fn refused(route: &Value, why: String) -> Value {
     let mut v = route.clone();
     if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            UNSERVABLE.into(),
-            Value::String(format!(
-                "failed to fetch service configuration by id: {service_id}"
-            )),
-        );
+        obj.insert(UNSERVABLE.into(), Value::String(why));
     }
     v
 }

@@ -46,10 +46,11 @@ pub struct Entry {
 pub const UNSERVABLE: &str = "__unservable";
 
 /// A stored stream route that failed its checks, kept marked [`UNSERVABLE`]
-/// so its filters still catch its clients; None when it is not a JSON
-/// object (nothing to match on).
+/// so its filters still catch its clients (or a service, so the routes
+/// under it refuse theirs); None when it is not a JSON object (nothing to
+/// match on).
 pub fn unservable(kind: Kind, value: &Value, why: &str) -> Option<Value> {
-    if kind != Kind::StreamRoute {
+    if kind != Kind::StreamRoute && kind != Kind::Service {
         return None;
     }
     let mut value = value.clone();
@@ -62,6 +63,13 @@ pub fn unservable(kind: Kind, value: &Value, why: &str) -> Option<Value> {
 /// Why a stored value is marked [`UNSERVABLE`], if it is.
 pub fn unservable_reason(value: &Value) -> Option<&str> {
     value.get(UNSERVABLE).and_then(Value::as_str)
+}
+
+/// Whether a check failure names a plugin this build does not run: such a
+/// value replaces a valid older version instead of leaving it in force
+/// (the older one would run without the plugin asked for).
+pub fn fails_closed(why: &str) -> bool {
+    why.starts_with("unknown plugin [")
 }
 
 /// A precondition on a write, checked atomically with it.

@@ -22,7 +22,7 @@ use crate::harness::{
 };
 
 /// One etcd member on loopback, killed when dropped.
-struct EtcdServer {
+pub(crate) struct EtcdServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -35,7 +35,7 @@ struct EtcdServer {
 
 impl EtcdServer {
     /// A fresh etcd on ephemeral ports.
-    async fn start() -> EtcdServer {
+    pub(crate) async fn start() -> EtcdServer {
         Self::start_with("http", Vec::new()).await
     }
 
@@ -53,7 +53,7 @@ impl EtcdServer {
         e
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
@@ -152,7 +152,7 @@ impl EtcdServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    async fn ctl(&self, args: &[&str]) -> String {
+    pub(crate) async fn ctl(&self, args: &[&str]) -> String {
         self.ctl_on(self.client_port, args).await
     }
 }
@@ -750,7 +750,10 @@ async fn tls_with_a_client_certificate_and_sni() {
 }
 
 /// A proxy on etcd with its config file kept, so it can be restarted as is.
-fn spawn_proxy_at(etcd_url: &str, dir: &Path) -> (ChildGuard, PathBuf, SocketAddr, SocketAddr) {
+pub(crate) fn spawn_proxy_at(
+    etcd_url: &str,
+    dir: &Path,
+) -> (ChildGuard, PathBuf, SocketAddr, SocketAddr) {
     let (admin_port, tcp_port) = (free_port(), free_port());
     let cfg = etcd_config(admin_port, tcp_port, etcd_url).write(dir);
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");

@@ -523,6 +523,17 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
     );
     assert_eq!(greeting(s.tcp[0]).await, None, "refused, not forwarded");
     assert_eq!(a.accepted(), 0, "nothing reached the upstream");
+    // Counted as a session of that route.
+    let counted = eventually(5, async || {
+        let stats = s.stream_stats().await;
+        stats["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["id"] == "custom" && r["total"] == 1)
+    })
+    .await;
+    assert!(counted, "{}", s.stream_stats().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,5 +605,77 @@ async fn plugin_reload_rereads_stream_plugins() {
     assert!(
         eventually(5, async || greeting(proxy).await.as_deref() == Some("a")).await,
         "still served after the reload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_custom_plugins_from_etcd() {
+    let etcd = crate::etcd::EtcdServer::start().await;
+    let a = Backend::start("a", Mode::Greet).await;
+    let b = Backend::start("b", Mode::Greet).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, _cfg, admin, tcp) = crate::etcd::spawn_proxy_at(&etcd.url(), dir.path());
+    let put = async |key: &str, v: Value| {
+        etcd.ctl(&["put", &format!("/apisix/{key}"), &v.to_string()])
+            .await;
+    };
+    put(
+        "upstreams/ua",
+        json!({"id": "ua", "nodes": {a.addr.to_string(): 1}}),
+    )
+    .await;
+    put(
+        "upstreams/ub",
+        json!({"id": "ub", "nodes": {b.addr.to_string(): 1}}),
+    )
+    .await;
+    put("services/s", json!({"id": "s", "upstream_id": "ua"})).await;
+    put("stream_routes/r", json!({"id": "r", "service_id": "s"})).await;
+    assert!(
+        eventually(5, async || greeting(tcp).await.as_deref() == Some("a")).await,
+        "route under the etcd service"
+    );
+    put("services/s", json!({"id": "s", "upstream_id": "ub"})).await;
+    assert!(
+        eventually(5, async || greeting(tcp).await.as_deref() == Some("b")).await,
+        "service change followed"
+    );
+    // A route naming a plugin this server does not run refuses its clients.
+    put(
+        "stream_routes/r",
+        json!({"id": "r", "service_id": "s", "plugins": {"x-auth": {"key": "k"}}}),
+    )
+    .await;
+    assert!(
+        eventually(5, async || greeting(tcp).await.is_none()).await,
+        "fail closed"
+    );
+    // So does one whose service names such a plugin.
+    put("stream_routes/r", json!({"id": "r", "service_id": "s"})).await;
+    assert!(eventually(5, async || greeting(tcp).await.as_deref() == Some("b")).await);
+    put(
+        "services/s",
+        json!({"id": "s", "upstream_id": "ub", "plugins": {"x-auth": {}}}),
+    )
+    .await;
+    assert!(
+        eventually(5, async || greeting(tcp).await.is_none()).await,
+        "fail closed through the service"
+    );
+    let (st, v) = call(
+        &reqwest::Client::new(),
+        admin,
+        Some(KEY),
+        Method::GET,
+        "/apisix/admin/services/s",
+        None,
+    )
+    .await;
+    // Held marked, as an unservable stream route is: not shown by reads.
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    put("services/s", json!({"id": "s", "upstream_id": "ua"})).await;
+    assert!(
+        eventually(5, async || greeting(tcp).await.as_deref() == Some("a")).await,
+        "a valid service serves again"
     );
 }

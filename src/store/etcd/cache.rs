@@ -140,6 +140,9 @@ fn keeps_previous(c: &Cache, key: &Key, full: &str, value: &Value) -> bool {
         return false;
     };
     warn_invalid(full, why);
+    if crate::store::fails_closed(why) {
+        return false;
+    }
     c.get(key)
         .is_some_and(|old| unservable_reason(&old.value).is_none())
 }
