@@ -31,6 +31,9 @@ _apisix__stream() {
             apisix__stream,serve)
                 cmd="apisix__stream__subcmd__serve"
                 ;;
+            apisix__stream,service)
+                cmd="apisix__stream__subcmd__service"
+                ;;
             apisix__stream,ssl)
                 cmd="apisix__stream__subcmd__ssl"
                 ;;
@@ -55,6 +58,9 @@ _apisix__stream() {
             apisix__stream__subcmd__help,serve)
                 cmd="apisix__stream__subcmd__help__subcmd__serve"
                 ;;
+            apisix__stream__subcmd__help,service)
+                cmd="apisix__stream__subcmd__help__subcmd__service"
+                ;;
             apisix__stream__subcmd__help,ssl)
                 cmd="apisix__stream__subcmd__help__subcmd__ssl"
                 ;;
@@ -78,6 +84,18 @@ _apisix__stream() {
                 ;;
             apisix__stream__subcmd__help__subcmd__route,test)
                 cmd="apisix__stream__subcmd__help__subcmd__route__subcmd__test"
+                ;;
+            apisix__stream__subcmd__help__subcmd__service,add)
+                cmd="apisix__stream__subcmd__help__subcmd__service__subcmd__add"
+                ;;
+            apisix__stream__subcmd__help__subcmd__service,delete)
+                cmd="apisix__stream__subcmd__help__subcmd__service__subcmd__delete"
+                ;;
+            apisix__stream__subcmd__help__subcmd__service,get)
+                cmd="apisix__stream__subcmd__help__subcmd__service__subcmd__get"
+                ;;
+            apisix__stream__subcmd__help__subcmd__service,list)
+                cmd="apisix__stream__subcmd__help__subcmd__service__subcmd__list"
                 ;;
             apisix__stream__subcmd__help__subcmd__ssl,add)
                 cmd="apisix__stream__subcmd__help__subcmd__ssl__subcmd__add"
@@ -138,6 +156,36 @@ _apisix__stream() {
                 ;;
             apisix__stream__subcmd__route__subcmd__help,test)
                 cmd="apisix__stream__subcmd__route__subcmd__help__subcmd__test"
+                ;;
+            apisix__stream__subcmd__service,add)
+                cmd="apisix__stream__subcmd__service__subcmd__add"
+                ;;
+            apisix__stream__subcmd__service,delete)
+                cmd="apisix__stream__subcmd__service__subcmd__delete"
+                ;;
+            apisix__stream__subcmd__service,get)
+                cmd="apisix__stream__subcmd__service__subcmd__get"
+                ;;
+            apisix__stream__subcmd__service,help)
+                cmd="apisix__stream__subcmd__service__subcmd__help"
+                ;;
+            apisix__stream__subcmd__service,list)
+                cmd="apisix__stream__subcmd__service__subcmd__list"
+                ;;
+            apisix__stream__subcmd__service__subcmd__help,add)
+                cmd="apisix__stream__subcmd__service__subcmd__help__subcmd__add"
+                ;;
+            apisix__stream__subcmd__service__subcmd__help,delete)
+                cmd="apisix__stream__subcmd__service__subcmd__help__subcmd__delete"
+                ;;
+            apisix__stream__subcmd__service__subcmd__help,get)
+                cmd="apisix__stream__subcmd__service__subcmd__help__subcmd__get"
+                ;;
+            apisix__stream__subcmd__service__subcmd__help,help)
+                cmd="apisix__stream__subcmd__service__subcmd__help__subcmd__help"
+                ;;
+            apisix__stream__subcmd__service__subcmd__help,list)
+                cmd="apisix__stream__subcmd__service__subcmd__help__subcmd__list"
                 ;;
             apisix__stream__subcmd__ssl,add)
                 cmd="apisix__stream__subcmd__ssl__subcmd__add"
@@ -206,7 +254,7 @@ _apisix__stream() {
 
     case "${cmd}" in
         apisix__stream)
-            opts="-c -h -V --config --admin-url --api-key --help --version serve route upstream ssl top completions man help"
+            opts="-c -h -V --config --admin-url --api-key --help --version serve route upstream service ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -266,7 +314,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__help)
-            opts="serve route upstream ssl top completions man help"
+            opts="serve route upstream service ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -408,6 +456,76 @@ _apisix__stream() {
         apisix__stream__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__service)
+            opts="add list get delete"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__service__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__service__subcmd__delete)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__service__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__service__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -638,7 +756,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__route__subcmd__add)
-            opts="-f -c -h --id --server-addr --server-port --remote-addr --sni --node --type --key --scheme --upstream-id --plugin --name --desc --file --config --admin-url --api-key --help"
+            opts="-f -c -h --id --server-addr --server-port --remote-addr --sni --node --type --key --scheme --upstream-id --service-id --plugin --name --desc --file --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -681,6 +799,10 @@ _apisix__stream() {
                     return 0
                     ;;
                 --upstream-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --service-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -984,6 +1106,292 @@ _apisix__stream() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service)
+            opts="-c -h --config --admin-url --api-key --help add list get delete help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__add)
+            opts="-f -c -h --id --node --type --key --scheme --upstream-id --plugin --name --desc --file --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --type)
+                    COMPREPLY=($(compgen -W "roundrobin chash least_conn" -- "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --scheme)
+                    COMPREPLY=($(compgen -W "tcp udp tls" -- "${cur}"))
+                    return 0
+                    ;;
+                --upstream-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --plugin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --desc)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__delete)
+            opts="-c -h --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__get)
+            opts="-c -h --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help)
+            opts="add list get delete help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help__subcmd__delete)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__service__subcmd__list)
+            opts="-o -c -h --output --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -32,6 +32,7 @@ complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s V -l versio
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
+complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "service" -d 'Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "top" -d 'Live dashboard of a running server: connections, bytes and rates per route and node'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
@@ -65,6 +66,7 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and _
 udp\t'UDP'
 tls\t'TLS over TCP'"
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l upstream-id -d 'Use a stored upstream instead of inline nodes' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l service-id -d 'Run under this service (its upstream unless the route has one, and its plugins)' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l plugin -d 'Plugin configuration (repeatable), e.g. limit-conn=\'{"conn":1,...}\'' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l name -d 'Route name' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
@@ -153,6 +155,52 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; an
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one upstream as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -f -a "add" -d 'Create or replace a service; prints the stored service'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -f -a "list" -d 'List services as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -f -a "get" -d 'Print one service as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -f -a "delete" -d 'Delete a service (refused while a stream route uses it)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and not __fish_seen_subcommand_from add list get delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l id -d 'Service id (PUT); without it the server picks one (POST)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l node -d 'Upstream node (repeatable); IPv6 as [::1]:80; weight defaults to 1' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l type -d 'Load balancing [default: roundrobin]' -r -f -a "roundrobin\t'Weighted round robin'
+chash\t'Consistent hashing on --key'
+least_conn\t'Fewest active connections'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l key -d 'chash key, e.g. remote_addr' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l scheme -d 'Protocol to the nodes [default: tcp]' -r -f -a "tcp\t'Plain TCP'
+udp\t'UDP'
+tls\t'TLS over TCP'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l upstream-id -d 'Use a stored upstream instead of inline nodes' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l plugin -d 'Plugin configuration (repeatable), e.g. ip-restriction=\'{"whitelist":["10.0.0.0/8"]}\'' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l name -d 'Service name' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole service as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
+json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from delete" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from delete" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from delete" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace a service; prints the stored service'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "list" -d 'List services as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one service as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a service (refused while a stream route uses it)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and not __fish_seen_subcommand_from add list get delete help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
@@ -206,14 +254,15 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s c -l
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "top" -d 'Live dashboard of a running server: connections, bytes and rates per route and node'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream ssl top completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "service" -d 'Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "top" -d 'Live dashboard of a running server: connections, bytes and rates per route and node'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "list" -d 'List stream routes as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "get" -d 'Print one stream route as JSON'
@@ -223,6 +272,10 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "list" -d 'List upstreams as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "get" -d 'Print one upstream as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "add" -d 'Create or replace a service; prints the stored service'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "list" -d 'List services as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "get" -d 'Print one service as JSON'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "delete" -d 'Delete a service (refused while a stream route uses it)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "add" -d 'Upload a certificate and its key; the key is never printed back'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "list" -d 'List certificates as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from ssl" -f -a "get" -d 'Print one certificate object as JSON (without its key)'

@@ -77,6 +77,11 @@ pub enum Command {
     /// Example: apisix-stream upstream add --id 1 --node 10.0.0.1:3306 --node 10.0.0.2:3306
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes.
+    ///
+    /// Example: apisix-stream service add --id db --upstream-id 1
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Manage TLS certificates (/apisix/admin/ssls).
     ///
     /// Example: apisix-stream ssl add --cert server.crt --key server.key
@@ -161,6 +166,30 @@ pub enum UpstreamCommand {
     ///
     /// Example: apisix-stream upstream delete 1
     Delete(UpstreamDeleteArgs),
+}
+
+/// `service` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create or replace a service; prints the stored service.
+    ///
+    /// Stream routes with --service-id run with its upstream (unless they
+    /// have their own) and its plugins (a route's plugin of the same name wins).
+    ///
+    /// Example: apisix-stream service add --id db --node 10.0.0.1:3306 --plugin ip-restriction='{"whitelist":["10.0.0.0/8"]}'
+    Add(Box<ServiceAddArgs>),
+    /// List services as a table (or -o json).
+    ///
+    /// Example: apisix-stream service list
+    List(ListArgs),
+    /// Print one service as JSON.
+    ///
+    /// Example: apisix-stream service get db
+    Get(IdArg),
+    /// Delete a service (refused while a stream route uses it).
+    ///
+    /// Example: apisix-stream service delete db
+    Delete(IdArg),
 }
 
 /// `ssl` subcommands.
@@ -286,6 +315,9 @@ pub struct RouteAddArgs {
     /// Use a stored upstream instead of inline nodes.
     #[arg(long, value_name = "ID", conflicts_with = "nodes")]
     pub upstream_id: Option<String>,
+    /// Run under this service (its upstream unless the route has one, and its plugins).
+    #[arg(long, value_name = "ID")]
+    pub service_id: Option<String>,
     /// Plugin configuration (repeatable), e.g. limit-conn='{"conn":1,...}'.
     #[arg(long = "plugin", value_name = "NAME=JSON")]
     pub plugins: Vec<String>,
@@ -331,6 +363,32 @@ pub struct UpstreamAddArgs {
     #[arg(long, value_name = "TEXT")]
     pub desc: Option<String>,
     /// The whole upstream as JSON (- for stdin); the other flags override it.
+    #[arg(short, long, value_name = "FILE|-")]
+    pub file: Option<PathBuf>,
+}
+
+/// Options of `service add`.
+#[derive(Debug, Args)]
+pub struct ServiceAddArgs {
+    /// Service id (PUT); without it the server picks one (POST).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Inline upstream.
+    #[command(flatten)]
+    pub upstream: UpstreamFlags,
+    /// Use a stored upstream instead of inline nodes.
+    #[arg(long, value_name = "ID", conflicts_with = "nodes")]
+    pub upstream_id: Option<String>,
+    /// Plugin configuration (repeatable), e.g. ip-restriction='{"whitelist":["10.0.0.0/8"]}'.
+    #[arg(long = "plugin", value_name = "NAME=JSON")]
+    pub plugins: Vec<String>,
+    /// Service name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long, value_name = "TEXT")]
+    pub desc: Option<String>,
+    /// The whole service as JSON (- for stdin); the other flags override it.
     #[arg(short, long, value_name = "FILE|-")]
     pub file: Option<PathBuf>,
 }

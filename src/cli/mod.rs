@@ -20,7 +20,9 @@ use crate::config::{admin_key, AdminRole, Config};
 use crate::model::Kind;
 use crate::server;
 pub use args::{Cli, Command};
-use args::{GlobalArgs, ListArgs, OutputFormat, RouteCommand, SslCommand, UpstreamCommand};
+use args::{
+    GlobalArgs, ListArgs, OutputFormat, RouteCommand, ServiceCommand, SslCommand, UpstreamCommand,
+};
 use client::{AdminClient, Endpoint};
 use output::emit;
 
@@ -62,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Route(cmd) => route(&connect(&global)?, cmd),
         Command::Upstream(cmd) => upstream(&connect(&global)?, cmd),
+        Command::Service(cmd) => service(&connect(&global)?, cmd),
         Command::Ssl(cmd) => ssl(&connect(&global)?, cmd),
         Command::Top(a) => top(&global, &a),
     }
@@ -291,6 +294,19 @@ fn upstream(client: &AdminClient, cmd: UpstreamCommand) -> anyhow::Result<()> {
         UpstreamCommand::List(a) => print_list(client, kind, &a, output::upstreams_table),
         UpstreamCommand::Get(a) => print_get(client, kind, &a.id),
         UpstreamCommand::Delete(a) => delete(client, kind, &a.id, a.force),
+    }
+}
+
+fn service(client: &AdminClient, cmd: ServiceCommand) -> anyhow::Result<()> {
+    let kind = Kind::Service;
+    match cmd {
+        ServiceCommand::Add(a) => {
+            let (id, body) = resource::service_body(&a)?;
+            add(client, kind, id, &body)
+        }
+        ServiceCommand::List(a) => print_list(client, kind, &a, output::services_table),
+        ServiceCommand::Get(a) => print_get(client, kind, &a.id),
+        ServiceCommand::Delete(a) => delete(client, kind, &a.id, false),
     }
 }
 

@@ -137,12 +137,40 @@ pub fn nodes_text(nodes: Option<&Value>) -> String {
     }
 }
 
-/// The UPSTREAM cell of a route: its `upstream_id` or its inline nodes.
+/// The UPSTREAM cell of a route: its `upstream_id`, its inline nodes, or
+/// the service it takes them from.
 fn route_upstream(r: &Value) -> String {
     if let Some(id) = r.get("upstream_id") {
         return format!("upstream {}", cell(Some(id)));
     }
+    if r.get("upstream").is_none() {
+        if let Some(sid) = r.get("service_id") {
+            return format!("service {}", cell(Some(sid)));
+        }
+    }
     nodes_text(r.get("upstream").and_then(|u| u.get("nodes")))
+}
+
+/// The `service list` table.
+pub fn services_table(services: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let plugins = s
+                .get("plugins")
+                .and_then(Value::as_object)
+                .map(|p| p.keys().cloned().collect::<Vec<_>>().join(","))
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                cell(s.get("id")),
+                route_upstream(s),
+                plugins,
+                cell(s.get("name")),
+            ]
+        })
+        .collect();
+    table(&["ID", "UPSTREAM", "PLUGINS", "NAME"], &rows)
 }
 
 /// The `route list` table.

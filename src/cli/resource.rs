@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use super::args::{LbType, RouteAddArgs, Scheme, SslAddArgs, UpstreamAddArgs, UpstreamFlags};
+use super::args::{
+    LbType, RouteAddArgs, Scheme, ServiceAddArgs, SslAddArgs, UpstreamAddArgs, UpstreamFlags,
+};
 
 /// Fields the server sets itself and refuses in a body (a `get` output piped
 /// back into `add -f -` carries them).
@@ -290,9 +292,58 @@ pub fn route_body(a: &RouteAddArgs) -> anyhow::Result<(Option<String>, Value)> {
     }
     set_text(&mut map, "name", &a.name);
     set_text(&mut map, "desc", &a.desc);
-    if !map.contains_key("upstream") && !map.contains_key("upstream_id") {
-        bail!("a stream route needs --node HOST:PORT or --upstream-id ID");
+    if let Some(sid) = &a.service_id {
+        if sid.trim().is_empty() {
+            bail!("invalid --service-id: it is empty");
+        }
+        map.insert("service_id".into(), json!(sid));
     }
+    if !map.contains_key("upstream")
+        && !map.contains_key("upstream_id")
+        && !map.contains_key("service_id")
+    {
+        bail!("a stream route needs --node HOST:PORT, --upstream-id ID or --service-id ID");
+    }
+    let id = take_id(&mut map, &a.id)?;
+    Ok((id, Value::Object(map)))
+}
+
+/// The body of `service add` and the id to PUT it under (None = POST).
+pub fn service_body(a: &ServiceAddArgs) -> anyhow::Result<(Option<String>, Value)> {
+    let mut map = base_object(a.file.as_deref())?;
+    if let Some(uid) = &a.upstream_id {
+        if uid.trim().is_empty() {
+            bail!("invalid --upstream-id: it is empty");
+        }
+        map.insert("upstream_id".into(), json!(uid));
+        map.remove("upstream");
+    }
+    if has_upstream_flags(&a.upstream) {
+        let mut up = match map.remove("upstream") {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        };
+        apply_upstream(&mut up, &a.upstream)?;
+        if !up.contains_key("nodes") {
+            bail!("missing --node: an inline upstream needs at least one node");
+        }
+        map.remove("upstream_id");
+        map.insert("upstream".into(), Value::Object(up));
+    }
+    if !a.plugins.is_empty() {
+        let plugins = map
+            .entry("plugins")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(plugins) = plugins else {
+            bail!("\"plugins\" in --file must be a JSON object");
+        };
+        for p in &a.plugins {
+            let (name, conf) = parse_plugin(p)?;
+            plugins.insert(name, conf);
+        }
+    }
+    set_text(&mut map, "name", &a.name);
+    set_text(&mut map, "desc", &a.desc);
     let id = take_id(&mut map, &a.id)?;
     Ok((id, Value::Object(map)))
 }

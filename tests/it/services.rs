@@ -679,3 +679,74 @@ async fn services_and_custom_plugins_from_etcd() {
         "a valid service serves again"
     );
 }
+
+/// `apisix-stream ARGS --admin-url ... --api-key ...` against `s`.
+async fn service_cli(s: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let url = format!("http://{}", s.admin);
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--admin-url".into(), url, "--api-key".into(), KEY.into()]);
+    within(
+        30,
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            crate::harness::run_cli(&refs)
+        }),
+    )
+    .await
+    .expect("cli thread")
+}
+
+#[tokio::test]
+async fn service_commands_and_routes_under_them() {
+    let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
+    let a = Backend::start("a", Mode::Greet).await;
+    let node = a.addr.to_string();
+    let plugin = r#"ip-restriction={"whitelist":["127.0.0.0/8"]}"#;
+    let (code, out, err) = service_cli(
+        &s,
+        &[
+            "service", "add", "--id", "db", "--node", &node, "--plugin", plugin, "--name", "mysql",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["id"], "db");
+    assert_eq!(
+        v["plugins"]["ip-restriction"]["whitelist"][0],
+        "127.0.0.0/8"
+    );
+    let (code, out, err) =
+        service_cli(&s, &["route", "add", "--id", "r", "--service-id", "db"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"service_id\""), "{out}");
+    assert_eq!(greeting(s.tcp[0]).await.as_deref(), Some("a"));
+    let (code, out, _) = service_cli(&s, &["service", "list"]).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("PLUGINS"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("db") && lines[1].contains(&node) && lines[1].contains("ip-restriction"),
+        "{out}"
+    );
+    let (_, out, _) = service_cli(&s, &["route", "list"]).await;
+    assert!(out.contains("service db"), "{out}");
+    let (code, _, err) = service_cli(&s, &["service", "delete", "db"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("stream_route [r] is still using it now"),
+        "{err}"
+    );
+    let (code, out, _) = service_cli(&s, &["service", "get", "db"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["name"],
+        "mysql"
+    );
+    service_cli(&s, &["route", "delete", "r"]).await;
+    let (code, out, err) = service_cli(&s, &["service", "delete", "db"]).await;
+    assert_eq!((code, out.as_str()), (0, "deleted service db\n"), "{err}");
+}
