@@ -1,4 +1,4 @@
-//! The JSON schemas of the three resources and of the stream plugins, as APISIX defines them
+//! The JSON schemas of the resources (stream routes, upstreams, ssls, services, plugin metadata)
 //! (apisix/schema_def.lua and the plugins' own schemas), built once and shared.
 
 use std::sync::OnceLock;
