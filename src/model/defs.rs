@@ -1,5 +1,5 @@
-//! The JSON schemas of the resources (stream routes, upstreams, ssls, services, plugin metadata)
-//! (apisix/schema_def.lua and the plugins' own schemas), built once and shared.
+//! The JSON schemas of the resources (stream routes, upstreams, ssls, services, plugin metadata),
+//! as APISIX defines them (apisix/schema_def.lua and the plugins' own schemas), built once and shared.
 
 use std::sync::OnceLock;
 
