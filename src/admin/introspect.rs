@@ -185,14 +185,6 @@ pub async fn reload(State(state): State<Arc<AdminState>>, method: Method) -> Res
     };
     let config = Config::load(path)
         .map_err(|e| AdminError::NotApplied(format!("failed to reload plugins: {e}")))?;
-    let unknown: Vec<&String> = config
-        .stream_plugins
-        .iter()
-        .filter(|p| !model::plugins::implemented(p))
-        .collect();
-    if !unknown.is_empty() {
-        tracing::warn!(plugins = ?unknown, "stream_plugins names plugins this build does not implement; routes using them refuse their clients");
-    }
     state.plugins.store(Arc::new(EnabledPlugins::of(&config)));
     if let Some(carry) = &state.carry {
         carry

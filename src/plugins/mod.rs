@@ -126,6 +126,16 @@ impl Shared {
     /// limit-conn keys). Call before the first snapshot is built.
     pub fn configure(&self, stream_plugins: &[String], prefix: &str) {
         let wanted = EnabledPlugins::new(stream_plugins);
+        let missing: Vec<&String> = stream_plugins
+            .iter()
+            .filter(|p| !crate::model::plugins::implemented(p))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                plugins = ?missing,
+                "stream_plugins names plugins this build does not implement; routes naming them refuse their clients"
+            );
+        }
         if let Ok(mut e) = self.enabled.write() {
             if *e != wanted {
                 *e = wanted;

@@ -614,7 +614,36 @@ async fn services_and_custom_plugins_from_etcd() {
     let a = Backend::start("a", Mode::Greet).await;
     let b = Backend::start("b", Mode::Greet).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_child, _cfg, admin, tcp) = crate::etcd::spawn_proxy_at(&etcd.url(), dir.path());
+    let (admin_port, tcp_port) = (free_port(), free_port());
+    let cfg = ChildConfig::new(admin_port)
+        .tcp(tcp_port)
+        .etcd(&format!(
+            "    host:\n      - \"{}\"\n    prefix: /apisix\n    timeout: 3\n    resync_delay: 1\n",
+            etcd.url()
+        ))
+        .write(dir.path());
+    let admin = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let tcp = format!("127.0.0.1:{tcp_port}").parse().expect("addr");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = std::process::Command::new(crate::harness::bin())
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn serve");
+    let mut child = crate::harness::ChildGuard { child };
+    crate::harness::wait_listening_logged(admin, &mut child, &log_path);
+    crate::harness::wait_listening_logged(tcp, &mut child, &log_path);
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    };
     let put = async |key: &str, v: Value| {
         etcd.ctl(&["put", &format!("/apisix/{key}"), &v.to_string()])
             .await;
@@ -649,6 +678,14 @@ async fn services_and_custom_plugins_from_etcd() {
     assert!(
         eventually(5, async || greeting(tcp).await.is_none()).await,
         "fail closed"
+    );
+    for _ in 0..3 {
+        assert_eq!(greeting(tcp).await, None);
+    }
+    assert_eq!(
+        logged("unknown plugin [x-auth]"),
+        1,
+        "one log line for the route, none per connection"
     );
     // So does one whose service names such a plugin.
     put("stream_routes/r", json!({"id": "r", "service_id": "s"})).await;

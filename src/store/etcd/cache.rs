@@ -139,10 +139,12 @@ fn keeps_previous(c: &Cache, key: &Key, full: &str, value: &Value) -> bool {
     let Some(why) = unservable_reason(value) else {
         return false;
     };
-    warn_invalid(full, why);
     if crate::store::fails_closed(why) {
+        // Replaces the older version; the snapshot build logs the route
+        // once as refusing its clients.
         return false;
     }
+    warn_invalid(full, why);
     c.get(key)
         .is_some_and(|old| unservable_reason(&old.value).is_none())
 }
