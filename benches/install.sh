@@ -33,7 +33,7 @@ SMOKE_PKGS=(
 )
 FULL_PKGS=(
   haproxy:haproxy dnsdist:dnsdist openssl:openssl socat:socat
-  redis-server:redis-server redis-cli:redis-tools jq:jq
+  redis-server:redis-server redis-cli:redis-tools jq:jq strace:strace prlimit:util-linux
 )
 wanted=("${SMOKE_PKGS[@]}")
 [ "$SMOKE" = 1 ] || wanted+=("${FULL_PKGS[@]}")

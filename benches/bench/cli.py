@@ -59,6 +59,8 @@ def parse(argv):
                     help="highest TLS version the clients offer (default 1.3)")
     ap.add_argument("--route-counts", default="1000,10000,100000",
                     help="route counts of the routes suite (default 1000,10000,100000)")
+    ap.add_argument("--held-conns", type=int,
+                    help="connections of the held suite (default: held.sh's own)")
     ap.add_argument("--bin", help="apisix-stream binary (default: build target/release)")
     ap.add_argument("--debug", action="store_true",
                     help="build and measure target/debug/apisix-stream (for checking the "
@@ -282,7 +284,7 @@ def run(a):
             doc_suites[name] = r.suite.summary()
         for name, fn in (("routes", lambda: external.run_routes(ctx, progress,
                                                                  a.route_counts)),
-                         ("held", lambda: external.run_held(ctx, progress))):
+                         ("held", lambda: external.run_held(ctx, progress, a.held_conns))):
             if name in a.suites:
                 try:
                     doc_suites[name] = fn()

@@ -32,16 +32,24 @@ def run_routes(ctx, progress, counts):
     return {"rows": rows, "command": " ".join(argv[1:])}
 
 
-def run_held(ctx, progress):
-    """benches/held.sh --json FILE; returns the suite's JSON."""
+def run_held(ctx, progress, conns=None):
+    """benches/held.sh --json (its JSON on stdout); returns the suite's JSON."""
     script = os.path.join(BENCHES, "held.sh")
     if not os.access(script, os.X_OK):
         raise Failed("held suite: benches/held.sh is not in this checkout")
     out = os.path.join(ctx.raw, "held.json")
     progress.begin(None, "apisix-stream", "held connections (benches/held.sh)")
-    env = dict(os.environ, APISIX_STREAM_BIN=ctx.binary)
-    r = subprocess.run([script, "--json", out], stdin=subprocess.DEVNULL, env=env, check=False)
-    if r.returncode != 0 or not os.path.exists(out):
+    argv = [script, "--json", "--binary", ctx.binary]
+    if conns:
+        argv += ["--conns", str(conns)]
+    with open(out, "w") as f:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, check=False)
+    try:
+        with open(out) as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise Failed(f"held suite: held.sh exited with status {r.returncode} "
+                     f"and printed no JSON ({e})") from e
+    if r.returncode != 0:
         raise Failed(f"held suite: held.sh exited with status {r.returncode}")
-    with open(out) as f:
-        return {"data": json.load(f), "command": "benches/held.sh --json FILE"}
+    return {"data": data, "command": "benches/held.sh --json --binary BIN"}

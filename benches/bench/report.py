@@ -65,8 +65,8 @@ def draw(doc, folder):
         series.append((f"{t} idle", col, False, curves.get("w5_idle_kib_per_conn", {}).get(t, [])))
         series.append((f"{t} after 64 KiB", col, True,
                        curves.get("w7_used_kib_per_conn", {}).get(t, [])))
-    for pts in held_points(doc):
-        series.append(("apisix-stream, held suite", "#d1242f", False, pts))
+    for i, (name, pts) in enumerate(held_points(doc)):
+        series.append((name, svg.PALETTE[(i + 1) % len(svg.PALETTE)], False, pts))
     if any(s for *_, s in series):
         save("memory.svg", svg.lines(
             "Memory per connection against connection count", "connections",
@@ -100,20 +100,19 @@ def draw(doc, folder):
 
 
 def held_points(doc):
-    """Points (connections, KiB per connection) from the held suite's JSON,
-    when it carries them as rows."""
-    held = doc["suites"].get("held", {}).get("data")
-    rows = held if isinstance(held, list) else (held or {}).get("rows", []) \
-        if isinstance(held, dict) else []
-    pts = []
-    for r in rows if isinstance(rows, list) else []:
-        if not isinstance(r, dict):
+    """(name, [(connections, KiB per connection)]) per target of the held
+    suite: idle, and after 64 KiB each way."""
+    data = doc["suites"].get("held", {}).get("data")
+    targets = data.get("targets", {}) if isinstance(data, dict) else {}
+    out = []
+    for t, r in targets.items():
+        if not isinstance(r, dict) or not isinstance(r.get("held"), (int, float)):
             continue
-        n = next((r[k] for k in ("connections", "conns", "held") if k in r), None)
-        kib = next((r[k] for k in ("kib_per_conn", "kib_per_connection") if k in r), None)
-        if isinstance(n, (int, float)) and isinstance(kib, (int, float)) and n > 0:
-            pts.append((n, kib))
-    return [pts] if pts else []
+        for key, what in (("idle_bytes_per_conn", "idle"), ("used_bytes_per_conn", "used")):
+            v = r.get(key)
+            if isinstance(v, (int, float)) and r["held"] > 0:
+                out.append((f"{t} {what}, held suite", [(r["held"], round(v / 1024, 2))]))
+    return out
 
 
 # ------------------------------------------------------------------ markdown
@@ -187,10 +186,20 @@ def markdown(doc, charts):
         err = doc["suites"].get(name, {}).get("error")
         if err:
             lines += [f"## {name} suite: not finished", "", err, ""]
-    held = doc["suites"].get("held")
-    if held and "data" in held:
-        lines += ["## Held connections", "", "```json",
-                  json.dumps(held.get("data"), indent=1)[:4000], "```", ""]
+    held = doc["suites"].get("held", {}).get("data")
+    if isinstance(held, dict) and isinstance(held.get("targets"), dict):
+        ts = list(held["targets"])
+        keys = [k for k in dict.fromkeys(k for r in held["targets"].values() for k in r)
+                if all(isinstance(r.get(k), (int, float, type(None)))
+                       for r in held["targets"].values())]
+        lines += ["## Held connections (benches/held.sh)", "",
+                  "| | " + " | ".join(ts) + " |", "|" + "---|" * (len(ts) + 1)]
+        lines += ["| " + k + " | " + " | ".join(fmt(held["targets"][t].get(k)) for t in ts)
+                  + " |" for k in keys]
+        lines.append("")
+    elif held is not None:
+        lines += ["## Held connections (benches/held.sh)", "", "```json",
+                  json.dumps(held, indent=1)[:4000], "```", ""]
     return "\n".join(lines)
 
 
