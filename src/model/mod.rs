@@ -88,6 +88,11 @@ impl Kind {
     }
 }
 
+/// The key a stream route merged with its service carries (set by the
+/// snapshot build, never stored): a route with `service_id` without it
+/// names a service that does not exist.
+pub const SERVICE_MERGED: &str = "__service_merged";
+
 /// Id rule: string 1–64 chars of `[a-zA-Z0-9-_.]` or integer >= 1.
 pub fn is_valid_id(v: &Value) -> bool {
     defs::id_schema().check(v).is_ok()

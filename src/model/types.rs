@@ -241,8 +241,16 @@ impl StreamRoute {
         })
     }
 
-    /// Builds the view from a validated stream route (with `id`).
+    /// Builds the view from a validated stream route (with `id`); a route
+    /// whose `service_id` was not merged with a stored service is refused.
     pub fn from_value(v: &Value) -> Result<Self, String> {
+        if let Some(sid) = id_field(v, "service_id") {
+            if v.get(super::SERVICE_MERGED).is_none() {
+                return Err(format!(
+                    "failed to fetch service configuration by id: {sid}"
+                ));
+            }
+        }
         // The store key is authoritative for the id; the body may lack it.
         let id = id_field(v, "id").unwrap_or_default();
         let net = |field: &str| -> Result<Option<IpNet>, String> {

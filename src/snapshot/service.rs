@@ -27,7 +27,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::Carry;
-use crate::model::{id_string, Kind};
+use crate::model::{id_string, Kind, SERVICE_MERGED};
 use crate::store::{unservable_reason, Dump, Entry, UNSERVABLE};
 
 /// What one build merged, kept in its snapshot so the next build reuses
@@ -67,17 +67,19 @@ impl Merged {
 /// the next build may reuse.
 pub(super) fn resolve<'a>(dump: &'a Dump, prev: &Services) -> (Cow<'a, Dump>, Services) {
     let mut next = Services::default();
-    let uses_service =
-        |e: &Entry| e.kind == Kind::StreamRoute && e.value.get("service_id").is_some();
-    if !dump.entries.iter().any(uses_service) {
+    // Entries are in (kind, id) order: the services are found by a binary
+    // search. Without any service (now or in the previous build) nothing is
+    // merged and no route is read, so a write costs what it did; a route
+    // naming a service then fails to parse (no merge mark) and is refused.
+    let start = dump.entries.partition_point(|e| e.kind < Kind::Service);
+    let end = dump.entries.partition_point(|e| e.kind <= Kind::Service);
+    let stored = &dump.entries[start..end];
+    if stored.is_empty() && prev.merged.is_empty() {
         return (Cow::Borrowed(dump), next);
     }
-    let services: HashMap<&str, &Entry> = dump
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::Service)
-        .map(|e| (e.id.as_str(), e))
-        .collect();
+    let uses_service =
+        |e: &Entry| e.kind == Kind::StreamRoute && e.value.get("service_id").is_some();
+    let services: HashMap<&str, &Entry> = stored.iter().map(|e| (e.id.as_str(), e)).collect();
     let mut out = dump.clone();
     for e in out.entries.iter_mut().filter(|e| uses_service(e)) {
         if unservable_reason(&e.value).is_some() {
@@ -128,6 +130,7 @@ pub fn merge(service: &Value, route: &Value) -> Value {
     let Some(obj) = merged.as_object_mut() else {
         return merged;
     };
+    obj.insert(SERVICE_MERGED.into(), Value::Bool(true));
     if let Some(plugins) = service.get("plugins").and_then(Value::as_object) {
         let mine = obj
             .entry("plugins")
@@ -248,6 +251,15 @@ mod tests {
             entries: vec![entry(Kind::StreamRoute, "r", json!({"service_id": "x"}), 3)],
         };
         let (gone, _) = resolve(&none, &Services::default());
+        assert!(
+            Arc::ptr_eq(&gone.entries[0].value, &none.entries[0].value),
+            "no service anywhere: nothing is read"
+        );
+        let err = crate::model::StreamRoute::from_value(&gone.entries[0].value).unwrap_err();
+        assert_eq!(err, "failed to fetch service configuration by id: x");
+        let mut some = none.clone();
+        some.entries.push(entry(Kind::Service, "s", json!({}), 4));
+        let (gone, _) = resolve(&some, &Services::default());
         assert_eq!(
             unservable_reason(&gone.entries[0].value),
             Some("failed to fetch service configuration by id: x")

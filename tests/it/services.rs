@@ -491,7 +491,8 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
         &file,
         format!(
             "stream_routes:\n  - id: custom\n    upstream_id: 1\n    plugins: {{x-auth: {{}}}}\n  \
-             - id: open\n    upstream_id: 1\n    remote_addr: 127.0.0.2\n\
+             - id: open\n    upstream_id: 1\n    remote_addr: 127.0.0.2\n  \
+             - id: orphan\n    service_id: nope\n    remote_addr: 127.0.0.3\n\
              upstreams:\n  - id: 1\n    nodes: {{\"{}\": 1}}\n#END\n",
             a.addr
         ),
@@ -518,7 +519,9 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
         .expect("json");
     assert_eq!(
         skipped["skipped"],
-        json!([{"type": "stream_routes", "id": "custom", "reason": "unknown plugin [x-auth]"}]),
+        json!([{"type": "stream_routes", "id": "custom", "reason": "unknown plugin [x-auth]"},
+               {"type": "stream_routes", "id": "orphan",
+                "reason": "failed to fetch service configuration by id: nope"}]),
         "{skipped}"
     );
     assert_eq!(greeting(s.tcp[0]).await, None, "refused, not forwarded");
