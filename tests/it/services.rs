@@ -790,3 +790,41 @@ async fn service_commands_and_routes_under_them() {
     let (code, out, err) = service_cli(&s, &["service", "delete", "db"]).await;
     assert_eq!((code, out.as_str()), (0, "deleted service db\n"), "{err}");
 }
+
+#[tokio::test]
+async fn services_and_plugin_metadata_survive_a_restart_of_the_local_store() {
+    let listen = |c: &mut apisix_stream::config::Config| {
+        if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+            sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
+        }
+    };
+    let mut s = TestServer::start_full(tempfile::tempdir().expect("tempdir"), |y| y, listen).await;
+    let a = Backend::start("a", Mode::Greet).await;
+    ok(
+        &s,
+        "/apisix/admin/services/s",
+        json!({"upstream": {"nodes": {a.addr.to_string(): 1}}}),
+    )
+    .await;
+    ok(
+        &s,
+        "/apisix/admin/stream_routes/r",
+        json!({"service_id": "s"}),
+    )
+    .await;
+    ok(
+        &s,
+        "/apisix/admin/plugin_metadata/syslog",
+        json!({"log_format": {"a": "$remote_addr"}}),
+    )
+    .await;
+    s.stop().await;
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tempdir"));
+    let s = TestServer::start_full(dir, |y| y, listen).await;
+    assert_eq!(greeting(s.tcp[0]).await.as_deref(), Some("a"));
+    let (st, v) = s
+        .call(Method::GET, "/apisix/admin/plugin_metadata/syslog", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["value"]["log_format"], json!({"a": "$remote_addr"}));
+}
