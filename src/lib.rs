@@ -26,6 +26,9 @@
 //! - [`proxy`]: the data plane: listeners (bound, and changed on SIGHUP by
 //!   a pure plan), per-core workers, connection handling and the byte relay;
 //!   a session's end becomes its one status in [`proxy::session`].
+//! - [`secrets`]: `$env://` and `$secret://` references in SSL objects and
+//!   plugin settings, resolved while a snapshot is built (HashiCorp Vault
+//!   through `secrets` objects).
 //! - [`tls`]: everything TLS: certificates compiled from SSL objects,
 //!   termination and SNI peeking on listeners, and the client side for
 //!   upstreams, syslog and health probes. It imports neither [`proxy`] nor
@@ -68,6 +71,7 @@ pub mod http;
 pub mod model;
 pub mod plugins;
 pub mod proxy;
+pub mod secrets;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

@@ -55,7 +55,21 @@ fn parse_target(state: &AdminState, rest: &str) -> Result<Target> {
     }
     let kind = Kind::from_segment(res)
         .ok_or_else(|| AdminError::NotFound(format!("Unsupported resource type: {res}")))?;
-    let id = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
+    let mut id = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
+    if kind == Kind::Secret {
+        // `secrets/{manager}/{id}`: the stored id is `manager/id`.
+        let rest: Vec<&str> = parts.next().unwrap_or_default().splitn(2, '/').collect();
+        let sub = rest.get(1).copied().unwrap_or_default();
+        id = match (id, rest.first().filter(|s| !s.is_empty())) {
+            (Some(manager), Some(secret)) => Some(format!("{manager}/{secret}")),
+            (Some(manager), None) => Some(format!("{manager}/")),
+            (None, _) => None,
+        };
+        let sub_path = Some(sub.trim_end_matches('/'))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        return Ok(Target { kind, id, sub_path });
+    }
     let sub_path = parts
         .next()
         .map(|s| s.trim_end_matches('/'))
@@ -160,6 +174,9 @@ pub async fn dispatch(
             let body = read_body(&state, &headers, body).await?;
             put(&state, target.kind, target.id, body).await
         }
+        Method::POST if target.kind == Kind::Secret => Err(AdminError::MethodNotAllowed(
+            "not supported `POST` method for secret".into(),
+        )),
         Method::POST if target.sub_path.is_none() => {
             let body = read_body(&state, &headers, body).await?;
             if target.id.is_some() {
@@ -428,7 +445,12 @@ async fn put(
     set_field(&mut conf, "id", Value::String(id.clone()));
     model::check_forbidden_times(&conf).map_err(AdminError::BadRequest)?;
     validate(state, kind, &conf)?;
-    if !model::is_valid_id(&Value::String(id.clone())) {
+    // A secret's id is `manager/id`: the id rule holds for its second part.
+    let own_id = match kind {
+        Kind::Secret => id.split_once('/').map_or("", |(_, i)| i),
+        _ => id.as_str(),
+    };
+    if !model::is_valid_id(&Value::String(own_id.to_string())) {
         return Err(invalid_id());
     }
     check_references(state, kind, Some(&id), &conf).await?;
@@ -523,7 +545,8 @@ async fn still_used(state: &AdminState, kind: Kind, id: &str) -> Result<Option<S
                 "can not delete this service directly, stream_route [{user}] is still using it now"
             )
         })],
-        Kind::PluginMetadata => &[],
+        // As APISIX: references to a secret are not tracked.
+        Kind::PluginMetadata | Kind::Secret => &[],
     };
     for (users, path, message) in checks {
         let found = state

@@ -134,7 +134,7 @@ fn for_each_secret(kind: Kind, v: &mut Value, f: &mut dyn FnMut(&mut String)) {
                 .and_then(|u| u.get_mut("tls"))
                 .and_then(|t| t.get_mut("client_key")),
         ),
-        Kind::PluginMetadata => {}
+        Kind::PluginMetadata | Kind::Secret => {}
     }
 }
 

@@ -13,7 +13,7 @@ mod defs;
 pub mod duration;
 mod patch;
 pub mod plugins;
-mod schema;
+pub(crate) mod schema;
 pub mod types;
 mod validate;
 
@@ -41,16 +41,19 @@ pub enum Kind {
     Service,
     /// `/apisix/admin/plugin_metadata` (the id is the plugin's name).
     PluginMetadata,
+    /// `/apisix/admin/secrets/{manager}/{id}` (id `manager/id`).
+    Secret,
 }
 
 impl Kind {
     /// Every kind, in URL order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::StreamRoute,
         Kind::Upstream,
         Kind::Ssl,
         Kind::Service,
         Kind::PluginMetadata,
+        Kind::Secret,
     ];
 
     /// The kind named by a URL/etcd segment (`stream_routes`, `upstreams`, ...).
@@ -61,6 +64,7 @@ impl Kind {
             "ssls" => Some(Kind::Ssl),
             "services" => Some(Kind::Service),
             "plugin_metadata" => Some(Kind::PluginMetadata),
+            "secrets" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -73,6 +77,7 @@ impl Kind {
             Kind::Ssl => "ssls",
             Kind::Service => "services",
             Kind::PluginMetadata => "plugin_metadata",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -84,6 +89,7 @@ impl Kind {
             Kind::Ssl => "ssl",
             Kind::Service => "service",
             Kind::PluginMetadata => "plugin_metadata",
+            Kind::Secret => "secret",
         }
     }
 }
@@ -149,6 +155,7 @@ pub fn validate(
         Kind::Ssl => validate::ssl(v),
         Kind::Service => validate::service(v, enabled, not_enabled),
         Kind::PluginMetadata => validate::plugin_metadata(v),
+        Kind::Secret => crate::secrets::validate(v),
     }
 }
 
@@ -162,6 +169,7 @@ pub fn check_schema(kind: Kind, v: &Value) -> Result<(), String> {
         Kind::Ssl => defs::ssl().check(v),
         Kind::Service => defs::service().check(v),
         Kind::PluginMetadata => defs::plugin_metadata().check(v),
+        Kind::Secret => crate::secrets::vault::schema().check(v),
     }
 }
 
@@ -195,7 +203,7 @@ pub fn references(kind: Kind, v: &Value) -> Vec<(Kind, String)> {
                 out.push((Kind::Ssl, id));
             }
         }
-        Kind::Ssl | Kind::PluginMetadata => {}
+        Kind::Ssl | Kind::PluginMetadata | Kind::Secret => {}
     }
     out
 }
@@ -217,7 +225,7 @@ pub fn strip_secrets(kind: Kind, v: &mut Value) {
         }
         Kind::Upstream => strip_tls_key(Some(v)),
         Kind::StreamRoute | Kind::Service => strip_tls_key(v.get_mut("upstream")),
-        Kind::PluginMetadata => {}
+        Kind::PluginMetadata | Kind::Secret => {}
     }
 }
 

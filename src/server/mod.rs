@@ -260,6 +260,11 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         trust,
         ..Carry::new(Registry::new(checks, tasks.clone(), cancel.clone()))
     });
+    // Values read from secret managers are read again when their time is up.
+    tasks.spawn(crate::secrets::refresher(
+        carry.secrets.clone(),
+        cancel.clone(),
+    ));
     carry
         .plugins
         .configure(&config.stream_plugins, &config.deployment.etcd.prefix);

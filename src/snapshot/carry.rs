@@ -12,7 +12,8 @@
 //!   checker before the snapshot is published (an unchanged upstream keeps
 //!   its checker, a rebuilt one with the same `checks` shares its targets'
 //!   state), and the publisher then lets the registry start and stop probes;
-//! - the trust store of `tls.verify` upstreams ([`tls::Trust`]).
+//! - the trust store of `tls.verify` upstreams ([`tls::Trust`]);
+//! - the values read from secret managers ([`secrets::Resolver`]).
 //!
 //! Nothing here is reached through a snapshot, and nothing writes a
 //! snapshot once it is published.
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use crate::health::registry::Registry;
 use crate::plugins;
+use crate::secrets;
 use crate::stats::Stats;
 use crate::tls;
 
@@ -37,6 +39,9 @@ pub struct Carry {
     /// `apisix.ssl.ssl_trusted_certificate`: the CAs `tls.verify` upstreams
     /// are checked against.
     pub trust: tls::Trust,
+    /// `$env://` and `$secret://` references, and what secret managers
+    /// answered for them.
+    pub secrets: Arc<secrets::Resolver>,
 }
 
 impl Carry {
@@ -47,6 +52,7 @@ impl Carry {
             plugins: plugins::Shared::default(),
             health,
             trust: tls::Trust::default(),
+            secrets: Arc::default(),
         }
     }
 }

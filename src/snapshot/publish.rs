@@ -24,6 +24,7 @@ use super::build::panic_message;
 use super::{Carry, Snapshot};
 use crate::model::crypt::Keyring;
 use crate::model::Kind;
+use crate::secrets::Resolver;
 use crate::store::index::{Changes, Key};
 use crate::store::{Dump, Entry, Store, StoreError};
 
@@ -84,25 +85,26 @@ struct Rebuilder {
     mirror: Mutex<Option<Dump>>,
 }
 
-/// Decrypt the secrets of `e`'s value (a new value only when it had any).
-fn open_secrets(e: &mut Entry, keyring: &Keyring) {
-    if !may_hold_secret(e) {
-        return;
+/// Decrypt the secrets of `e`'s value and resolve its `$env://` and
+/// `$secret://` references (a new value only when it had any).
+fn open_secrets(e: &mut Entry, keyring: &Keyring, refs: &Resolver) {
+    if may_hold_secret(e) {
+        let mut v = (*e.value).clone();
+        keyring.open(e.kind, &mut v);
+        if v != *e.value {
+            e.value = Arc::new(v);
+        }
     }
-    let mut v = (*e.value).clone();
-    keyring.open(e.kind, &mut v);
-    if v != *e.value {
-        e.value = Arc::new(v);
-    }
+    refs.resolve(e);
 }
 
 /// Bring `dump` (values opened) up to date with `changes`, in key order.
-fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring) {
+fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring, refs: &Resolver) {
     let mut updates: Vec<(Key, Option<Entry>)> = changes
         .changed
         .into_iter()
         .map(|mut e| {
-            open_secrets(&mut e, keyring);
+            open_secrets(&mut e, keyring, refs);
             ((e.kind, e.id.clone()), Some(e))
         })
         .chain(changes.removed.into_iter().map(|k| (k, None)))
@@ -143,7 +145,7 @@ fn may_hold_secret(e: &Entry) -> bool {
         Kind::Ssl => true,
         Kind::Upstream => client_key(Some(&e.value)),
         Kind::StreamRoute | Kind::Service => client_key(e.value.get("upstream")),
-        Kind::PluginMetadata => false,
+        Kind::PluginMetadata | Kind::Secret => false,
     }
 }
 
@@ -154,7 +156,10 @@ impl Rebuilder {
         let base = self.mirror.lock().unwrap_or_else(|p| p.into_inner()).take();
         let changes = base
             .as_ref()
-            .and_then(|m| self.store.index().changes_since(m.revision));
+            .and_then(|m| self.store.index().changes_since(m.revision))
+            // A changed `secrets` object (or Vault value) resolves every
+            // object again, from the store's values.
+            .filter(|c| !self.carry.secrets.must_reload(c));
         let (base, changes) = match (base, changes) {
             (Some(m), Some(c)) => (m, Some(c)),
             _ => {
@@ -166,6 +171,8 @@ impl Rebuilder {
             }
         };
         let revision = changes.as_ref().map_or(base.revision, |c| c.revision);
+        // Values from secret managers are read here, not while building.
+        self.carry.secrets.prefetch(&base, changes.as_ref()).await;
         let prev = self.current.load_full();
         let (carry, keyring, build) =
             (self.carry.clone(), self.keyring.clone(), self.build.clone());
@@ -174,11 +181,11 @@ impl Rebuilder {
         let (dump, built) = tokio::task::spawn_blocking(move || {
             let mut dump = base;
             match changes {
-                Some(c) => apply_changes(&mut dump, c, &keyring),
+                Some(c) => apply_changes(&mut dump, c, &keyring, &carry.secrets),
                 None => dump
                     .entries
                     .iter_mut()
-                    .for_each(|e| open_secrets(e, &keyring)),
+                    .for_each(|e| open_secrets(e, &keyring, &carry.secrets)),
             }
             let built = build(&dump, &prev, &carry);
             (dump, built)
@@ -247,6 +254,7 @@ async fn start_with(
         failed: None,
     });
     tokio::spawn(async move {
+        let carry = rebuilder.carry.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -261,19 +269,24 @@ async fn start_with(
                     }
                     changes.borrow_and_update();
                     plugins_changed.borrow_and_update();
-                    match rebuilder.rebuild().await {
-                        Ok(revision) => {
-                            tx.send_replace(Published { revision, failed: None });
-                        }
-                        Err(f) => {
-                            tracing::error!(
-                                revision = f.revision,
-                                error = %f.reason,
-                                "cannot apply the store's changes; keeping the previous snapshot"
-                            );
-                            tx.send_modify(|p| p.failed = Some(f));
-                        }
-                    }
+                }
+                // A value read again from a secret manager changed.
+                _ = carry.secrets.changed.notified() => {}
+            }
+            match rebuilder.rebuild().await {
+                Ok(revision) => {
+                    tx.send_replace(Published {
+                        revision,
+                        failed: None,
+                    });
+                }
+                Err(f) => {
+                    tracing::error!(
+                        revision = f.revision,
+                        error = %f.reason,
+                        "cannot apply the store's changes; keeping the previous snapshot"
+                    );
+                    tx.send_modify(|p| p.failed = Some(f));
                 }
             }
         }
@@ -426,6 +439,7 @@ mod tests {
                 removed: vec![(Kind::StreamRoute, "b".into())],
             },
             &Keyring::default(),
+            &Resolver::default(),
         );
         let mut want: Vec<(Kind, String, u64)> = vec![
             (Kind::Upstream, "u".into(), 1),

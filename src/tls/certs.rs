@@ -215,6 +215,12 @@ impl TlsCerts {
         let mut out = TlsCerts::default();
         let provider = provider();
         for (id, v) in ssls {
+            // E.g. a reference to an environment variable that is not set.
+            if let Some(why) = crate::store::unservable_reason(v) {
+                tracing::warn!(ssl_id = %id, error = %why, "ssl skipped");
+                out.rejected.push((id.to_string(), why.to_string()));
+                continue;
+            }
             let ssl = match Ssl::from_value(v) {
                 Ok(s) => s,
                 Err(e) => {

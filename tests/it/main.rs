@@ -16,6 +16,7 @@ mod persistence;
 mod plugins;
 mod proxy_protocol;
 mod publish;
+mod references;
 mod reliability;
 mod security;
 mod services;

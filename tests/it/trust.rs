@@ -125,6 +125,32 @@ pub async fn tls_read(addr: SocketAddr, sni: &str, ca: &str) -> String {
     String::from_utf8_lossy(&out).trim_end().to_string()
 }
 
+/// The certificate (DER) a TLS listener presents for `sni`, checked
+/// against `ca`; empty when the handshake fails.
+pub async fn peer_certificate(addr: SocketAddr, sni: &str, ca: String) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs_of(&ca) {
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_string()).expect("name");
+    match within(10, TlsConnector::from(Arc::new(config)).connect(name, tcp)).await {
+        Ok(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// What a plain client reads (empty when the proxy closes).
 async fn plain_read(addr: SocketAddr) -> String {
     let mut c = TcpStream::connect(addr).await.expect("connect");

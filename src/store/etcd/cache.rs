@@ -18,10 +18,13 @@ use crate::store::{unservable, unservable_reason, Entry};
 pub(super) fn parse_key(prefix: &str, key: &str) -> Option<(Kind, String)> {
     let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
     let (dir, id) = rest.split_once('/')?;
-    if id.is_empty() || id.contains('/') {
+    let kind = Kind::from_segment(dir)?;
+    // A secret's id is `manager/id` (`/apisix/secrets/vault/1`).
+    let nested = kind == Kind::Secret && id.split('/').all(|p| !p.is_empty());
+    if id.is_empty() || (id.contains('/') && !(nested && id.matches('/').count() == 1)) {
         return None;
     }
-    Some((Kind::from_segment(dir)?, id.to_string()))
+    Some((kind, id.to_string()))
 }
 
 /// Check a stored value as APISIX's readers do: a route naming a plugin
