@@ -313,14 +313,19 @@ impl Resolver {
                 continue;
             };
             let value = fetch(&r, &conf).await;
-            lock(&self.fetched).insert(
+            let old = lock(&self.fetched).insert(
                 text,
                 Fetched {
-                    value,
+                    value: value.clone(),
                     at: Instant::now(),
-                    conf,
+                    conf: Arc::clone(&conf),
                 },
             );
+            // Objects compiled earlier with the old value get the new one.
+            if old.is_some_and(|o| *o.conf == *conf && o.value != value) {
+                self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.changed.notify_one();
+            }
         }
     }
 

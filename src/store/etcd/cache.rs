@@ -20,8 +20,8 @@ pub(super) fn parse_key(prefix: &str, key: &str) -> Option<(Kind, String)> {
     let (dir, id) = rest.split_once('/')?;
     let kind = Kind::from_segment(dir)?;
     // A secret's id is `manager/id` (`/apisix/secrets/vault/1`).
-    let nested = kind == Kind::Secret && id.split('/').all(|p| !p.is_empty());
-    if id.is_empty() || (id.contains('/') && !(nested && id.matches('/').count() == 1)) {
+    let parts = if kind == Kind::Secret { 2 } else { 1 };
+    if id.split('/').count() != parts || id.split('/').any(str::is_empty) {
         return None;
     }
     Some((kind, id.to_string()))
@@ -369,7 +369,14 @@ mod tests {
             parse_key(p, "/apisix/ssls/x"),
             Some((Kind::Ssl, "x".into()))
         );
+        assert_eq!(
+            parse_key(p, "/apisix/secrets/vault/1"),
+            Some((Kind::Secret, "vault/1".into()))
+        );
         for other in [
+            "/apisix/secrets/vault",
+            "/apisix/secrets/vault/",
+            "/apisix/secrets/vault/1/x",
             "/apisix/stream_routes/",
             "/apisix/routes/1",
             "/apisix/gen_id",
