@@ -401,3 +401,92 @@ async fn certificates_come_from_vault_through_a_secrets_object() {
     );
     assert_eq!(tls_read(listener, "vault.test", &ca.pem()).await, "");
 }
+
+#[tokio::test]
+async fn standalone_files_carry_secrets_and_unresolvable_routes_refuse_their_clients() {
+    let ca = TestCa::new("yaml ca");
+    let leaf = ca.issue(&["yaml.test"]);
+    let data: VaultData = Arc::default();
+    data.lock().expect("data").insert(
+        "kv/apisix/front".into(),
+        json!({"cert": leaf.cert, "key": leaf.key}),
+    );
+    let (vault, _task) = fake_vault("yaml-token", data).await;
+    let wide = crate::backend::Backend::start("wide", crate::backend::Mode::Greet).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apisix.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"secrets:
+  - id: vault/1
+    uri: http://{vault}
+    prefix: kv
+    token: yaml-token
+ssls:
+  - id: front
+    cert: $secret://vault/1/apisix/front/cert
+    key: $secret://vault/1/apisix/front/key
+    snis: [yaml.test]
+stream_routes:
+  - id: narrow
+    remote_addr: 127.0.0.1
+    plugins:
+      syslog:
+        host: $env://TEST_SYSLOG_HOST_SURELY_UNSET
+        port: 514
+        log_format: {{client: $remote_addr}}
+    upstream:
+      nodes:
+        "{wide}": 1
+  - id: wide
+    upstream:
+      nodes:
+        "{wide}": 1
+#END
+"#,
+            wide = wide.addr
+        ),
+    )
+    .expect("write apisix.yaml");
+    let mut tls = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    tls.tls = true;
+    let plain = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    let path = file.clone();
+    let s = TestServer::start_full(
+        dir,
+        |y| y.replace("config_provider: local", "config_provider: yaml"),
+        move |c| {
+            c.deployment.standalone_file = path;
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![plain, tls];
+            }
+        },
+    )
+    .await;
+    let (plain, tls) = (s.tcp[0], s.tcp[1]);
+    // The certificate comes from Vault through the file's secrets object
+    // (only the handshake is looked at).
+    let got = crate::trust::peer_certificate(tls, "yaml.test", ca.pem()).await;
+    let want = rustls_pemfile::certs(&mut leaf.cert.as_bytes())
+        .next()
+        .expect("a cert")
+        .expect("pem")
+        .to_vec();
+    assert_eq!(got, want);
+    // The route whose plugin setting does not resolve refuses the clients
+    // its filters catch; the others are served.
+    let mut narrow = crate::backend::connect_from("127.0.0.1", plain).await;
+    assert_eq!(crate::backend::read_line(&mut narrow).await, "");
+    let mut other = crate::backend::connect_from("127.0.0.2", plain).await;
+    assert_eq!(crate::backend::read_line(&mut other).await, "wide");
+    let why = skipped(s.control(), "stream_routes", "narrow")
+        .await
+        .expect("narrow is skipped");
+    assert!(
+        why.contains("$env://TEST_SYSLOG_HOST_SURELY_UNSET") && why.contains("plugins.syslog.host"),
+        "{why}"
+    );
+    assert_eq!(skipped(s.control(), "ssls", "front").await, None);
+}
