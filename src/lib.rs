@@ -4,8 +4,8 @@
 //! Module map:
 //! - [`config`]: `conf/config.yaml` with APISIX's keys, validated before
 //!   anything binds; admin key generation and write-back.
-//! - [`model`]: stream routes, upstreams and SSL objects, validated with
-//!   APISIX's rules and error texts.
+//! - [`model`]: stream routes, upstreams, SSL objects, services, plugin
+//!   metadata and secrets, validated with APISIX's rules and error texts.
 //! - [`store`]: where those objects live (the embedded crash-safe store by
 //!   default, an etcd cluster shared with other proxies, or a read-only
 //!   standalone `apisix.yaml`) behind one trait; the three share one

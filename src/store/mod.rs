@@ -1,4 +1,4 @@
-//! Where stream routes, upstreams, SSL objects, services and plugin metadata live.
+//! Where stream routes, upstreams, SSL objects, services, plugin metadata and secrets live.
 //!
 //! The Admin API and the data plane see storage only through the [`Store`]
 //! trait: reads, writes that are durable before they return, an etcd-like
