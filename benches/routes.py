@@ -2,7 +2,8 @@
 """Route-scale benchmark of apisix-stream's write path.
 
 For each route count it starts a fresh server (local store in a temporary
-directory), loads that many stream routes through the Admin API with
+directory, or, with `--store etcd`, a throwaway etcd on loopback ephemeral
+ports), loads that many stream routes through the Admin API with
 keep-alive clients, then measures:
 
 - load rate: PUT/s while loading (concurrent keep-alive clients);
@@ -13,6 +14,7 @@ keep-alive clients, then measures:
   growth over the empty server's RSS.
 
 Usage: benches/routes.py --bin target/release/apisix-stream [--routes 1000 10000]
+                         [--store local|etcd|both]
 Prints one table row per route count and the targets each row meets.
 """
 
@@ -61,7 +63,18 @@ def backend(greeting):
     return srv.getsockname()[1]
 
 
-def config(data, admin, control, tcp):
+def config(data, admin, control, tcp, etcd_url=None):
+    provider = "etcd" if etcd_url else "local"
+    etcd = (
+        f"""  etcd:
+    host:
+      - "{etcd_url}"
+    prefix: /apisix
+    timeout: 30
+"""
+        if etcd_url
+        else ""
+    )
     return f"""apisix:
   proxy_mode: stream
   stream_proxy:
@@ -72,9 +85,9 @@ def config(data, admin, control, tcp):
     ip: 127.0.0.1
     port: {control}
 deployment:
-  role: traditional
+{etcd}  role: traditional
   role_traditional:
-    config_provider: local
+    config_provider: {provider}
   local:
     data_dir: "{data}"
   admin:
@@ -168,12 +181,57 @@ def wait_port(port, proc, secs=600):
     sys.exit(f"port {port} not listening after {secs}s")
 
 
-def run(binary, n, clients, churn, applies):
+def start_etcd(tmp, etcd_bin):
+    """A throwaway single-member etcd on loopback ephemeral ports."""
+    client, peer = free_port(), free_port()
+    url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    log = open(os.path.join(tmp, "etcd.log"), "w")
+    proc = subprocess.Popen(
+        [
+            etcd_bin,
+            "--data-dir", os.path.join(tmp, "etcd"),
+            "--name", "bench",
+            "--listen-client-urls", url,
+            "--advertise-client-urls", url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"bench={peer_url}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    end = time.time() + 30
+    while time.time() < end:
+        if proc.poll() is not None:
+            sys.exit(f"etcd exited with {proc.returncode} (see {tmp}/etcd.log)")
+        try:
+            with socket.create_connection(("127.0.0.1", client), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                if b'"health":"true"' in s.recv(4096):
+                    return proc, url
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit("etcd not healthy within 30 s")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(binary, n, clients, churn, applies, store="local", etcd_bin="etcd"):
     tmp = tempfile.mkdtemp(prefix="routes-bench-")
+    etcd, etcd_url = start_etcd(tmp, etcd_bin) if store == "etcd" else (None, None)
     admin, control, tcp = free_port(), free_port(), free_port()
     cfg = os.path.join(tmp, "config.yaml")
     with open(cfg, "w") as f:
-        f.write(config(os.path.join(tmp, "data"), admin, control, tcp))
+        f.write(config(os.path.join(tmp, "data"), admin, control, tcp, etcd_url))
     log = open(os.path.join(tmp, "server.log"), "w")
     proc = subprocess.Popen([binary, "serve", "-c", cfg], stdout=log, stderr=log)
     try:
@@ -228,6 +286,7 @@ def run(binary, n, clients, churn, applies):
             apply.append((time.perf_counter() - t) * 1000)
 
         return {
+            "store": store,
             "routes": n,
             "put_p50_ms": round(pct(lat, 50), 2),
             "put_p99_ms": round(pct(lat, 99), 2),
@@ -240,11 +299,9 @@ def run(binary, n, clients, churn, applies):
             "kib_per_route": round((rss_churned - rss_empty) / n, 2),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+        if etcd:
+            stop(etcd)
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
@@ -255,18 +312,22 @@ def main():
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--churn", type=int, default=500)
     ap.add_argument("--applies", type=int, default=20)
+    ap.add_argument("--store", choices=["local", "etcd", "both"], default="local")
+    ap.add_argument("--etcd-bin", default="etcd", help="etcd program for --store etcd")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     rows = []
-    print("| routes | PUT p50 | PUT p99 | apply p50 / max | load PUT/s | RSS loaded | RSS after churn | KiB/route |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in args.routes:
-        r = run(args.bin, n, args.clients, args.churn, args.applies)
+    stores = ["local", "etcd"] if args.store == "both" else [args.store]
+    print("| store | routes | PUT p50 | PUT p99 | apply p50 / max | load PUT/s | RSS empty | RSS loaded | RSS after churn | KiB/route |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for store, n in [(st, n) for st in stores for n in args.routes]:
+        r = run(args.bin, n, args.clients, args.churn, args.applies, store, args.etcd_bin)
         rows.append(r)
         print(
-            f"| {n} | {r['put_p50_ms']} ms | {r['put_p99_ms']} ms | "
+            f"| {store} | {n} | {r['put_p50_ms']} ms | {r['put_p99_ms']} ms | "
             f"{r['apply_p50_ms']} / {r['apply_max_ms']} ms | {r['load_put_per_s']} | "
-            f"{r['rss_mib_loaded']} MiB | {r['rss_mib_after_churn']} MiB | {r['kib_per_route']} |",
+            f"{r['rss_mib_empty']} MiB | {r['rss_mib_loaded']} MiB | "
+            f"{r['rss_mib_after_churn']} MiB | {r['kib_per_route']} |",
             flush=True,
         )
         met = {

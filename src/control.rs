@@ -517,8 +517,8 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
             }
         },
     );
-    let node_rows: Vec<(String, String, &Arc<crate::stats::NodeStats>)> = snap
-        .routes()
+    let routes = snap.routes();
+    let node_rows: Vec<(String, String, &Arc<crate::stats::NodeStats>)> = routes
         .iter()
         .filter_map(|r| r.upstream.as_ref().ok().map(|u| (r, u)))
         .flat_map(|(r, u)| {

@@ -82,7 +82,6 @@ struct Group {
 /// Node selection state for one upstream version. Built once when the config changes, shared
 /// by all connections (Send + Sync), lock-free or nearly so on the hot path.
 pub struct Balancer {
-    lb_name: String,
     lb: LbType,
     backends: Vec<Backend>,
     /// Priority groups, highest priority first.
@@ -94,7 +93,7 @@ pub struct Balancer {
 impl fmt::Debug for Balancer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
-            .field("lb", &self.lb_name)
+            .field("lb", &lb_name(&self.lb))
             .field(
                 "backends",
                 &self.backends.iter().map(|b| &b.label).collect::<Vec<_>>(),
@@ -185,7 +184,6 @@ impl Balancer {
         };
         let in_flight: Arc<[AtomicUsize]> = backends.iter().map(|_| AtomicUsize::new(0)).collect();
         Balancer {
-            lb_name: lb_name(lb).to_string(),
             lb: lb.clone(),
             backends,
             groups,
@@ -201,7 +199,7 @@ impl Balancer {
     /// The algorithm name as configured (`roundrobin`, `chash`, `least_conn`, or the unknown
     /// name).
     pub fn lb_name(&self) -> &str {
-        &self.lb_name
+        lb_name(&self.lb)
     }
 
     /// Choose a node. `key`: the chash key bytes (ignored by other types; None => caller had
@@ -260,7 +258,7 @@ impl Balancer {
                 });
             }
             tracing::trace!(
-                lb = %self.lb_name,
+                lb = %self.lb_name(),
                 priority = group.priority,
                 "failed to get server from current priority, try next one"
             );

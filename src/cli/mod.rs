@@ -26,9 +26,9 @@ use args::{
 use client::{AdminClient, Endpoint};
 use output::emit;
 
-/// Threads of the control plane's blocking pool (store writes, snapshot
-/// builds). Few threads keep the long-lived objects they allocate in few
-/// malloc arenas instead of one per thread, which measurably costs memory.
+/// Threads of the control plane's blocking pool (store writes). Few
+/// threads keep the long-lived objects they allocate in few malloc arenas
+/// instead of one per thread, which measurably costs memory.
 const BLOCKING_THREADS: usize = 4;
 
 /// Config file used when `-c` is not given (only if it exists).

@@ -34,7 +34,7 @@ pub mod prometheus;
 pub mod syslog;
 pub mod traffic_split;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -368,7 +368,7 @@ pub struct BuildCtx<'a> {
     /// Process-wide plugin state.
     pub shared: &'a Shared,
     /// Stored upstreams by id.
-    pub upstreams: &'a HashMap<String, Arc<UpstreamRt>>,
+    pub upstreams: &'a imbl::OrdMap<String, Arc<UpstreamRt>>,
     /// Compile an inline upstream (origin, JSON).
     pub compile: &'a CompileUpstream<'a>,
     /// The counters of a node (by label) under this route.
@@ -698,7 +698,8 @@ mod tests {
             ("2", serde_json::json!({"ip-restriction": {}})),
             ("3", serde_json::json!({})),
         ]);
-        let ids: Vec<&str> = snap.routes().iter().map(|r| r.id.as_str()).collect();
+        let routes = snap.routes();
+        let ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(
             ids,
             ["1", "2", "3"],

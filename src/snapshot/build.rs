@@ -1,16 +1,18 @@
-//! Compiling a [`Snapshot`] from a store dump, reusing what the previous
-//! snapshot compiled.
+//! Compiling a [`Snapshot`]: the previous snapshot plus the store's changes.
 //!
-//! Each object is compiled once and its compiled form reused until it
-//! changes or something it names changes: a stream route is reused while
-//! its stored value is the same (same `Arc`, same `mod_rev`), every upstream
-//! it names (`upstream_id`, traffic-split's `upstream_id`s) is the same
-//! compiled object, and, when it names an SSL object (`client_cert_id`), no
-//! SSL object changed. SSL objects (and the SNI index) are recompiled only
-//! when one of them changed; the route index is updated for the routes
-//! added, removed or refiltered, and kept as is otherwise. Unchanged routes
-//! cost a pointer comparison each, so a write costs about the same whatever
-//! the number of routes.
+//! A snapshot's collections are persistent maps, so the next one starts as
+//! a copy that shares everything and is changed only where the store
+//! changed: each object changed is compiled again, and so is each object
+//! that names something changed — a stream route naming an upstream (its
+//! `upstream_id`, traffic-split's `upstream_id`s) that was recompiled,
+//! added or removed, a stream route or an upstream naming an SSL object
+//! (`client_cert_id`) after SSL objects changed, an upstream that gains or
+//! loses the routes naming it (it gets or drops its health checker). SSL
+//! objects (and the SNI index) are recompiled only when one of them
+//! changed; the route index takes out and puts back only the routes
+//! compiled again. So a write costs what it touches, whatever the number of
+//! routes. A whole store (the first build, or after the store replaced
+//! everything) is compared with the previous snapshot to find what changed.
 //!
 //! Each object compiles on its own: one that fails (or panics while
 //! compiling) is logged once, left out, and listed in
@@ -19,15 +21,18 @@
 //! refuses the connections they catch, so its clients never fall through to
 //! a wider route; only one whose filters cannot be read is left out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{matcher, Carry, RouteRt, Snapshot, UpstreamRt, UpstreamSource};
+use imbl::OrdMap;
+
+use super::{service, Carry, RouteRt, Snapshot, UpstreamRt, UpstreamSource};
 use crate::model::{Kind, StreamRoute};
 use crate::plugins;
+use crate::store::index::Key;
 use crate::store::{unservable_reason, Dump, Entry};
 use crate::tls;
 
@@ -63,11 +68,6 @@ impl RouteSource {
             uses_ssl,
             problem: None,
         }
-    }
-
-    /// Whether `e` is the very value this was compiled from.
-    fn same(&self, e: &Entry) -> bool {
-        self.mod_rev == e.mod_rev && Arc::ptr_eq(&self.value, &e.value)
     }
 }
 
@@ -140,7 +140,6 @@ fn refusing_route(
         server_port: r.server_port,
         sni: r.sni,
         upstream: Err(refused),
-        plugins: serde_json::Map::new(),
         chain: plugins::Chain::default(),
         stats: carry.stats.route(&e.id),
         node_stats: Vec::new(),
@@ -148,34 +147,125 @@ fn refusing_route(
     })
 }
 
-/// A stream route of the dump and what the previous snapshot made of it.
-struct Item<'a> {
-    entry: &'a Entry,
-    /// The previous compiled route (with its position) or left-out record.
-    old: Old<'a>,
-    /// The parsed route, unless the previous compiled form may be reused
-    /// (boxed: most items have none, and the list is walked per write).
-    parsed: Option<Box<Result<StreamRoute, String>>>,
+/// One stored object's change: its key and new entry (values opened), or
+/// None when it was removed.
+pub type Update = (Key, Option<Entry>);
+
+/// Whether a route has a health checker of its own (an inline upstream's).
+fn inline_checker(r: &RouteRt) -> bool {
+    r.upstream
+        .as_ref()
+        .is_ok_and(|u| u.upstream_id.is_none() && u.health().is_some())
 }
 
-enum Old<'a> {
-    None,
-    Route(usize, &'a Arc<RouteRt>),
-    LeftOut(&'a RouteSource),
+/// Whether two stored values are the same (shared, or equal).
+fn same_value(a: &Arc<Value>, b: &Arc<Value>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
-impl Old<'_> {
-    fn source(&self) -> Option<&RouteSource> {
-        match self {
-            Old::None => None,
-            Old::Route(_, r) => Some(&r.source),
-            Old::LeftOut(s) => Some(s),
+/// What differs between `dump` and the objects `prev` was built from.
+pub(super) fn diff(dump: &Dump, prev: &Snapshot) -> Vec<Update> {
+    let mut out = Vec::new();
+    let mut present: HashSet<(Kind, &str)> = HashSet::with_capacity(dump.entries.len());
+    for e in &dump.entries {
+        present.insert((e.kind, e.id.as_str()));
+        let unchanged = match e.kind {
+            Kind::StreamRoute => prev
+                .route_source(&e.id)
+                .is_some_and(|s| s.mod_rev == e.mod_rev && same_value(&s.value, &e.value)),
+            Kind::Upstream => prev
+                .stored_upstreams
+                .get(&e.id)
+                .is_some_and(|o| o.mod_rev == e.mod_rev && same_value(&o.value, &e.value)),
+            Kind::Ssl => prev
+                .ssl_sources
+                .get(&e.id)
+                .is_some_and(|v| same_value(v, &e.value)),
+            // Merged into routes and put in force before the build.
+            Kind::Service | Kind::PluginMetadata | Kind::Secret => true,
+        };
+        if !unchanged {
+            out.push(((e.kind, e.id.clone()), Some(e.clone())));
+        }
+    }
+    let gone = |kind: Kind, id: &String| !present.contains(&(kind, id.as_str()));
+    let routes = prev.routes.keys().chain(prev.left_out.keys());
+    let removed = routes
+        .filter(|id| gone(Kind::StreamRoute, id))
+        .map(|id| (Kind::StreamRoute, id.clone()))
+        .chain(
+            prev.stored_upstreams
+                .keys()
+                .filter(|id| gone(Kind::Upstream, id))
+                .map(|id| (Kind::Upstream, id.clone())),
+        )
+        .chain(
+            prev.ssl_sources
+                .keys()
+                .filter(|id| gone(Kind::Ssl, id))
+                .map(|id| (Kind::Ssl, id.clone())),
+        );
+    out.extend(removed.map(|k| (k, None)));
+    out
+}
+
+impl Snapshot {
+    /// What a stored stream route (served or left out) was compiled from.
+    fn route_source(&self, id: &str) -> Option<&RouteSource> {
+        self.routes
+            .get(id)
+            .map(|r| &r.source)
+            .or_else(|| self.left_out.get(id))
+    }
+
+    /// Take a stream route out of every collection but `named`, returning
+    /// what it was compiled from.
+    fn take_route(&mut self, id: &str) -> Option<RouteSource> {
+        let source = match self.routes.remove(id) {
+            Some(r) => {
+                Arc::make_mut(&mut self.index).remove(&r);
+                if inline_checker(&r) {
+                    self.checkers_changed = true;
+                }
+                r.source.clone()
+            }
+            None => self.left_out.remove(id)?,
+        };
+        self.rejected.remove(&(Kind::StreamRoute, id.to_string()));
+        for uid in &source.refs {
+            self.users.remove(&(uid.clone(), id.to_string()));
+        }
+        if source.uses_ssl {
+            self.ssl_users.remove(id);
+        }
+        Some(source)
+    }
+
+    /// Record what a compiled or left-out stream route names.
+    fn note_refs(&mut self, id: &str, source: &RouteSource) {
+        for uid in &source.refs {
+            self.users.insert((uid.clone(), id.to_string()));
+        }
+        if source.uses_ssl {
+            self.ssl_users.insert(id.to_string());
+        }
+        if let Some(why) = &source.problem {
+            self.rejected
+                .insert((Kind::StreamRoute, id.to_string()), why.clone());
         }
     }
 }
 
-fn count(named: &mut HashMap<String, usize>, id: Option<&String>, add: bool) {
+/// Count one more (or one less) route naming upstream `id`, noting it in
+/// `touched`.
+fn count(
+    named: &mut OrdMap<String, usize>,
+    touched: &mut BTreeSet<String>,
+    id: Option<&String>,
+    add: bool,
+) {
     let Some(id) = id else { return };
+    touched.insert(id.clone());
     if add {
         *named.entry(id.clone()).or_default() += 1;
     } else if let Some(n) = named.get_mut(id) {
@@ -186,125 +276,130 @@ fn count(named: &mut HashMap<String, usize>, id: Option<&String>, add: bool) {
     }
 }
 
-/// Whether a route has a health checker of its own (an inline upstream's).
-fn inline_checker(r: &RouteRt) -> bool {
-    r.upstream
-        .as_ref()
-        .is_ok_and(|u| u.upstream_id.is_none() && u.health().is_some())
-}
+/// A stream route to compile: its entry, and the parse when done already.
+type Todo = (Entry, Option<Result<StreamRoute, String>>);
 
-/// Whether the routes at the same position filter connections the same way.
-fn same_filters(a: &RouteRt, b: &RouteRt) -> bool {
-    a.remote_addr == b.remote_addr
-        && a.server_addr == b.server_addr
-        && a.server_port == b.server_port
-        && a.sni == b.sni
-}
-
-/// Compile `dump`, reusing what `prev` compiled (see the module comment).
-pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
-    let mut rejected: BTreeMap<(Kind, String), String> = BTreeMap::new();
+/// The snapshot `prev` becomes with `updates` at `revision` (see the
+/// module comment): only what the updates touch is compiled.
+pub(super) fn apply(
+    prev: &Snapshot,
+    revision: u64,
+    updates: Vec<Update>,
+    carry: &Carry,
+) -> Snapshot {
+    let mut next = Snapshot {
+        revision,
+        routes: prev.routes.clone(),
+        index: Arc::clone(&prev.index),
+        upstreams: prev.upstreams.clone(),
+        tls: Arc::clone(&prev.tls),
+        rejected: prev.rejected.clone(),
+        left_out: prev.left_out.clone(),
+        stored_upstreams: prev.stored_upstreams.clone(),
+        named: prev.named.clone(),
+        users: prev.users.clone(),
+        ssl_users: prev.ssl_users.clone(),
+        ssl_sources: prev.ssl_sources.clone(),
+        ssl_failed: prev.ssl_failed,
+        checkers_changed: false,
+        services: service::Services::default(),
+    };
+    next.services.generation = prev.services.generation;
+    let mut todo: BTreeMap<String, Todo> = BTreeMap::new();
+    let mut upstream_todo: BTreeSet<String> = BTreeSet::new();
+    let mut ssl_touched = false;
+    let mut named_touched: BTreeSet<String> = BTreeSet::new();
+    for ((kind, id), entry) in updates {
+        match kind {
+            Kind::Ssl => {
+                ssl_touched = true;
+                match entry {
+                    Some(e) => next.ssl_sources.insert(id, e.value),
+                    None => next.ssl_sources.remove(&id),
+                };
+            }
+            Kind::Upstream => {
+                match entry {
+                    Some(e) => next.stored_upstreams.insert(id.clone(), e),
+                    None => next.stored_upstreams.remove(&id),
+                };
+                upstream_todo.insert(id);
+            }
+            // Merged into routes and put in force by a whole build.
+            Kind::Service | Kind::PluginMetadata | Kind::Secret => {}
+            Kind::StreamRoute => {
+                if let Some(old) = next.take_route(&id) {
+                    let named = &mut next.named;
+                    count(named, &mut named_touched, old.upstream_id.as_ref(), false);
+                }
+                if let Some(e) = entry {
+                    let parsed = parse(&e);
+                    if let Ok(r) = &parsed {
+                        if r.superior_id.is_none() {
+                            let named = &mut next.named;
+                            count(named, &mut named_touched, r.upstream_id.as_ref(), true);
+                        }
+                    }
+                    todo.insert(id, (e, Some(parsed)));
+                }
+            }
+        }
+    }
 
     // SSL objects: certificates and the SNI index change only with them.
-    let mut ssl_sources: Vec<(String, Arc<Value>)> = dump
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::Ssl)
-        .map(|e| (e.id.clone(), Arc::clone(&e.value)))
-        .collect();
-    let ssl_changed = ssl_sources != prev.ssl_sources;
-    let certs = if ssl_changed {
+    let ssl_changed = ssl_touched && (next.ssl_failed || next.ssl_sources != prev.ssl_sources);
+    if ssl_changed {
         let built = guarded(|| {
             Ok(tls::TlsCerts::build(
-                ssl_sources.iter().map(|(id, v)| (id.as_str(), &**v)),
+                next.ssl_sources.iter().map(|(id, v)| (id.as_str(), &**v)),
                 Some(&prev.tls),
             ))
         });
-        match built {
-            Ok(c) => Arc::new(c),
+        let stale: Vec<(Kind, String)> = next
+            .rejected
+            .range((Kind::Ssl, String::new())..)
+            .take_while(|((k, _), _)| *k == Kind::Ssl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            next.rejected.remove(&k);
+        }
+        next.tls = match built {
+            Ok(c) => {
+                next.ssl_failed = false;
+                Arc::new(c)
+            }
             Err(why) => {
                 tracing::warn!(error = %why, "ssl objects skipped");
-                for (id, _) in &ssl_sources {
-                    rejected.insert((Kind::Ssl, id.clone()), why.clone());
+                for id in next.ssl_sources.keys() {
+                    next.rejected.insert((Kind::Ssl, id.clone()), why.clone());
                 }
                 // Compiled again on the next change.
-                ssl_sources.clear();
+                next.ssl_failed = true;
                 Arc::new(tls::TlsCerts::default())
             }
+        };
+        for (id, why) in next.tls.rejected() {
+            next.rejected.insert((Kind::Ssl, id.clone()), why.clone());
         }
-    } else {
-        Arc::clone(&prev.tls)
-    };
-    for (id, why) in certs.rejected() {
-        rejected.insert((Kind::Ssl, id.clone()), why.clone());
+        // Upstreams naming an SSL object are compiled again.
+        for (id, e) in next.stored_upstreams.iter() {
+            let names_ssl = e
+                .value
+                .get("tls")
+                .and_then(|t| t.get("client_cert_id"))
+                .is_some();
+            if names_ssl {
+                upstream_todo.insert(id.clone());
+            }
+        }
     }
 
-    // Routes, merged with the previous ones (both in id order): those whose
-    // stored value is unchanged may be reused; the others are parsed now.
-    let mut named = prev.named.clone();
-    let mut items = Vec::with_capacity(prev.routes.len().saturating_add(16));
-    let mut kept_left_out: HashSet<&str> = HashSet::new();
-    let mut old_routes = prev.routes.iter().enumerate().peekable();
-    for e in dump.entries.iter().filter(|e| e.kind == Kind::StreamRoute) {
-        let mut old = Old::None;
-        while let Some((i, r)) = old_routes.peek() {
-            if Arc::ptr_eq(&r.source.value, &e.value) {
-                // The very value it was compiled from: same id.
-                old = Old::Route(*i, r);
-                old_routes.next();
-                break;
-            }
-            if r.id.as_str() < e.id.as_str() {
-                count(&mut named, r.source.upstream_id.as_ref(), false);
-                old_routes.next();
-            } else {
-                if r.id == e.id {
-                    old = Old::Route(*i, r);
-                    old_routes.next();
-                }
-                break;
-            }
-        }
-        if matches!(old, Old::None) {
-            if let Some(s) = prev.left_out.get(&e.id) {
-                old = Old::LeftOut(s);
-            }
-        }
-        let parsed = match old.source() {
-            Some(s) if s.same(e) => {
-                if matches!(old, Old::LeftOut(_)) {
-                    kept_left_out.insert(&e.id);
-                }
-                None
-            }
-            other => {
-                if let Some(s) = other {
-                    count(&mut named, s.upstream_id.as_ref(), false);
-                    if matches!(old, Old::LeftOut(_)) {
-                        kept_left_out.insert(&e.id);
-                    }
-                }
-                let p = parse(e);
-                if let Ok(r) = &p {
-                    if r.superior_id.is_none() {
-                        count(&mut named, r.upstream_id.as_ref(), true);
-                    }
-                }
-                Some(Box::new(p))
-            }
-        };
-        items.push(Item {
-            entry: e,
-            old,
-            parsed,
-        });
-    }
-    for (_, r) in old_routes {
-        count(&mut named, r.source.upstream_id.as_ref(), false);
-    }
-    for (id, s) in &prev.left_out {
-        if !kept_left_out.contains(id.as_str()) {
-            count(&mut named, s.upstream_id.as_ref(), false);
+    // Upstreams whose being named by a route changed gain or lose a checker.
+    let enabled = carry.health.enabled();
+    for id in named_touched {
+        if prev.named.contains_key(&id) != next.named.contains_key(&id) {
+            upstream_todo.insert(id);
         }
     }
 
@@ -312,7 +407,7 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
     // same; an upstream that a stream route names and that has `checks` gets
     // a checker (sharing the targets of the one it replaces), unless health
     // checks are off.
-    let enabled = carry.health.enabled();
+    let certs = Arc::clone(&next.tls);
     let compile = |origin: String,
                    id: Option<String>,
                    src: UpstreamSource,
@@ -337,156 +432,123 @@ pub(super) fn build(dump: &Dump, prev: &Snapshot, carry: &Carry) -> Snapshot {
             }))
         })
     };
-
-    let mut upstreams = HashMap::new();
-    for e in dump.entries.iter().filter(|e| e.kind == Kind::Upstream) {
-        let checked = enabled && named.contains_key(&e.id);
-        match compile(
-            format!("upstreams/{}", e.id),
-            Some(e.id.clone()),
-            UpstreamSource::Stored(Arc::clone(&e.value)),
-            checked,
-        ) {
-            Ok(u) => {
+    let mut changed_upstreams = Vec::new();
+    for id in upstream_todo {
+        let old = next.upstreams.remove(&id);
+        next.rejected.remove(&(Kind::Upstream, id.clone()));
+        let compiled = next.stored_upstreams.get(&id).map(|e| {
+            let checked = enabled && next.named.contains_key(&id);
+            let src = UpstreamSource::Stored(Arc::clone(&e.value));
+            compile(format!("upstreams/{id}"), Some(id.clone()), src, checked)
+        });
+        let new = match compiled {
+            None => None,
+            Some(Ok(u)) => {
                 if let Some(Err(why)) = &u.tls {
-                    let reused = prev
-                        .upstreams
-                        .get(&e.id)
-                        .is_some_and(|o| Arc::ptr_eq(o, &u));
+                    let reused = old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &u));
                     if !reused {
-                        tracing::warn!(upstream_id = %e.id, error = %why, "upstream cannot speak TLS to its nodes");
+                        tracing::warn!(upstream_id = %id, error = %why, "upstream cannot speak TLS to its nodes");
                     }
-                    rejected.insert((Kind::Upstream, e.id.clone()), why.clone());
+                    next.rejected
+                        .insert((Kind::Upstream, id.clone()), why.clone());
                 }
-                upstreams.insert(e.id.clone(), u);
+                next.upstreams.insert(id.clone(), Arc::clone(&u));
+                Some(u)
             }
-            Err(err) => {
-                tracing::warn!(upstream_id = %e.id, error = %err, "upstream skipped");
-                rejected.insert((Kind::Upstream, e.id.clone()), err);
+            Some(Err(err)) => {
+                tracing::warn!(upstream_id = %id, error = %err, "upstream skipped");
+                next.rejected.insert((Kind::Upstream, id.clone()), err);
+                None
             }
+        };
+        let health = |u: &Option<Arc<UpstreamRt>>| {
+            u.as_ref()
+                .map(|u| u.health().map(|c| Arc::as_ptr(c) as usize))
+        };
+        if health(&old) != health(&new) {
+            next.checkers_changed = true;
+        }
+        let same = match (&old, &new) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            changed_upstreams.push(id);
         }
     }
 
-    // Routes: reuse, or compile.
-    let reusable = |s: &RouteSource| {
-        !(ssl_changed && s.uses_ssl)
-            && s.refs
-                .iter()
-                .all(|id| match (prev.upstreams.get(id), upstreams.get(id)) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                })
-    };
-    let mut routes: Vec<Arc<RouteRt>> = Vec::with_capacity(items.len());
-    let mut left_out = BTreeMap::new();
-    let mut remap: Vec<Option<usize>> = vec![None; prev.routes.len()];
-    let mut added = Vec::new();
-    let mut checkers_changed = false;
-    for item in items {
-        let e = item.entry;
-        if item.parsed.is_none() {
-            match item.old {
-                Old::Route(pos, r) if reusable(&r.source) => {
-                    if let Some(why) = &r.source.problem {
-                        rejected.insert((Kind::StreamRoute, e.id.clone()), why.clone());
-                    }
-                    remap[pos] = Some(routes.len());
-                    routes.push(Arc::clone(r));
-                    continue;
-                }
-                Old::LeftOut(s) if reusable(s) => {
-                    if let Some(why) = &s.problem {
-                        rejected.insert((Kind::StreamRoute, e.id.clone()), why.clone());
-                    }
-                    left_out.insert(e.id.clone(), s.clone());
-                    continue;
-                }
-                _ => {}
-            }
+    // Routes naming a changed upstream (or, after an SSL change, an SSL
+    // object) are compiled again from the value they were compiled from.
+    let mut dependents: BTreeSet<String> = BTreeSet::new();
+    for uid in &changed_upstreams {
+        let from = (uid.clone(), String::new());
+        dependents.extend(
+            next.users
+                .range(from..)
+                .take_while(|(u, _)| u == uid)
+                .map(|(_, rid)| rid.clone()),
+        );
+    }
+    if ssl_changed {
+        dependents.extend(next.ssl_users.iter().cloned());
+    }
+    for id in dependents {
+        if todo.contains_key(&id) {
+            continue;
         }
-        let parsed = match item.parsed {
-            Some(p) => *p,
-            None => parse(e),
-        };
-        let mut source = RouteSource::new(e, parsed.as_ref().ok());
+        // Its value is the same, and so are the upstreams it names.
+        if let Some(source) = next.take_route(&id) {
+            let e = Entry {
+                kind: Kind::StreamRoute,
+                id: id.clone(),
+                value: source.value,
+                create_rev: source.mod_rev,
+                mod_rev: source.mod_rev,
+            };
+            todo.insert(id, (e, None));
+        }
+    }
+
+    // Routes: compile those changed and those naming what changed.
+    let upstreams = next.upstreams.clone();
+    for (id, (e, parsed)) in todo {
+        let parsed = parsed.unwrap_or_else(|| parse(&e));
+        let mut source = RouteSource::new(&e, parsed.as_ref().ok());
         let compiled = match parsed {
             // xRPC subordinate routes are never matched directly.
             Ok(r) if r.superior_id.is_some() => {
-                left_out.insert(e.id.clone(), source);
+                next.note_refs(&id, &source);
+                next.left_out.insert(id, source);
                 continue;
             }
             Ok(r) => guarded(|| {
-                compile_route(e, r, source.clone(), carry, &upstreams, &|o, v, c| {
+                compile_route(&e, r, source.clone(), carry, &upstreams, &|o, v, c| {
                     compile(o, None, v, c && enabled)
                 })
             }),
             Err(err) => Err(err),
         };
-        let compiled = compiled.or_else(|err| refusing_route(e, err, source.clone(), carry));
+        let compiled = compiled.or_else(|err| refusing_route(&e, err, source.clone(), carry));
         match compiled {
             Ok(rt) => {
-                let pos = routes.len();
-                checkers_changed |= inline_checker(&rt);
-                if let Old::Route(_, r) = &item.old {
-                    checkers_changed |= inline_checker(r);
+                if inline_checker(&rt) {
+                    next.checkers_changed = true;
                 }
-                match item.old {
-                    Old::Route(old, r) if same_filters(r, &rt) => remap[old] = Some(pos),
-                    _ => added.push(pos),
-                }
-                if let Some(why) = &rt.source.problem {
-                    rejected.insert((Kind::StreamRoute, e.id.clone()), why.clone());
-                }
-                routes.push(Arc::new(rt));
+                let rt = Arc::new(rt);
+                next.note_refs(&id, &rt.source);
+                Arc::make_mut(&mut next.index).insert(&rt);
+                next.routes.insert(id, rt);
             }
             Err(err) => {
                 tracing::warn!(route_id = %e.id, error = %err, "stream route skipped");
-                rejected.insert((Kind::StreamRoute, e.id.clone()), err.clone());
                 source.problem = Some(err);
-                left_out.insert(e.id.clone(), source);
+                next.note_refs(&id, &source);
+                next.left_out.insert(id, source);
             }
         }
     }
-
-    checkers_changed = checkers_changed
-        || remap
-            .iter()
-            .zip(&prev.routes)
-            .any(|(m, r)| m.is_none() && inline_checker(r))
-        || upstreams.len() != prev.upstreams.len()
-        || upstreams.iter().any(|(id, u)| {
-            let health = |u: &Arc<UpstreamRt>| u.health().map(Arc::as_ptr);
-            prev.upstreams.get(id).map(health) != Some(health(u))
-        });
-    let same_layout = added.is_empty()
-        && routes.len() == prev.routes.len()
-        && remap.iter().enumerate().all(|(i, m)| *m == Some(i));
-    let index = if same_layout {
-        Arc::clone(&prev.index)
-    } else if added.len().saturating_mul(8) > routes.len() {
-        Arc::new(matcher::RouteIndex::build(&routes))
-    } else {
-        Arc::new(matcher::RouteIndex::update(
-            &prev.index,
-            &remap,
-            &added,
-            &routes,
-        ))
-    };
-    Snapshot {
-        revision: dump.revision,
-        routes,
-        index,
-        upstreams,
-        tls: certs,
-        rejected,
-        left_out,
-        named,
-        ssl_sources,
-        checkers_changed,
-        services: Default::default(),
-    }
+    next
 }
 
 /// Compiles an upstream: (origin, JSON, whether it may get a checker).
@@ -500,7 +562,7 @@ fn compile_route(
     r: StreamRoute,
     mut source: RouteSource,
     carry: &Carry,
-    upstreams: &HashMap<String, Arc<UpstreamRt>>,
+    upstreams: &OrdMap<String, Arc<UpstreamRt>>,
     compile: &CompileInline<'_>,
 ) -> Result<RouteRt, String> {
     let stats = &carry.stats;
@@ -559,7 +621,6 @@ fn compile_route(
         server_port: r.server_port,
         sni: r.sni.map(|s| s.to_ascii_lowercase()),
         upstream,
-        plugins: r.plugins,
         chain,
         stats: stats.route(&e.id),
         node_stats,

@@ -8,25 +8,58 @@
 //!
 //! Routes are indexed by `server_port` so the cost of matching depends only
 //! on the routes of the connection's port plus the port-less ones, never on
-//! routes of other ports. Each list is pre-sorted by precedence, so plain
-//! matching is "first route whose filters pass".
+//! routes of other ports. Each list is kept sorted by precedence, so plain
+//! matching is "first route whose filters pass", and a changed route is
+//! taken out and put back in its lists without touching the others.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use imbl::{OrdMap, OrdSet};
 use ipnet::IpNet;
 
 use super::{ConnInfo, RouteRt};
 
-/// Per-port lists of route positions, each sorted by precedence.
-#[derive(Debug, Default)]
+/// A route ordered by its id (so a list holds no copy of the id).
+#[derive(Debug, Clone)]
+struct ById(Arc<RouteRt>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+/// Where a route sorts in its list: the most specific first, then id order.
+type Rank = (Reverse<(bool, i16, i16)>, ById);
+
+/// Routes of one list, in precedence order.
+type List = OrdSet<Rank>;
+
+/// Per-port lists of routes, each in precedence order. The lists are
+/// persistent maps: a snapshot's index is its predecessor's with the
+/// changed routes removed and inserted, sharing everything else.
+#[derive(Debug, Default, Clone)]
 pub struct RouteIndex {
-    by_port_plain: HashMap<u16, Vec<usize>>,
-    by_port_sni: HashMap<u16, Vec<usize>>,
-    any_plain: Vec<usize>,
-    any_sni: Vec<usize>,
+    by_port_plain: OrdMap<u16, List>,
+    by_port_sni: OrdMap<u16, List>,
+    any_plain: List,
+    any_sni: List,
 }
 
 fn prefix(net: &Option<IpNet>) -> i16 {
@@ -85,68 +118,52 @@ pub fn reject_reason(r: &RouteRt, conn: &ConnInfo) -> Option<String> {
         .err()
 }
 
+fn rank(r: &Arc<RouteRt>) -> Rank {
+    (Reverse(specificity(r)), ById(Arc::clone(r)))
+}
+
 impl RouteIndex {
-    /// Index `routes` (given in id key order).
-    pub fn build(routes: &[Arc<RouteRt>]) -> RouteIndex {
+    /// Index `routes`.
+    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Arc<RouteRt>>) -> RouteIndex {
         let mut idx = RouteIndex::default();
-        for (i, r) in routes.iter().enumerate() {
-            idx.list_mut(r).push(i);
-        }
-        let order = |list: &mut Vec<usize>| {
-            list.sort_by_key(|&i| (Reverse(specificity(&routes[i])), i));
-        };
-        idx.by_port_plain.values_mut().for_each(order);
-        idx.by_port_sni.values_mut().for_each(order);
-        order(&mut idx.any_plain);
-        order(&mut idx.any_sni);
-        idx
-    }
-
-    /// The index of `routes` made from `prev`, the index of the previous
-    /// route list: `remap[i]` is the new position of the previous route at
-    /// `i` when it is still there with the same filters, and `added` holds
-    /// the positions of the routes that are new or whose filters changed.
-    /// Positions keep their order under `remap` (both lists are in id
-    /// order), so the kept lists stay sorted and only `added` is placed.
-    pub fn update(
-        prev: &RouteIndex,
-        remap: &[Option<usize>],
-        added: &[usize],
-        routes: &[Arc<RouteRt>],
-    ) -> RouteIndex {
-        let map = |list: &Vec<usize>| -> Vec<usize> {
-            list.iter()
-                .filter_map(|&i| remap.get(i).copied().flatten())
-                .collect()
-        };
-        let map_ports = |by_port: &HashMap<u16, Vec<usize>>| -> HashMap<u16, Vec<usize>> {
-            by_port
-                .iter()
-                .map(|(p, list)| (*p, map(list)))
-                .filter(|(_, list)| !list.is_empty())
-                .collect()
-        };
-        let mut idx = RouteIndex {
-            by_port_plain: map_ports(&prev.by_port_plain),
-            by_port_sni: map_ports(&prev.by_port_sni),
-            any_plain: map(&prev.any_plain),
-            any_sni: map(&prev.any_sni),
-        };
-        let key = |i: usize| (Reverse(specificity(&routes[i])), i);
-        for &i in added {
-            let list = idx.list_mut(&routes[i]);
-            let at = list.partition_point(|&j| key(j) < key(i));
-            list.insert(at, i);
+        for r in routes {
+            idx.insert(r);
         }
         idx
     }
 
-    fn list_mut(&mut self, r: &RouteRt) -> &mut Vec<usize> {
-        match (r.server_port, r.sni.is_some()) {
+    /// Add a route (one with the same id and filters is replaced).
+    pub fn insert(&mut self, r: &Arc<RouteRt>) {
+        let list = match (r.server_port, r.sni.is_some()) {
             (Some(p), false) => self.by_port_plain.entry(p).or_default(),
             (Some(p), true) => self.by_port_sni.entry(p).or_default(),
             (None, false) => &mut self.any_plain,
             (None, true) => &mut self.any_sni,
+        };
+        list.insert(rank(r));
+    }
+
+    /// Take a route out (found by its id and filters).
+    pub fn remove(&mut self, r: &Arc<RouteRt>) {
+        let key = rank(r);
+        let (by_port, any) = if r.sni.is_some() {
+            (&mut self.by_port_sni, &mut self.any_sni)
+        } else {
+            (&mut self.by_port_plain, &mut self.any_plain)
+        };
+        match r.server_port {
+            Some(p) => {
+                let emptied = by_port.get_mut(&p).is_some_and(|list| {
+                    list.remove(&key);
+                    list.is_empty()
+                });
+                if emptied {
+                    by_port.remove(&p);
+                }
+            }
+            None => {
+                any.remove(&key);
+            }
         }
     }
 
@@ -154,81 +171,73 @@ impl RouteIndex {
         &self,
         port: u16,
     ) -> (
-        impl Iterator<Item = usize> + '_,
-        impl Iterator<Item = usize> + '_,
+        impl Iterator<Item = &Arc<RouteRt>> + '_,
+        impl Iterator<Item = &Arc<RouteRt>> + '_,
     ) {
         let sni = self
             .by_port_sni
             .get(&port)
             .into_iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .chain(self.any_sni.iter())
-            .copied();
+            .map(|(_, r)| &r.0);
         let plain = self
             .by_port_plain
             .get(&port)
             .into_iter()
-            .flatten()
+            .flat_map(|l| l.iter())
             .chain(self.any_plain.iter())
-            .copied();
+            .map(|(_, r)| &r.0);
         (sni, plain)
     }
 
-    /// Position of the winning route in `routes`.
-    pub fn find(&self, routes: &[Arc<RouteRt>], conn: &ConnInfo) -> Option<usize> {
-        let (sni_list, plain_list) = self.lists(conn.server_port);
+    /// The winning route.
+    pub fn find(&self, conn: &ConnInfo) -> Option<&Arc<RouteRt>> {
+        let (sni_list, mut plain_list) = self.lists(conn.server_port);
         if let Some(name) = &conn.sni {
-            // (sni rank, specificity, position): the largest rank and
-            // specificity win, then the smallest position (id order).
-            type Candidate = ((u8, usize), (bool, i16, i16), usize);
-            let mut best: Option<Candidate> = None;
-            for i in sni_list {
-                let r = &routes[i];
+            // The largest sni rank and specificity win, then the smallest id.
+            type Candidate<'a> = ((u8, usize), (bool, i16, i16), &'a Arc<RouteRt>);
+            let mut best: Option<Candidate<'_>> = None;
+            for r in sni_list {
                 let Some(rank) = r.sni.as_deref().and_then(|p| sni_rank(p, name)) else {
                     continue;
                 };
                 if reject_reason(r, conn).is_some() {
                     continue;
                 }
-                let cand = (rank, specificity(r), i);
+                let spec = specificity(r);
                 let better = match &best {
                     None => true,
-                    Some((br, bs, bi)) => (rank, cand.1, Reverse(i)) > (*br, *bs, Reverse(*bi)),
+                    Some((br, bs, b)) => {
+                        (rank, spec) > (*br, *bs) || ((rank, spec) == (*br, *bs) && r.id < b.id)
+                    }
                 };
                 if better {
-                    best = Some(cand);
+                    best = Some((rank, spec, r));
                 }
             }
-            if let Some((_, _, i)) = best {
-                return Some(i);
+            if let Some((_, _, r)) = best {
+                return Some(r);
             }
         }
-        plain_list
-            .into_iter()
-            .find(|&i| reject_reason(&routes[i], conn).is_none())
+        plain_list.find(|r| reject_reason(r, conn).is_none())
     }
 
     /// Every route of the connection's port (and the port-less ones), the
     /// winner first, each loser with the reason it lost.
-    pub fn explain(
-        &self,
-        routes: &[Arc<RouteRt>],
-        conn: &ConnInfo,
-    ) -> Vec<(Arc<RouteRt>, Option<String>)> {
-        let winner = self.find(routes, conn);
+    pub fn explain(&self, conn: &ConnInfo) -> Vec<(Arc<RouteRt>, Option<String>)> {
+        let winner = self.find(conn);
         let (sni_list, plain_list) = self.lists(conn.server_port);
         let mut out: Vec<(Arc<RouteRt>, Option<String>)> = Vec::new();
         if let Some(w) = winner {
-            out.push((routes[w].clone(), None));
+            out.push((w.clone(), None));
         }
-        let win_id = winner.map(|w| routes[w].id.clone());
-        for i in sni_list.chain(plain_list) {
-            if Some(i) == winner {
+        for r in sni_list.chain(plain_list) {
+            if winner.is_some_and(|w| Arc::ptr_eq(w, r)) {
                 continue;
             }
-            let r = &routes[i];
-            let why = reject_reason(r, conn).unwrap_or_else(|| match &win_id {
-                Some(w) => format!("matches, but route {w} takes precedence"),
+            let why = reject_reason(r, conn).unwrap_or_else(|| match winner {
+                Some(w) => format!("matches, but route {} takes precedence", w.id),
                 None => "matches".to_string(),
             });
             out.push((r.clone(), Some(why)));

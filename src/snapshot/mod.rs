@@ -25,9 +25,9 @@ pub mod publish;
 pub mod service;
 pub mod upstream;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use imbl::{OrdMap, OrdSet};
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -35,7 +35,8 @@ use crate::health::Checker;
 use crate::model::Kind;
 use crate::plugins;
 use crate::stats::{NodeStats, RouteStats};
-use crate::store::Dump;
+use crate::store::index::Key;
+use crate::store::{Dump, Entry};
 use crate::tls;
 
 pub use carry::Carry;
@@ -59,8 +60,6 @@ pub struct RouteRt {
     pub sni: Option<String>,
     /// The upstream in force (`upstream_id` wins over inline), or why none.
     pub upstream: Result<Arc<UpstreamRt>, String>,
-    /// `plugins` as stored.
-    pub plugins: serde_json::Map<String, Value>,
     /// The plugins compiled for the data plane, in run order.
     pub chain: plugins::Chain,
     /// The route's live counters.
@@ -122,22 +121,35 @@ impl plugins::Session {
 }
 
 /// One immutable, compiled configuration.
+///
+/// Its collections are persistent maps: a snapshot built from another
+/// shares every part that did not change, so building one costs what the
+/// change touches, not what the configuration holds.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Store revision it was built from.
     pub revision: u64,
-    routes: Vec<Arc<RouteRt>>,
+    routes: OrdMap<String, Arc<RouteRt>>,
     index: Arc<matcher::RouteIndex>,
-    upstreams: HashMap<String, Arc<UpstreamRt>>,
+    upstreams: OrdMap<String, Arc<UpstreamRt>>,
     /// Server certificates by SNI and client certificates by id.
     pub tls: Arc<tls::TlsCerts>,
-    rejected: BTreeMap<(Kind, String), String>,
+    rejected: OrdMap<(Kind, String), String>,
     /// Stream routes left out (failed, or xRPC subordinates), by id.
-    left_out: BTreeMap<String, build::RouteSource>,
+    left_out: OrdMap<String, build::RouteSource>,
+    /// Stored upstreams as stored (values opened), by id.
+    stored_upstreams: OrdMap<String, Entry>,
     /// How many stream routes name each stored upstream by `upstream_id`.
-    named: HashMap<String, usize>,
+    named: OrdMap<String, usize>,
+    /// (upstream id, stream route id) for every upstream a route names,
+    /// its plugins' included: the routes to recompile when it changes.
+    users: OrdSet<(String, String)>,
+    /// Stream routes that name an SSL object (`client_cert_id`).
+    ssl_users: OrdSet<String>,
     /// The SSL objects the certificates were compiled from.
-    ssl_sources: Vec<(String, Arc<Value>)>,
+    ssl_sources: OrdMap<String, Arc<Value>>,
+    /// Whether compiling the certificates failed (retried on an SSL change).
+    ssl_failed: bool,
     /// Whether its health checkers may differ from the previous snapshot's.
     checkers_changed: bool,
     /// Routes merged with their service, and the plugin generation.
@@ -156,8 +168,8 @@ impl Snapshot {
     }
 
     /// All routes, in id order.
-    pub fn routes(&self) -> &[Arc<RouteRt>] {
-        &self.routes
+    pub fn routes(&self) -> Vec<Arc<RouteRt>> {
+        self.routes.values().cloned().collect()
     }
 
     /// A stored upstream by id.
@@ -186,7 +198,7 @@ impl Snapshot {
         let stored = self.upstreams.values().filter_map(|u| u.health());
         let inline = self
             .routes
-            .iter()
+            .values()
             .filter_map(|r| r.upstream.as_ref().ok())
             .filter(|u| u.upstream_id.is_none())
             .filter_map(|u| u.health());
@@ -212,7 +224,7 @@ impl Snapshot {
         service::apply_metadata(dump, carry);
         let (dump, mut services) = service::resolve(dump, &prev.services);
         services.generation = generation;
-        let mut built = build::build(&dump, prev, carry);
+        let mut built = build::apply(prev, dump.revision, build::diff(&dump, prev), carry);
         built.services = services;
         built
     }
@@ -220,6 +232,28 @@ impl Snapshot {
     /// The plugin generation this snapshot was compiled with.
     pub fn plugin_generation(&self) -> u64 {
         self.services.generation
+    }
+
+    /// Whether [`Snapshot::apply`] can take these changes (objects written,
+    /// keys removed): not when they touch services or plugin metadata, name
+    /// a service, or the snapshot holds routes merged with a service, nor
+    /// after a plugin reload; those take a whole [`Snapshot::build`].
+    pub fn applies(&self, changed: &[Entry], removed: &[Key], carry: &Carry) -> bool {
+        let plain = |k: Kind| matches!(k, Kind::StreamRoute | Kind::Upstream | Kind::Ssl);
+        self.services.generation == carry.plugins.generation()
+            && self.services.is_empty()
+            && removed.iter().all(|(k, _)| plain(*k))
+            && changed
+                .iter()
+                .all(|e| plain(e.kind) && e.value.get("service_id").is_none())
+    }
+
+    /// The snapshot `self` becomes with `updates` (each stored object's
+    /// new entry, values opened, or None when it was removed) at store
+    /// revision `revision`: only the objects changed, and those naming
+    /// them, are compiled (see [`build`]).
+    pub fn apply(&self, revision: u64, updates: Vec<build::Update>, carry: &Carry) -> Snapshot {
+        build::apply(self, revision, updates, carry)
     }
 
     /// Every object that cannot be served as written, with why, in key
@@ -232,10 +266,7 @@ impl Snapshot {
 
     /// A compiled route by id.
     fn route(&self, id: &str) -> Option<&Arc<RouteRt>> {
-        self.routes
-            .binary_search_by(|r| r.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.routes[i])
+        self.routes.get(id)
     }
 
     /// The compiled upstream of `origin` (`upstreams/<id>` or a route's
@@ -252,13 +283,13 @@ impl Snapshot {
 
     /// The route a connection takes, by the precedence of INTERFACE.md.
     pub fn match_route(&self, conn: &ConnInfo) -> Option<&Arc<RouteRt>> {
-        self.index.find(&self.routes, conn).map(|i| &self.routes[i])
+        self.index.find(conn)
     }
 
     /// Every route considered for `conn` with the reason it lost, the winner
     /// first (for `route test`).
     pub fn explain(&self, conn: &ConnInfo) -> Vec<(Arc<RouteRt>, Option<String>)> {
-        self.index.explain(&self.routes, conn)
+        self.index.explain(conn)
     }
 }
 

@@ -1,31 +1,33 @@
 //! Store change feed -> compiled snapshot -> atomic swap -> announcement.
 //!
-//! One task follows the store's revision feed. For each change it takes a
-//! consistent dump, compiles a new [`Snapshot`] on a blocking thread (a big
-//! configuration must not stall accept loops), swaps it in, lets the health
-//! registry start and stop probes, then announces the outcome on a `watch`
-//! ([`Published`]) so Admin API writes answer only once the data plane
-//! serves them. The feed coalesces bursts of writes into one rebuild.
+//! One task follows the store's revision feed. For each change it takes the
+//! store's changes since the snapshot in force (everything, the first time
+//! or when the store's change log no longer reaches back that far), applies
+//! them on the build thread (a big configuration must not stall accept
+//! loops), swaps the result in, lets the health registry start and stop
+//! probes, then announces the outcome on a `watch` ([`Published`]) so Admin
+//! API writes answer only once the data plane serves them. The feed
+//! coalesces bursts of writes into one rebuild.
 //!
-//! A rebuild that fails (the store cannot be read, or the build panics)
-//! keeps the previous snapshot in force and is announced as failed for its
-//! revision, with why; the task carries on, so the next change is built
-//! and published as usual.
+//! A rebuild that fails (the build panics) keeps the previous snapshot in
+//! force and is announced as failed for its revision, with why; the task
+//! carries on, so the next change is built and published as usual.
 
-use std::sync::{Arc, Mutex};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex};
 
 use serde_json::Value;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::build::panic_message;
+use super::build::{panic_message, Update};
 use super::{Carry, Snapshot};
 use crate::model::crypt::Keyring;
 use crate::model::Kind;
 use crate::secrets::Resolver;
-use crate::store::index::{Changes, Key};
+use crate::store::index::Changes;
 use crate::store::{Dump, Entry, Store, StoreError};
 
 /// The current snapshot, readable lock-free by every connection.
@@ -70,8 +72,88 @@ pub struct Publisher {
     pub published: watch::Receiver<Published>,
 }
 
+/// What a rebuild starts from: the whole store, or the changes since the
+/// snapshot in force.
+pub enum Input {
+    /// Everything stored (values opened).
+    Dump(Dump),
+    /// The changes after the snapshot in force, up to a revision.
+    Updates(u64, Vec<Update>),
+}
+
 /// How a snapshot is compiled (replaced in tests to make builds fail).
-type BuildFn = dyn Fn(&Dump, &Snapshot, &Carry) -> Snapshot + Send + Sync;
+type BuildFn = dyn Fn(&Snapshot, Input, &Carry) -> Snapshot + Send + Sync;
+
+/// Compile `input` on top of `prev`.
+fn build_input(prev: &Snapshot, input: Input, carry: &Carry) -> Snapshot {
+    match input {
+        Input::Dump(dump) => Snapshot::build(&dump, Some(prev), carry),
+        Input::Updates(revision, updates) => prev.apply(revision, updates, carry),
+    }
+}
+
+/// What the store gave for a rebuild.
+enum Read {
+    /// Everything stored, at a point of the change log.
+    Whole(Dump, u64),
+    /// The changes since the snapshot in force.
+    Since(Changes),
+}
+
+/// A work item for the build thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The one thread that compiles snapshots and releases replaced ones.
+///
+/// Why one thread: the compiled objects live as long as their snapshots;
+/// made and freed on one thread they stay in one malloc arena instead of
+/// being spread over the arenas of whichever pool threads ran each build,
+/// which kept memory that churn had freed from being reused.
+struct BuildThread {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl BuildThread {
+    /// Start the thread; it runs in the caller's runtime context, so what
+    /// a build starts (a plugin's sender task) runs on that runtime.
+    fn start() -> std::io::Result<BuildThread> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::Builder::new()
+            .name("snapshot-build".into())
+            .spawn(move || {
+                let _entered = runtime.as_ref().map(|h| h.enter());
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(BuildThread {
+            jobs: Mutex::new(tx),
+        })
+    }
+
+    /// Run `f` on the build thread; a panic comes back as its message.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Box::new(move || {
+            let out = catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p).to_string());
+            let _ = tx.send(out);
+        }))?;
+        rx.await
+            .map_err(|_| "the snapshot build thread stopped".to_string())?
+    }
+
+    fn submit(&self, job: Job) -> Result<(), String> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| "the snapshot build thread stopped".to_string())
+    }
+}
 
 /// Everything one rebuild needs.
 struct Rebuilder {
@@ -80,9 +162,10 @@ struct Rebuilder {
     carry: Arc<Carry>,
     keyring: Arc<Keyring>,
     build: Arc<BuildFn>,
-    /// The store's objects (secrets decrypted) as of the last build, kept
-    /// up to date with the store's changes instead of dumping it all.
-    mirror: Mutex<Option<Dump>>,
+    thread: BuildThread,
+    /// The point of the store's change log the snapshot in force was
+    /// built from (None before the first build, which reads everything).
+    built: Mutex<Option<u64>>,
 }
 
 /// Decrypt the secrets of `e`'s value and resolve its `$env://` and
@@ -98,9 +181,9 @@ fn open_secrets(e: &mut Entry, keyring: &Keyring, refs: &Resolver) {
     refs.resolve(e);
 }
 
-/// Bring `dump` (values opened) up to date with `changes`, in key order.
-fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring, refs: &Resolver) {
-    let mut updates: Vec<(Key, Option<Entry>)> = changes
+/// The changes as updates for the snapshot build, values opened.
+fn updates_of(changes: Changes, keyring: &Keyring, refs: &Resolver) -> Vec<Update> {
+    changes
         .changed
         .into_iter()
         .map(|mut e| {
@@ -108,29 +191,7 @@ fn apply_changes(dump: &mut Dump, changes: Changes, keyring: &Keyring, refs: &Re
             ((e.kind, e.id.clone()), Some(e))
         })
         .chain(changes.removed.into_iter().map(|k| (k, None)))
-        .collect();
-    updates.sort_by(|a, b| a.0.cmp(&b.0));
-    let old = std::mem::take(&mut dump.entries);
-    let mut out = Vec::with_capacity(old.len() + updates.len());
-    // Each update is placed by a binary search; the entries between move
-    // over in runs, without comparing their keys.
-    let mut rest = old.into_iter();
-    for (key, new) in updates {
-        let tail = rest.as_slice();
-        let at = tail.partition_point(|e| (e.kind, e.id.as_str()) < (key.0, key.1.as_str()));
-        out.extend(rest.by_ref().take(at));
-        if rest
-            .as_slice()
-            .first()
-            .is_some_and(|e| e.kind == key.0 && e.id == key.1)
-        {
-            rest.next();
-        }
-        out.extend(new);
-    }
-    out.extend(rest);
-    dump.entries = out;
-    dump.revision = changes.revision;
+        .collect()
 }
 
 /// Whether a stored value has a slot the keyring may have encrypted (a
@@ -153,61 +214,73 @@ impl Rebuilder {
     /// Build a snapshot of the store as it is now and put it in force;
     /// returns its revision.
     async fn rebuild(&self) -> Result<u64, Failed> {
-        let base = self.mirror.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let changes = base
-            .as_ref()
-            .and_then(|m| self.store.index().changes_since(m.revision))
+        let prev = self.current.load_full();
+        let built = *self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let index = self.store.index();
+        // Changes that touch services or plugin metadata, and a plugin
+        // reload, take a whole build.
+        let since = built
+            .and_then(|seq| index.changes_since(seq))
+            .filter(|c| prev.applies(&c.changed, &c.removed, &self.carry))
             // A changed `secrets` object (or Vault value) resolves every
             // object again, from the store's values.
             .filter(|c| !self.carry.secrets.must_reload(c));
-        let (base, changes) = match (base, changes) {
-            (Some(m), Some(c)) => (m, Some(c)),
-            _ => {
-                let dump = self.store.dump().await.map_err(|e| Failed {
-                    revision: self.store.revision(),
-                    reason: format!("cannot read the store: {e}"),
-                })?;
-                (dump, None)
+        let read = match since {
+            Some(c) => Read::Since(c),
+            None => {
+                let (dump, seq) = index.dump_seq();
+                Read::Whole(dump, seq)
             }
         };
-        let revision = changes.as_ref().map_or(base.revision, |c| c.revision);
+        let (revision, seq) = match &read {
+            Read::Since(c) => (c.revision, c.seq),
+            Read::Whole(d, seq) => (d.revision, *seq),
+        };
         // Values from secret managers are read here, not while building.
-        self.carry.secrets.prefetch(&base, changes.as_ref()).await;
-        let prev = self.current.load_full();
+        match &read {
+            Read::Whole(dump, _) => self.carry.secrets.prefetch(dump, None).await,
+            Read::Since(c) => {
+                let base = Dump {
+                    revision: c.revision,
+                    entries: index.list(Kind::Secret),
+                };
+                self.carry.secrets.prefetch(&base, Some(c)).await;
+            }
+        }
         let (carry, keyring, build) =
             (self.carry.clone(), self.keyring.clone(), self.build.clone());
-        // A panic in the build ends this blocking task only: it comes back
-        // as an error and the previous snapshot stays in force.
-        let (dump, built) = tokio::task::spawn_blocking(move || {
-            let mut dump = base;
-            match changes {
-                Some(c) => apply_changes(&mut dump, c, &keyring, &carry.secrets),
-                None => dump
-                    .entries
-                    .iter_mut()
-                    .for_each(|e| open_secrets(e, &keyring, &carry.secrets)),
-            }
-            let built = build(&dump, &prev, &carry);
-            (dump, built)
-        })
-        .await
-        .map_err(|e| Failed {
-            revision,
-            reason: if e.is_panic() {
-                format!("snapshot build failed: {}", panic_message(&*e.into_panic()))
-            } else {
-                format!("snapshot build failed: {e}")
-            },
-        })?;
-        *self.mirror.lock().unwrap_or_else(|p| p.into_inner()) = Some(dump);
+        // A panic in the build comes back as an error and the previous
+        // snapshot stays in force.
+        let built = self
+            .thread
+            .run(move || {
+                let input = match read {
+                    Read::Whole(mut dump, _) => {
+                        dump.entries
+                            .iter_mut()
+                            .for_each(|e| open_secrets(e, &keyring, &carry.secrets));
+                        Input::Dump(dump)
+                    }
+                    Read::Since(c) => {
+                        Input::Updates(c.revision, updates_of(c, &keyring, &carry.secrets))
+                    }
+                };
+                build(&prev, input, &carry)
+            })
+            .await
+            .map_err(|why| Failed {
+                revision,
+                reason: format!("snapshot build failed: {why}"),
+            })?;
+        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
         tracing::debug!(revision, routes = built.route_count(), "snapshot published");
         let checkers_changed = built.checkers_changed();
         let replaced = self.current.swap(Arc::new(built));
         if checkers_changed {
             self.carry.health.apply(self.current.load().checkers());
         }
-        // Releasing a big snapshot takes time: not on the way to the answer.
-        tokio::task::spawn_blocking(move || drop(replaced));
+        // Releasing a snapshot is not on the way to the answer.
+        let _ = self.thread.submit(Box::new(move || drop(replaced)));
         Ok(revision)
     }
 }
@@ -219,8 +292,7 @@ pub async fn start(
     keyring: Keyring,
     cancel: CancellationToken,
 ) -> Result<Publisher, StoreError> {
-    let build: Arc<BuildFn> =
-        Arc::new(|dump, prev, carry| Snapshot::build(dump, Some(prev), carry));
+    let build: Arc<BuildFn> = Arc::new(build_input);
     start_with(store, carry, keyring, cancel, build).await
 }
 
@@ -237,13 +309,17 @@ async fn start_with(
     // A plugin reload compiles every route again without a store change.
     let mut plugins_changed = carry.plugins.subscribe();
     plugins_changed.borrow_and_update();
+    let thread = BuildThread::start().map_err(|e| {
+        StoreError::Unavailable(format!("cannot start the snapshot build thread: {e}"))
+    })?;
     let rebuilder = Rebuilder {
         store,
         current: current.clone(),
         carry,
         keyring: Arc::new(keyring),
         build,
-        mirror: Mutex::default(),
+        thread,
+        built: Mutex::new(None),
     };
     let first = rebuilder
         .rebuild()
@@ -343,11 +419,11 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).expect("open"));
         let fail = Arc::new(AtomicBool::new(false));
         let failing = fail.clone();
-        let build: Arc<BuildFn> = Arc::new(move |dump, prev, carry| {
+        let build: Arc<BuildFn> = Arc::new(move |prev, input, carry| {
             if failing.load(Ordering::SeqCst) {
                 panic!("route table exploded");
             }
-            Snapshot::build(dump, Some(prev), carry)
+            build_input(prev, input, carry)
         });
         let cancel = CancellationToken::new();
         let publisher = start_with(
@@ -389,7 +465,8 @@ mod tests {
         );
         let kept = publisher.current.load();
         assert_eq!(kept.revision, r1, "the previous snapshot stays in force");
-        let node = kept.routes()[0].upstream.as_ref().expect("upstream");
+        let routes = kept.routes();
+        let node = routes[0].upstream.as_ref().expect("upstream");
         assert_eq!(node.balancer.backends()[0].port, 1001);
 
         fail.store(false, Ordering::SeqCst);
@@ -402,60 +479,9 @@ mod tests {
         assert_eq!(rx.borrow().failed, None, "the failure is cleared");
         let now = publisher.current.load();
         assert_eq!(now.revision, r3);
-        let node = now.routes()[0].upstream.as_ref().expect("upstream");
+        let routes = now.routes();
+        let node = routes[0].upstream.as_ref().expect("upstream");
         assert_eq!(node.balancer.backends()[0].port, 1003);
         cancel.cancel();
-    }
-
-    #[test]
-    fn changes_are_merged_into_the_mirror_in_key_order() {
-        let e = |kind: Kind, id: &str, rev: u64| Entry {
-            kind,
-            id: id.into(),
-            value: Arc::new(json!({"rev": rev})),
-            create_rev: rev,
-            mod_rev: rev,
-        };
-        let mut dump = Dump {
-            revision: 3,
-            entries: vec![
-                e(Kind::Upstream, "u", 1),
-                e(Kind::StreamRoute, "b", 2),
-                e(Kind::StreamRoute, "d", 3),
-            ],
-        };
-        dump.entries
-            .sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
-        let kept = Arc::clone(&dump.entries.iter().find(|x| x.id == "u").expect("u").value);
-        apply_changes(
-            &mut dump,
-            Changes {
-                revision: 6,
-                changed: vec![
-                    e(Kind::StreamRoute, "a", 4),
-                    e(Kind::StreamRoute, "d", 5),
-                    e(Kind::StreamRoute, "e", 6),
-                ],
-                removed: vec![(Kind::StreamRoute, "b".into())],
-            },
-            &Keyring::default(),
-            &Resolver::default(),
-        );
-        let mut want: Vec<(Kind, String, u64)> = vec![
-            (Kind::Upstream, "u".into(), 1),
-            (Kind::StreamRoute, "a".into(), 4),
-            (Kind::StreamRoute, "d".into(), 5),
-            (Kind::StreamRoute, "e".into(), 6),
-        ];
-        want.sort();
-        let got: Vec<(Kind, String, u64)> = dump
-            .entries
-            .iter()
-            .map(|x| (x.kind, x.id.clone(), x.mod_rev))
-            .collect();
-        assert_eq!(got, want);
-        assert_eq!(dump.revision, 6);
-        let u = dump.entries.iter().find(|x| x.id == "u").expect("u");
-        assert!(Arc::ptr_eq(&u.value, &kept), "unchanged values are kept");
     }
 }

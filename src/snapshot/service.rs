@@ -41,6 +41,13 @@ pub struct Services {
     merged: HashMap<String, Merged>,
 }
 
+impl Services {
+    /// Whether no route was merged with a service.
+    pub(super) fn is_empty(&self) -> bool {
+        self.merged.is_empty()
+    }
+}
+
 /// One merged route and what it was made from.
 #[derive(Debug)]
 struct Merged {

@@ -1,6 +1,7 @@
 //! Snapshot compilation, route precedence, health checkers attached at
 //! build, and objects the build cannot serve.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -459,7 +460,8 @@ fn objects_that_cannot_be_served_are_listed_with_why() {
         "a stored upstream's problem is the upstream's"
     );
     assert_eq!(s.rejected(Kind::StreamRoute, "missing"), None);
-    let ids: Vec<&str> = s.routes().iter().map(|r| r.id.as_str()).collect();
+    let routes = s.routes();
+    let ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
         ["bad-plugin", "bad-tls", "by-id", "ok"],
@@ -559,10 +561,22 @@ fn a_changed_upstream_recompiles_only_the_routes_naming_it() {
         s1.upstream("u2").expect("u2"),
         s2.upstream("u2").expect("u2")
     ));
-    assert!(
-        Arc::ptr_eq(&s1.index, &s2.index),
-        "no route added, removed or refiltered: the index is kept"
+    let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
+    assert_eq!(winner(&s2, &c).as_deref(), Some("c"));
+    let up = |s: &Snapshot| {
+        s.match_route(&conn("127.0.0.1", "127.0.0.1", 1, None))
+            .map(|r| r.id.clone())
+    };
+    assert_eq!(
+        up(&s2),
+        Some("a".into()),
+        "the index holds the recompiled a"
     );
+    assert!(Arc::ptr_eq(
+        s2.match_route(&conn("127.0.0.1", "127.0.0.1", 1, None))
+            .expect("a"),
+        s2.route("a").expect("a")
+    ));
 }
 
 #[test]
@@ -685,7 +699,8 @@ fn a_skipped_route_is_listed_and_the_others_served_until_it_is_fixed() {
     let c = conn("127.0.0.1", "127.0.0.1", 9100, None);
     assert_eq!(winner(&s1, &c).as_deref(), Some("bad"));
     assert!(s1.match_route(&c).is_some_and(|r| r.upstream.is_err()));
-    let ids: Vec<&str> = s1.routes().iter().map(|r| r.id.as_str()).collect();
+    let routes = s1.routes();
+    let ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["bad", "good"]);
 
     let s2 = Snapshot::build(
@@ -726,4 +741,129 @@ fn a_panic_while_compiling_one_object_is_that_objects_error() {
         build::guarded(|| Err::<u8, String>("no".into())),
         Err("no".into())
     );
+}
+
+/// Routes with their upstream's first node, skipped objects, stored
+/// upstreams' first node.
+type Shown = (Vec<(String, Option<u16>)>, Vec<String>, Vec<Option<u16>>);
+
+/// Everything a snapshot shows.
+fn shown(s: &Snapshot) -> Shown {
+    let first = |u: &UpstreamRt| u.balancer.backends().first().map(|b| b.port);
+    let routes = s
+        .routes()
+        .iter()
+        .map(|r| {
+            (
+                r.id.clone(),
+                r.upstream.as_ref().ok().and_then(|u| first(u)),
+            )
+        })
+        .collect();
+    let skipped = s
+        .skipped()
+        .map(|(k, id, why)| format!("{k:?} {id} {why}"))
+        .collect();
+    let ups = ["u1", "u2"]
+        .iter()
+        .map(|id| s.upstream(id).and_then(|u| first(u)))
+        .collect();
+    (routes, skipped, ups)
+}
+
+#[test]
+fn applied_updates_give_what_a_full_build_gives() {
+    let carry = Carry::default();
+    let up = |id: &str, port: u16| {
+        entry(
+            Kind::Upstream,
+            id,
+            json!({"nodes": {format!("127.0.0.1:{port}"): 1}}),
+        )
+    };
+    let named = |id: &str, uid: &str, extra: Value| {
+        let mut v = json!({"upstream_id": uid});
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        entry(Kind::StreamRoute, id, v)
+    };
+    let mut store: BTreeMap<(Kind, String), Entry> = BTreeMap::new();
+    let mut prev = Snapshot::empty();
+    let steps: Vec<Vec<(Kind, &str, Option<Entry>)>> = vec![
+        vec![
+            (Kind::Upstream, "u1", Some(up("u1", 1001))),
+            (Kind::StreamRoute, "a", Some(named("a", "u1", json!({})))),
+            (
+                Kind::StreamRoute,
+                "b",
+                Some(named("b", "u2", json!({"server_port": 9100}))),
+            ),
+            (
+                Kind::StreamRoute,
+                "c",
+                Some(route("c", json!({"remote_addr": "127.0.0.1"}))),
+            ),
+        ],
+        // u2 arrives: b, which named it, is served now.
+        vec![(Kind::Upstream, "u2", Some(up("u2", 1002)))],
+        // u1 changes: a follows; c is refiltered; a garbage route.
+        vec![
+            (Kind::Upstream, "u1", Some(up("u1", 2001))),
+            (
+                Kind::StreamRoute,
+                "c",
+                Some(route("c", json!({"remote_addr": "10.0.0.1"}))),
+            ),
+            (
+                Kind::StreamRoute,
+                "z",
+                Some(entry(Kind::StreamRoute, "z", json!({"remote_addr": 5}))),
+            ),
+        ],
+        // u2 goes: b refuses; a now names u2 (refused too); z removed.
+        vec![
+            (Kind::Upstream, "u2", None),
+            (Kind::StreamRoute, "a", Some(named("a", "u2", json!({})))),
+            (Kind::StreamRoute, "z", None),
+        ],
+        vec![(Kind::Upstream, "u2", Some(up("u2", 3002)))],
+    ];
+    for (i, step) in steps.into_iter().enumerate() {
+        let rev = i as u64 + 1;
+        let mut updates = Vec::new();
+        for (kind, id, e) in step {
+            let e = e.map(|mut e| {
+                e.mod_rev = rev;
+                e
+            });
+            match &e {
+                Some(e) => store.insert((kind, id.to_string()), e.clone()),
+                None => store.remove(&(kind, id.to_string())),
+            };
+            updates.push(((kind, id.to_string()), e));
+        }
+        let next = prev.apply(rev, updates, &carry);
+        let full = Snapshot::build(&at(rev, store.values().cloned().collect()), None, &carry);
+        assert_eq!(shown(&next), shown(&full), "step {rev}");
+        for c in [
+            conn("127.0.0.1", "127.0.0.1", 9100, None),
+            conn("10.0.0.1", "127.0.0.1", 9200, None),
+            conn("127.0.0.2", "127.0.0.1", 1, None),
+        ] {
+            assert_eq!(winner(&next, &c), winner(&full, &c), "step {rev}: {c:?}");
+        }
+        prev = next;
+    }
+    let (routes, skipped, ups) = shown(&prev);
+    assert_eq!(ups, vec![Some(2001), Some(3002)]);
+    assert_eq!(
+        routes,
+        vec![
+            ("a".to_string(), Some(3002)),
+            ("b".to_string(), Some(3002)),
+            ("c".to_string(), Some(1995))
+        ]
+    );
+    assert!(skipped.is_empty(), "{skipped:?}");
 }

@@ -31,12 +31,14 @@ pub type Objects = BTreeMap<Key, Entry>;
 /// a reader further behind takes a whole [`Dump`].
 const CHANGE_LOG_CAP: usize = 1 << 16;
 
-/// What changed after a revision: a reader that has every object as of that
-/// revision applies these to have them as of `revision`.
+/// What changed after a point of the change log: a reader that has every
+/// object as of that point applies these to have them as of `seq`.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
-    /// The revision the changes lead to.
+    /// The store revision the changes lead to.
     pub revision: u64,
+    /// The point of the change log they lead to.
+    pub seq: u64,
     /// Objects written since, as they are now (in key order).
     pub changed: Vec<Entry>,
     /// Keys removed since (in key order).
@@ -51,11 +53,15 @@ pub struct Table<X = ()> {
     revision: u64,
     /// Set by [`Table::commit`]: announce `revision` once the update ends.
     announce: bool,
-    /// Keys changed in this update, logged with the revision it reaches.
+    /// Keys changed in this update, logged under the next `seq`.
     touched: Vec<Key>,
-    /// Changed keys by revision, oldest first.
+    /// Counts the updates that changed objects (the change log's clock:
+    /// unlike the revision, it moves with every change, including those
+    /// that arrive at a revision already reached).
+    seq: u64,
+    /// Changed keys by `seq`, oldest first.
     log: VecDeque<(u64, Key)>,
-    /// Changes after this revision are all in `log`.
+    /// Changes after this `seq` are all in `log`.
     log_floor: u64,
     /// Every object was replaced in this update.
     replaced: bool,
@@ -110,27 +116,22 @@ impl<X> Table<X> {
         true
     }
 
-    /// Log the keys changed in an update that began at revision `before`
-    /// under the revision reached. Changes that did not move the revision
-    /// (a reader may already hold that revision without them), and a
-    /// replacement of everything, make earlier revisions unknown instead.
-    fn settle(&mut self, before: u64) {
+    /// Log the keys changed in an update under a new `seq`; a replacement
+    /// of everything makes earlier points unknown instead.
+    fn settle(&mut self) {
         let replaced = std::mem::take(&mut self.replaced);
         if !replaced && self.touched.is_empty() {
             return;
         }
-        if replaced || self.revision <= before {
+        self.seq = self.seq.saturating_add(1);
+        if replaced {
             self.touched.clear();
             self.log.clear();
-            self.log_floor = if self.revision > before {
-                self.revision
-            } else {
-                self.revision.saturating_add(1)
-            };
+            self.log_floor = self.seq;
             return;
         }
         for key in std::mem::take(&mut self.touched) {
-            self.log.push_back((self.revision, key));
+            self.log.push_back((self.seq, key));
         }
         while self.log.len() > CHANGE_LOG_CAP {
             if let Some((rev, _)) = self.log.pop_front() {
@@ -175,8 +176,9 @@ impl<X> Index<X> {
                 revision,
                 announce: false,
                 touched: Vec::new(),
+                seq: 0,
                 log: VecDeque::new(),
-                log_floor: revision,
+                log_floor: 0,
                 replaced: false,
                 extra,
             }),
@@ -199,9 +201,8 @@ impl<X> Index<X> {
     /// announced on the feed before the lock is released.
     pub fn update<R>(&self, f: impl FnOnce(&mut Table<X>) -> R) -> R {
         let mut table = self.lock();
-        let before = table.revision;
         let out = f(&mut table);
-        table.settle(before);
+        table.settle();
         if std::mem::take(&mut table.announce) {
             self.feed.send_replace(table.revision);
         }
@@ -218,10 +219,15 @@ pub trait IndexView: Send + Sync {
     /// Every object of `kind`, in id order.
     fn list(&self, kind: Kind) -> Vec<Entry>;
     /// Every object at the current revision.
-    fn dump(&self) -> Dump;
-    /// What changed after revision `rev`, or None when that is no longer
-    /// known (too far behind, or everything was replaced): take a dump.
-    fn changes_since(&self, rev: u64) -> Option<Changes>;
+    fn dump(&self) -> Dump {
+        self.dump_seq().0
+    }
+    /// Every object at the current revision, and the change log's point.
+    fn dump_seq(&self) -> (Dump, u64);
+    /// What changed after point `seq` of the change log, or None when that
+    /// is no longer known (too far behind, or everything was replaced):
+    /// take a dump.
+    fn changes_since(&self, seq: u64) -> Option<Changes>;
     /// The last revision announced on the feed.
     fn revision(&self) -> u64;
     /// The change feed: the latest announced revision.
@@ -247,23 +253,25 @@ impl<X: Send> IndexView for Index<X> {
             .collect()
     }
 
-    fn dump(&self) -> Dump {
+    fn dump_seq(&self) -> (Dump, u64) {
         let table = self.lock();
-        Dump {
+        let dump = Dump {
             revision: table.revision,
             entries: table.objects.values().cloned().collect(),
-        }
+        };
+        (dump, table.seq)
     }
 
-    fn changes_since(&self, rev: u64) -> Option<Changes> {
+    fn changes_since(&self, seq: u64) -> Option<Changes> {
         let table = self.lock();
-        if rev < table.log_floor || rev > table.revision {
+        if seq < table.log_floor || seq > table.seq {
             return None;
         }
-        let from = table.log.partition_point(|(r, _)| *r <= rev);
+        let from = table.log.partition_point(|(s, _)| *s <= seq);
         let keys: BTreeSet<&Key> = table.log.range(from..).map(|(_, k)| k).collect();
         let mut out = Changes {
             revision: table.revision,
+            seq: table.seq,
             ..Changes::default()
         };
         for key in keys {
@@ -352,14 +360,18 @@ mod tests {
     }
 
     #[test]
-    fn changes_since_a_revision_or_a_dump_when_unknown() {
+    fn changes_since_a_point_of_the_log_or_a_dump_when_unknown() {
         let index: Index = Index::new(Objects::new(), 2, ());
-        assert!(index.changes_since(2).is_some_and(|c| c.changed.is_empty()));
+        let (_, s0) = index.dump_seq();
+        assert!(index
+            .changes_since(s0)
+            .is_some_and(|c| c.changed.is_empty()));
         index.update(|t| {
             t.insert(entry(Kind::StreamRoute, "a", 3));
             t.insert(entry(Kind::StreamRoute, "b", 3));
             t.commit(3);
         });
+        let (_, s1) = index.dump_seq();
         index.update(|t| {
             t.remove(&(Kind::StreamRoute, "a".into()));
             t.insert(entry(Kind::Upstream, "u", 4));
@@ -371,31 +383,32 @@ mod tests {
                 c.removed.iter().map(|k| k.1.clone()).collect(),
             )
         };
-        let c = index.changes_since(2).expect("known");
+        let c = index.changes_since(s0).expect("known");
         assert_eq!(c.revision, 4);
         assert_eq!(ids(&c), (vec!["b".into(), "u".into()], vec!["a".into()]));
-        let c = index.changes_since(3).expect("known");
+        let c = index.changes_since(s1).expect("known");
         assert_eq!(ids(&c), (vec!["u".into()], vec!["a".into()]));
-        assert!(index.changes_since(1).is_none(), "before the log");
-        assert!(index.changes_since(5).is_none(), "not reached");
+        assert!(index.changes_since(c.seq + 1).is_none(), "not reached");
 
-        // A change that does not move the revision, and a replacement of
-        // everything, leave earlier revisions to a dump.
+        // A change that arrives at a revision already reached is still a
+        // change for a reader at that revision.
+        let s2 = c.seq;
         index.update(|t| {
-            t.insert(entry(Kind::StreamRoute, "c", 4));
+            t.insert(entry(Kind::StreamRoute, "c", 3));
+            t.commit(3);
         });
-        assert!(index.changes_since(4).is_none());
-        index.update(|t| {
-            t.insert(entry(Kind::StreamRoute, "d", 5));
-            t.commit(5);
-        });
-        assert!(index.changes_since(4).is_none());
-        assert!(index.changes_since(5).is_some());
+        let c = index.changes_since(s2).expect("known");
+        assert_eq!((c.revision, ids(&c).0), (4, vec!["c".to_string()]));
+        // A replacement of everything leaves earlier points to a dump.
         index.update(|t| {
             t.replace(Objects::new());
             t.commit(6);
         });
-        assert!(index.changes_since(5).is_none());
-        assert!(index.changes_since(6).is_some_and(|c| c.changed.is_empty()));
+        assert!(index.changes_since(c.seq).is_none());
+        let (dump, s3) = index.dump_seq();
+        assert_eq!(dump.revision, 6);
+        assert!(index
+            .changes_since(s3)
+            .is_some_and(|c| c.changed.is_empty()));
     }
 }

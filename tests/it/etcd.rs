@@ -966,3 +966,89 @@ async fn etcd_over_tls_is_verified_against_the_trusted_certificate() {
     assert_eq!(body["key"], "/verified/upstreams/u1");
     within(10, server.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_etcd_holds_but_cannot_serve_are_deleted_through_the_admin_api() {
+    let etcd = EtcdServer::start().await;
+    let wide = Backend::start("wide", Mode::Greet).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (admin_port, tcp_port, control_port) = (free_port(), free_port(), free_port());
+    let cfg = etcd_config(admin_port, tcp_port, &etcd.url())
+        .control(control_port)
+        .write(dir.path());
+    let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().expect("addr") };
+    let mut child = spawn_serve(&cfg);
+    wait_listening(addr(admin_port), &mut child);
+    wait_listening(addr(tcp_port), &mut child);
+    let p = Proxy {
+        _child: child,
+        admin: addr(admin_port),
+        tcp: addr(tcp_port),
+        _dir: dir,
+    };
+    let skipped = || async {
+        let url = format!("http://127.0.0.1:{control_port}/v1/stream/skipped");
+        let v: Value = within(5, reqwest::get(url))
+            .await
+            .expect("skipped")
+            .json()
+            .await
+            .expect("json");
+        v["skipped"].clone()
+    };
+    put(
+        &etcd,
+        "9",
+        json!({"id": "9", "upstream": {"nodes": {wide.addr.to_string(): 1}}}),
+    )
+    .await;
+    wait_greeting(p.tcp, Some("wide"), Duration::from_secs(5)).await;
+    // Only etcd holds these, each failing its checks: a narrow route
+    // (kept marked, refusing its clients), an upstream and an SSL object
+    // (ignored).
+    put(
+        &etcd,
+        "1",
+        json!({"id": "1", "remote_addr": "127.0.0.1",
+            "upstream": {"nodes": {wide.addr.to_string(): 4_294_967_296_u64}}}),
+    )
+    .await;
+    let bad_upstream = json!({"nodes": {"127.0.0.1:1": 4_294_967_296_u64}}).to_string();
+    etcd.ctl(&["put", "/apisix/upstreams/u1", &bad_upstream])
+        .await;
+    etcd.ctl(&["put", "/apisix/ssls/s1", r#"{"cert": 1}"#])
+        .await;
+    wait_greeting(p.tcp, None, Duration::from_secs(5)).await;
+    let listed = skipped().await;
+    assert!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|s| s["type"] == "stream_routes" && s["id"] == "1")),
+        "{listed}"
+    );
+    for path in [
+        "/apisix/admin/stream_routes/1",
+        "/apisix/admin/upstreams/u1",
+        "/apisix/admin/ssls/s1",
+    ] {
+        let (st, body) = admin(&p, Method::DELETE, path, None).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {body}");
+        let id = path.rsplit('/').next().expect("id");
+        assert_eq!(body["deleted"], id, "{body}");
+    }
+    let left = etcd
+        .ctl(&["get", "--prefix", "--keys-only", "/apisix/"])
+        .await;
+    for key in ["stream_routes/1", "upstreams/u1", "ssls/s1"] {
+        assert!(
+            !left.lines().any(|l| l == format!("/apisix/{key}")),
+            "{key} still in etcd: {left}"
+        );
+    }
+    // The route is gone from the data plane at once: its clients reach the
+    // wide route, and nothing is listed as skipped.
+    assert_eq!(greeting(p.tcp).await.as_deref(), Some("wide"));
+    assert_eq!(skipped().await, json!([]));
+    let (st, _) = admin(&p, Method::DELETE, "/apisix/admin/stream_routes/1", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "a second delete finds nothing");
+}
