@@ -19,6 +19,8 @@ pub enum ProbeType {
     Http,
     /// Connect, TLS handshake, then as `Http`.
     Https,
+    /// Send a datagram, wait for a reply that starts with `receive`.
+    Udp,
 }
 
 impl ProbeType {
@@ -28,6 +30,7 @@ impl ProbeType {
             ProbeType::Tcp => "tcp",
             ProbeType::Http => "http",
             ProbeType::Https => "https",
+            ProbeType::Udp => "udp",
         }
     }
 }
@@ -51,6 +54,10 @@ pub struct Active {
     pub http_path: String,
     /// `http_req_body`.
     pub http_req_body: String,
+    /// `send` / `send_hex`: bytes written once connected (`tcp`, `udp`).
+    pub send: Option<Vec<u8>>,
+    /// `receive` / `receive_hex`: the reply must start with these bytes.
+    pub receive: Option<Vec<u8>>,
     /// `https_verify_certificate`.
     pub https_verify_certificate: bool,
     /// `req_headers` (`Name: value` lines).
@@ -129,6 +136,27 @@ fn statuses(v: &Value, path: &str, default: &[u16]) -> Vec<u16> {
     }
 }
 
+/// A string field as bytes, or its `_hex` twin decoded; `None` when
+/// neither is set (or the hex is not valid).
+fn bytes(v: &Value, plain: &str, hex: &str) -> Option<Vec<u8>> {
+    if let Some(s) = at(v, plain).and_then(Value::as_str) {
+        return Some(s.as_bytes().to_vec());
+    }
+    let h = at(v, hex).and_then(Value::as_str)?;
+    decode_hex(h)
+}
+
+/// `"2b504f4e47"` to bytes; `None` for an odd length or a non-hex digit.
+pub fn decode_hex(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| h.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()))
+        .collect()
+}
+
 /// An interval in seconds; 0 (or less) disables.
 fn interval(v: &Value, path: &str) -> Option<Duration> {
     duration::secs(at(v, path).and_then(Value::as_f64).unwrap_or(1.0))
@@ -140,6 +168,7 @@ impl Checks {
         let probe = match at(v, "/active/type").and_then(Value::as_str) {
             Some("tcp") => ProbeType::Tcp,
             Some("https") => ProbeType::Https,
+            Some("udp") => ProbeType::Udp,
             _ => ProbeType::Http,
         };
         let timeout = at(v, "/active/timeout")
@@ -160,6 +189,8 @@ impl Checks {
             http_method: text(v, "/active/http_method", "GET"),
             http_path: text(v, "/active/http_path", "/"),
             http_req_body: text(v, "/active/http_req_body", ""),
+            send: bytes(v, "/active/send", "/active/send_hex"),
+            receive: bytes(v, "/active/receive", "/active/receive_hex"),
             https_verify_certificate: at(v, "/active/https_verify_certificate")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),

@@ -461,6 +461,18 @@ impl Checker {
         }
     }
 
+    /// A UDP session on backend `node` ended idle without a single reply:
+    /// a timeout when `checks.passive` is configured.
+    pub fn report_no_reply(&self, node: usize) {
+        let p = &self.checks.passive;
+        if !p.configured {
+            return;
+        }
+        if let Some(t) = self.target(node) {
+            t.record(Report::Timeout, p.timeouts, &self.name, "passive");
+        }
+    }
+
     /// Count an active probe's outcome for `target`.
     fn record_probe(&self, target: &Target, outcome: Outcome) {
         let a = &self.checks.active;

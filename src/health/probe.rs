@@ -1,7 +1,9 @@
-//! One active probe of one target: `tcp` (connect), `http` (connect, send a
-//! request, read the status line) or `https` (the same over TLS), each
-//! socket step bounded by `checks.active.timeout` (resty.healthcheck
-//! `run_single_check`).
+//! One active probe of one target: `tcp` (connect; with `send`/`receive`,
+//! write the request and expect a reply starting with `receive`), `udp`
+//! (one datagram out, a reply starting with `receive` back), `http`
+//! (connect, send a request, read the status line) or `https` (the same over
+//! TLS), each socket step bounded by `checks.active.timeout`
+//! (resty.healthcheck `run_single_check`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
 use super::conf::{Active, ProbeType};
@@ -116,13 +118,17 @@ pub async fn probe(active: &Active, tls: Option<&Arc<ClientConfig>>, target: &Ta
             }
         }
     };
+    if active.probe == ProbeType::Udp {
+        return probe_udp(active, addr, limit).await;
+    }
     let stream = match timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return Outcome::TcpFailure,
         Err(_) => return Outcome::Timeout,
     };
     match active.probe {
-        ProbeType::Tcp => Outcome::Success,
+        ProbeType::Tcp if active.send.is_none() && active.receive.is_none() => Outcome::Success,
+        ProbeType::Tcp | ProbeType::Udp => speak_tcp(stream, active, limit).await,
         ProbeType::Http => exchange(stream, active, &target.hostname, limit).await,
         ProbeType::Https => {
             let Some(config) = tls else {
@@ -170,4 +176,76 @@ where
     }
     let text = String::from_utf8_lossy(&line);
     Outcome::Status(parse_status(text.trim_end_matches('\r')))
+}
+
+/// Whether a reply passes: it starts with `receive` (anything passes when
+/// `receive` is not set).
+fn reply_ok(active: &Active, reply: &[u8]) -> bool {
+    active
+        .receive
+        .as_deref()
+        .is_none_or(|want| reply.starts_with(want))
+}
+
+/// `tcp` with `send`/`receive`: write `send`, then read until as many bytes
+/// as `receive` has arrived (or the peer closed) and compare.
+async fn speak_tcp(mut s: TcpStream, active: &Active, limit: Duration) -> Outcome {
+    if let Some(out) = &active.send {
+        match timeout(limit, s.write_all(out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Outcome::TcpFailure,
+            Err(_) => return Outcome::Timeout,
+        }
+    }
+    let Some(want) = &active.receive else {
+        return Outcome::Success;
+    };
+    let mut got = Vec::with_capacity(want.len());
+    let mut buf = [0u8; 512];
+    while got.len() < want.len() {
+        let n = match timeout(limit, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => return Outcome::Timeout,
+        };
+        got.extend_from_slice(&buf[..n]);
+        if !want.starts_with(&got[..got.len().min(want.len())]) {
+            break;
+        }
+    }
+    if reply_ok(active, &got) {
+        Outcome::Success
+    } else {
+        Outcome::TcpFailure
+    }
+}
+
+/// `udp`: send one datagram of `send`, wait for a reply starting with
+/// `receive`. An ICMP error (port unreachable) is a failure; no reply
+/// within the timeout is a timeout.
+async fn probe_udp(active: &Active, addr: SocketAddr, limit: Duration) -> Outcome {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(_) => return Outcome::TcpFailure,
+    };
+    if sock.connect(addr).await.is_err() {
+        return Outcome::TcpFailure;
+    }
+    let out = active.send.as_deref().unwrap_or_default();
+    match timeout(limit, sock.send(out)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Outcome::TcpFailure,
+        Err(_) => return Outcome::Timeout,
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    match timeout(limit, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) if reply_ok(active, &buf[..n]) => Outcome::Success,
+        Ok(Ok(_)) | Ok(Err(_)) => Outcome::TcpFailure,
+        Err(_) => Outcome::Timeout,
+    }
 }

@@ -93,9 +93,19 @@ fn http_statuses() -> Schema {
         .unique()
 }
 
+/// Bytes written as hex digits, two per byte.
+fn hex_def() -> Schema {
+    Schema::string()
+        .len(2, usize::MAX)
+        .pattern("^([0-9a-fA-F]{2})+$")
+}
+
 fn health_checker_def() -> Schema {
     let active = Schema::object()
-        .prop("type", Schema::string().str_enum(&["http", "https", "tcp"]))
+        .prop(
+            "type",
+            Schema::string().str_enum(&["http", "https", "tcp", "udp"]),
+        )
         .prop("timeout", Schema::number())
         .prop("concurrency", Schema::integer())
         .prop("host", Schema::string().pattern(HOST_PATTERN))
@@ -106,6 +116,10 @@ fn health_checker_def() -> Schema {
             Schema::string().str_enum(&["GET", "POST", "PUT", "HEAD"]),
         )
         .prop("http_req_body", Schema::string())
+        .prop("send", Schema::string().len(1, usize::MAX))
+        .prop("receive", Schema::string().len(1, usize::MAX))
+        .prop("send_hex", hex_def())
+        .prop("receive_hex", hex_def())
         .prop("https_verify_certificate", Schema::boolean())
         .prop(
             "healthy",

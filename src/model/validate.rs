@@ -119,6 +119,7 @@ fn check_ipv6_brackets(v: &Value) -> Result<(), String> {
 fn upstream_checks(v: &Value) -> Result<(), String> {
     check_ipv6_brackets(v)?;
     check_nodes(v)?;
+    check_speaking_probe(v)?;
     if v.get("pass_host").and_then(Value::as_str) == Some("rewrite")
         && v.get("upstream_host").is_none()
     {
@@ -158,6 +159,31 @@ fn upstream_checks(v: &Value) -> Result<(), String> {
                 quote(key)
             ));
         }
+    }
+    Ok(())
+}
+
+/// `checks.active`: `send`/`send_hex` and `receive`/`receive_hex` are one
+/// of each at most, and a `udp` check needs both a request and a reply.
+fn check_speaking_probe(v: &Value) -> Result<(), String> {
+    let Some(active) = v.pointer("/checks/active") else {
+        return Ok(());
+    };
+    for (a, b) in [("send", "send_hex"), ("receive", "receive_hex")] {
+        if active.get(a).is_some() && active.get(b).is_some() {
+            return Err(format!(
+                "invalid configuration: checks.active: only one of {a} and {b} may be set"
+            ));
+        }
+    }
+    let has = |a: &str, b: &str| active.get(a).is_some() || active.get(b).is_some();
+    if active.get("type").and_then(Value::as_str) == Some("udp")
+        && !(has("send", "send_hex") && has("receive", "receive_hex"))
+    {
+        return Err(
+            "invalid configuration: checks.active.type udp needs send (or send_hex) and receive (or receive_hex)"
+                .to_string(),
+        );
     }
     Ok(())
 }

@@ -392,6 +392,11 @@ async fn run_session(
         let _listener = ActiveGuard::new(&s.info.stats.active);
         reply_loop(s, &counters, &mut closed, &drain).await
     };
+    if matches!(end, End::IdleTimeout) && s.bytes().1 == 0 {
+        if let Some(checker) = opened.upstream.checker() {
+            checker.report_no_reply(opened.pick.index);
+        }
+    }
     let facts = Facts {
         protocol: Protocol::Udp,
         client: s.client,

@@ -21,6 +21,7 @@ mod reliability;
 mod security;
 mod services;
 mod session;
+mod speak;
 mod standalone;
 mod startup;
 mod tcp;
