@@ -554,7 +554,7 @@ fn upstream_field_errors() {
             r#"property "checks" validation failed: property "active" validation failed: property "healthy" validation failed: property "successes" validation failed: expected 255 to be at most 254"#.to_string(),
         ),
         (
-            json!({"nodes": n(), "checks": {"active": {"type": "udp"}}}),
+            json!({"nodes": n(), "checks": {"active": {"type": "sctp"}}}),
             r#"property "checks" validation failed: property "active" validation failed: property "type" validation failed: matches none of the enum values"#.to_string(),
         ),
         (
