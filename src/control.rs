@@ -204,7 +204,9 @@ pub fn stats_report(state: &ControlState) -> Value {
     let mut routes = Vec::new();
     let mut nodes = Vec::new();
     for r in snap.routes() {
-        routes.push(RouteReport::new(&r.id, &r.stats, r.summary()));
+        let mut report = RouteReport::new(&r.id, &r.stats, r.summary());
+        report.limit_bandwidth = r.chain.bandwidth().map(|b| b.report());
+        routes.push(report);
         if let Ok(up) = &r.upstream {
             let checker = up.health();
             for (i, (b, s)) in up.balancer.backends().iter().zip(&r.node_stats).enumerate() {
@@ -498,6 +500,41 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
                     route: r.id.clone(),
                 })
                 .set(r.stats.active.load(Ordering::Relaxed).max(0));
+            }
+        },
+    );
+    family::<DirectionLabel, Gauge>(
+        &mut reg,
+        "stream_route_bandwidth_limit",
+        "limit-bandwidth rate per route in bytes/s (in: upload, out: download; 0: unlimited)",
+        |f| {
+            for r in snap.routes() {
+                let Some(b) = r.chain.bandwidth() else {
+                    continue;
+                };
+                let (down, up) = b.limits();
+                for (dir, v) in [("in", up), ("out", down)] {
+                    f.get_or_create(&DirectionLabel {
+                        route: r.id.clone(),
+                        direction: dir.into(),
+                    })
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+            }
+        },
+    );
+    family::<RouteLabel, Gauge>(
+        &mut reg,
+        "stream_route_throttled",
+        "1 when limit-bandwidth held a session of the route back within the last second",
+        |f| {
+            for r in snap.routes() {
+                if let Some(b) = r.chain.bandwidth() {
+                    f.get_or_create(&RouteLabel {
+                        route: r.id.clone(),
+                    })
+                    .set(i64::from(b.throttled()));
+                }
             }
         },
     );

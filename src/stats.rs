@@ -333,6 +333,9 @@ pub struct RouteReport {
     pub retries: u64,
     /// The route's filters in one line.
     pub summary: String,
+    /// limit-bandwidth's rates and whether it throttles now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bandwidth: Option<serde_json::Value>,
 }
 
 impl RouteReport {
@@ -351,6 +354,7 @@ impl RouteReport {
             connect_failures: r(&s.connect_failures),
             retries: r(&s.retries),
             summary,
+            limit_bandwidth: None,
         }
     }
 }

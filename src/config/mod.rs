@@ -158,7 +158,7 @@ pub struct Config {
     pub plugin_attr: PluginAttr,
     /// `nginx_config` section (the stream parts we honour).
     pub nginx_config: NginxConfig,
-    /// top-level `stream_plugins`; default APISIX's: ip-restriction, limit-conn, mqtt-proxy, syslog, traffic-split
+    /// top-level `stream_plugins`; default APISIX's (ip-restriction, limit-conn, mqtt-proxy, syslog, traffic-split) and limit-bandwidth
     pub stream_plugins: Vec<String>,
 }
 
@@ -604,9 +604,11 @@ impl Default for NginxStream {
     }
 }
 
-/// `stream_plugins` when config.yaml does not set it (APISIX's default).
-pub const DEFAULT_STREAM_PLUGINS: [&str; 5] = [
+/// `stream_plugins` when config.yaml does not set it (APISIX's default,
+/// plus `limit-bandwidth`).
+pub const DEFAULT_STREAM_PLUGINS: [&str; 6] = [
     "ip-restriction",
+    "limit-bandwidth",
     "limit-conn",
     "mqtt-proxy",
     "syslog",

@@ -78,6 +78,7 @@ fn defaults_match_apisix() {
             c.stream_plugins,
             [
                 "ip-restriction",
+                "limit-bandwidth",
                 "limit-conn",
                 "mqtt-proxy",
                 "syslog",

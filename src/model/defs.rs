@@ -458,6 +458,17 @@ fn limit_conn() -> Schema {
     )
 }
 
+fn limit_bandwidth() -> Schema {
+    with_meta(
+        Schema::object()
+            .prop("download_rate", Schema::integer().min(0.0))
+            .prop("upload_rate", Schema::integer().min(0.0))
+            .prop("burst", Schema::integer().min(0.0))
+            .prop("key", Schema::string())
+            .prop("key_type", Schema::string().str_enum(&["var"])),
+    )
+}
+
 fn mqtt_proxy() -> Schema {
     with_meta(
         Schema::object()
@@ -520,6 +531,7 @@ fn prometheus() -> Schema {
 pub(crate) fn plugin(name: &str) -> Option<&'static Schema> {
     static IP: OnceLock<Schema> = OnceLock::new();
     static LC: OnceLock<Schema> = OnceLock::new();
+    static LB: OnceLock<Schema> = OnceLock::new();
     static MQ: OnceLock<Schema> = OnceLock::new();
     static SL: OnceLock<Schema> = OnceLock::new();
     static TS: OnceLock<Schema> = OnceLock::new();
@@ -527,6 +539,7 @@ pub(crate) fn plugin(name: &str) -> Option<&'static Schema> {
     Some(match name {
         "ip-restriction" => IP.get_or_init(ip_restriction),
         "limit-conn" => LC.get_or_init(limit_conn),
+        "limit-bandwidth" => LB.get_or_init(limit_bandwidth),
         "mqtt-proxy" => MQ.get_or_init(mqtt_proxy),
         "syslog" => SL.get_or_init(syslog),
         "traffic-split" => TS.get_or_init(traffic_split),

@@ -14,7 +14,7 @@ use super::defs;
 use crate::config::Config;
 
 /// `stream_plugins` when config.yaml does not set it (APISIX's default).
-pub const DEFAULT_ENABLED: [&str; 5] = crate::config::DEFAULT_STREAM_PLUGINS;
+pub const DEFAULT_ENABLED: [&str; 6] = crate::config::DEFAULT_STREAM_PLUGINS;
 
 /// The stream plugins this instance enables; cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +49,10 @@ impl EnabledPlugins {
 }
 
 /// The stream plugins this build implements, in APISIX's priority order.
-pub const IMPLEMENTED: [&str; 6] = [
+pub const IMPLEMENTED: [&str; 7] = [
     "ip-restriction",
     "limit-conn",
+    "limit-bandwidth",
     "mqtt-proxy",
     "traffic-split",
     "prometheus",

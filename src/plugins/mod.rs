@@ -4,7 +4,8 @@
 //! Two phases, as APISIX's stream subsystem has (apisix/plugin.lua):
 //! - **preread**, after the route matched and before any upstream is
 //!   contacted: `ip-restriction`, `limit-conn`, `mqtt-proxy` and
-//!   `traffic-split` may reject the session (it is closed without a byte
+//!   `traffic-split` may reject the session (`limit-bandwidth` hands the
+//!   session its pacing) (it is closed without a byte
 //!   sent, the status code is kept for logs and metrics), delay it, read the
 //!   client's first packet or replace the route's upstream;
 //! - **log**, when the session has ended: `prometheus` and `syslog`.
@@ -28,6 +29,7 @@
 
 pub mod expr;
 pub mod ip_restriction;
+pub mod limit_bandwidth;
 pub mod limit_conn;
 pub mod mqtt_proxy;
 pub mod prometheus;
@@ -53,6 +55,7 @@ pub fn priority(name: &str) -> Option<i32> {
     Some(match name {
         "ip-restriction" => 3000,
         "limit-conn" => 1003,
+        "limit-bandwidth" => 1002,
         "mqtt-proxy" => 1000,
         "traffic-split" => 966,
         "prometheus" => 500,
@@ -100,6 +103,8 @@ pub struct Shared {
     prefix: RwLock<String>,
     /// limit-conn's concurrent-session counters.
     pub limit_conn: Arc<limit_conn::Counters>,
+    /// limit-bandwidth's per-route rates and shared buckets.
+    pub bandwidth: Arc<limit_bandwidth::Registry>,
     /// The `prometheus` plugin's counters.
     pub metrics: Arc<prometheus::Metrics>,
     syslog: syslog::Registry,
@@ -114,6 +119,7 @@ impl Default for Shared {
             metadata: Arc::default(),
             prefix: RwLock::new("/apisix".to_string()),
             limit_conn: Arc::default(),
+            bandwidth: Arc::default(),
             metrics: Arc::default(),
             syslog: syslog::Registry::default(),
             warned: Mutex::default(),
@@ -227,6 +233,8 @@ pub struct Session {
     pub forward: Vec<u8>,
     /// The upstream `traffic-split` chose, if any.
     pub upstream: Option<Arc<Target>>,
+    /// The pacing `limit-bandwidth` gives the session's TCP relay.
+    pub bandwidth: Option<limit_bandwidth::Pacing>,
     limits: Vec<limit_conn::Guard>,
 }
 
@@ -314,6 +322,7 @@ impl Vars<'_> {
 enum Plugin {
     IpRestriction(ip_restriction::IpRestriction),
     LimitConn(limit_conn::LimitConn),
+    LimitBandwidth(limit_bandwidth::LimitBandwidth),
     MqttProxy(mqtt_proxy::MqttProxy),
     TrafficSplit(traffic_split::TrafficSplit),
     Prometheus(prometheus::Prometheus),
@@ -325,6 +334,7 @@ impl Plugin {
         match self {
             Plugin::IpRestriction(_) => "ip-restriction",
             Plugin::LimitConn(_) => "limit-conn",
+            Plugin::LimitBandwidth(_) => "limit-bandwidth",
             Plugin::MqttProxy(_) => "mqtt-proxy",
             Plugin::TrafficSplit(_) => "traffic-split",
             Plugin::Prometheus(_) => "prometheus",
@@ -427,6 +437,13 @@ impl Chain {
                     ),
                     Arc::clone(&ctx.shared.limit_conn),
                 )?),
+                "limit-bandwidth" => {
+                    Plugin::LimitBandwidth(limit_bandwidth::LimitBandwidth::build(
+                        &conf,
+                        &format!("{}/stream_routes/{}", ctx.shared.prefix(), ctx.route_id),
+                        Arc::clone(&ctx.shared.bandwidth),
+                    )?)
+                }
                 "mqtt-proxy" => Plugin::MqttProxy(mqtt_proxy::MqttProxy::build(&conf)?),
                 "traffic-split" => {
                     Plugin::TrafficSplit(traffic_split::TrafficSplit::build(&conf, ctx)?)
@@ -454,6 +471,7 @@ impl Chain {
                 p,
                 Plugin::IpRestriction(_)
                     | Plugin::LimitConn(_)
+                    | Plugin::LimitBandwidth(_)
                     | Plugin::MqttProxy(_)
                     | Plugin::TrafficSplit(_)
             )
@@ -485,6 +503,15 @@ impl Chain {
         self.service_id.as_deref()
     }
 
+    /// The route's limit-bandwidth state for `/v1/stream/stats` (None
+    /// without the plugin).
+    pub fn bandwidth(&self) -> Option<&Arc<limit_bandwidth::Rates>> {
+        self.plugins.iter().find_map(|p| match p {
+            Plugin::LimitBandwidth(b) => Some(b.rates()),
+            _ => None,
+        })
+    }
+
     /// Names of the compiled plugins, in run order.
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(Plugin::name).collect()
@@ -514,6 +541,10 @@ impl Chain {
                 } else {
                     Step::Delay(delay)
                 })
+            }
+            Plugin::LimitBandwidth(p) => {
+                s.bandwidth = Some(p.pacing(&self.vars(conn, None)));
+                Ok(Step::Next)
             }
             Plugin::MqttProxy(p) => Ok(Step::ReadMqtt(p)),
             Plugin::TrafficSplit(p) => {
@@ -628,6 +659,7 @@ mod tests {
         let names = [
             "ip-restriction",
             "limit-conn",
+            "limit-bandwidth",
             "mqtt-proxy",
             "traffic-split",
             "prometheus",

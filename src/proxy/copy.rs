@@ -16,6 +16,10 @@
 //! `splice(2)` through a pipe so the data no longer enters user space. The
 //! buffer is allocated only when data first arrives, so idle connections
 //! hold no buffers at all.
+//!
+//! A session paced by `limit-bandwidth` asks its [`Pacer`] before each read
+//! how many bytes it may move and reads (or splices) no more than that;
+//! sessions without it skip this with one `Option` check per chunk.
 
 use std::future::Future;
 use std::io;
@@ -30,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::plugins::limit_bandwidth::{Dir, Pacer, Pacing};
 
 /// Size of one transfer (also the user-space buffer size).
 const CHUNK: usize = 64 * 1024;
@@ -145,11 +151,19 @@ async fn copy_chunk<R, W>(
     buf: &mut [u8],
     counters: Counters<'_>,
     act: &Activity,
+    pace: Option<Pacer<'_>>,
 ) -> Result<usize, PumpError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    let buf = match pace {
+        None => buf,
+        Some(p) => {
+            let cap = p.grant(buf.len()).await;
+            &mut buf[..cap]
+        }
+    };
     let n = match src.read(buf).await {
         Ok(0) => return Ok(0),
         Ok(n) => n,
@@ -158,6 +172,9 @@ where
     dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
     counters.add(n);
     act.touch();
+    if let Some(p) = pace {
+        p.spent(n);
+    }
     Ok(n)
 }
 
@@ -171,6 +188,7 @@ async fn pump_tcp(
     dst: &mut WriteHalf<'_>,
     counters: Counters<'_>,
     act: &Activity,
+    pace: Option<Pacer<'_>>,
 ) -> Result<(), PumpError> {
     #[cfg(target_os = "linux")]
     let mut pipe: Option<Pipe> = None;
@@ -194,7 +212,7 @@ async fn pump_tcp(
                 }
             }
             if let Some(p) = &pipe {
-                if !splice_chunk(src.as_ref(), dst.as_ref(), p, counters, act).await? {
+                if !splice_chunk(src.as_ref(), dst.as_ref(), p, counters, act, pace).await? {
                     break;
                 }
                 continue;
@@ -208,7 +226,11 @@ async fn pump_tcp(
             let s: &TcpStream = src.as_ref();
             s.readable().await.map_err(PumpError::Read)?;
             let mut b = vec![0u8; BUF].into_boxed_slice();
-            let mut rb = ReadBuf::new(&mut b);
+            let cap = match pace {
+                None => BUF,
+                Some(p) => p.grant(BUF).await,
+            };
+            let mut rb = ReadBuf::new(&mut b[..cap]);
             let polled =
                 std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *src).poll_read(cx, &mut rb)))
                     .await;
@@ -223,12 +245,15 @@ async fn pump_tcp(
             dst.write_all(&b[..n]).await.map_err(PumpError::Write)?;
             counters.add(n);
             act.touch();
+            if let Some(p) = pace {
+                p.spent(n);
+            }
             moved += n as u64;
             buf = Some(b);
             continue;
         }
         let Some(b) = buf.as_mut() else { continue };
-        match copy_chunk(src, dst, b, counters, act).await? {
+        match copy_chunk(src, dst, b, counters, act, pace).await? {
             0 => break,
             n => moved += n as u64,
         }
@@ -246,13 +271,18 @@ async fn splice_chunk(
     p: &Pipe,
     counters: Counters<'_>,
     act: &Activity,
+    pace: Option<Pacer<'_>>,
 ) -> Result<bool, PumpError> {
+    let chunk = match pace {
+        None => CHUNK,
+        Some(p) => p.grant(CHUNK).await,
+    };
     loop {
         s.readable().await.map_err(PumpError::Read)?;
         // The pipe is empty here, so WouldBlock can only mean the socket has
         // nothing to read (try_io then clears readiness).
         let got = s.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(s, None, &p.w, None, CHUNK, splice_flags())
+            rustix::pipe::splice(s, None, &p.w, None, chunk, splice_flags())
                 .map_err(io::Error::from)
         });
         let mut left = match got {
@@ -261,6 +291,9 @@ async fn splice_chunk(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(PumpError::Read(e)),
         };
+        if let Some(pace) = pace {
+            pace.spent(left);
+        }
         while left > 0 {
             d.writable().await.map_err(PumpError::Write)?;
             let out = d.try_io(Interest::WRITABLE, || {
@@ -288,13 +321,14 @@ async fn pump_io<R, W>(
     dst: &mut W,
     counters: Counters<'_>,
     act: &Activity,
+    pace: Option<Pacer<'_>>,
 ) -> Result<(), PumpError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUF];
-    while copy_chunk(src, dst, &mut buf, counters, act).await? > 0 {}
+    while copy_chunk(src, dst, &mut buf, counters, act, pace).await? > 0 {}
     let _ = dst.shutdown().await;
     Ok(())
 }
@@ -313,6 +347,8 @@ pub struct Stops<'a> {
     pub closed: &'a mut oneshot::Receiver<()>,
     /// Cancelled when the server drains.
     pub drain: &'a CancellationToken,
+    /// The session's `limit-bandwidth` pacing, if any.
+    pub pace: Option<&'a Pacing>,
 }
 
 /// Run both directions until both finish, one fails, `idle` passes without
@@ -327,6 +363,7 @@ async fn drive(
         idle,
         closed,
         drain,
+        pace: _,
     } = stops;
     tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
@@ -381,11 +418,24 @@ pub async fn relay_tcp(
     stops: Stops<'_>,
 ) -> End {
     let act = Activity::new();
+    let pace = stops.pace;
     let (mut client_r, mut client_w) = client.split();
     let (mut up_r, mut up_w) = upstream.split();
     drive(
-        pump_tcp(&mut client_r, &mut up_w, up, &act),
-        pump_tcp(&mut up_r, &mut client_w, down, &act),
+        pump_tcp(
+            &mut client_r,
+            &mut up_w,
+            up,
+            &act,
+            pace.map(|p| p.pacer(Dir::Up)),
+        ),
+        pump_tcp(
+            &mut up_r,
+            &mut client_w,
+            down,
+            &act,
+            pace.map(|p| p.pacer(Dir::Down)),
+        ),
         &act,
         stops,
     )
@@ -405,11 +455,24 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let act = Activity::new();
+    let pace = stops.pace;
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
     drive(
-        pump_io(&mut client_r, &mut up_w, up, &act),
-        pump_io(&mut up_r, &mut client_w, down, &act),
+        pump_io(
+            &mut client_r,
+            &mut up_w,
+            up,
+            &act,
+            pace.map(|p| p.pacer(Dir::Up)),
+        ),
+        pump_io(
+            &mut up_r,
+            &mut client_w,
+            down,
+            &act,
+            pace.map(|p| p.pacer(Dir::Down)),
+        ),
         &act,
         stops,
     )

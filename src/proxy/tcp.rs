@@ -390,6 +390,7 @@ impl<'a> Tcp<'a> {
             idle,
             closed: &mut registered.closed,
             drain: &self.ctx.draining,
+            pace: plugins.bandwidth.as_ref(),
         };
         let end = match (client, upstream) {
             (Side::Plain(mut c), Side::Plain(mut u)) => {

@@ -55,6 +55,21 @@ pub struct RouteStats {
     pub connect_failures: u64,
     /// What the route matches, e.g. `server_port=9100`.
     pub summary: Option<String>,
+    /// The route's limit-bandwidth state, when it has the plugin.
+    pub limit_bandwidth: Option<Bandwidth>,
+}
+
+/// A route's limit-bandwidth rates (bytes/s, 0: unlimited) and whether it
+/// throttles now.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Bandwidth {
+    /// Towards the client.
+    pub download_rate: u64,
+    /// Towards the upstream.
+    pub upload_rate: u64,
+    /// A session waited for its budget within the last second.
+    pub throttled: bool,
 }
 
 /// One upstream node's counters, as used by one route.

@@ -125,6 +125,29 @@ fn highlight(app: &App, pane: Pane) -> Style {
     }
 }
 
+/// The LIMIT column: the download rate limit (else the upload one), `*`
+/// when the route throttles now; `-` without limit-bandwidth.
+fn limit(b: Option<&crate::top::app::Bandwidth>) -> String {
+    let Some(b) = b else {
+        return "-".into();
+    };
+    let rate = if b.download_rate > 0 {
+        b.download_rate
+    } else {
+        b.upload_rate
+    };
+    let text = if rate == 0 {
+        "none".to_string()
+    } else {
+        bytes(rate as f64)
+    };
+    if b.throttled {
+        format!("{text}*")
+    } else {
+        text
+    }
+}
+
 fn draw_routes(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let routes = app.routes();
     let id_width = routes
@@ -146,6 +169,7 @@ fn draw_routes(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 Cell::from(bytes(rates.bytes_in.per_sec())),
                 Cell::from(bytes(rates.bytes_out.per_sec())),
                 Cell::from(r.connect_failures.to_string()),
+                Cell::from(limit(r.limit_bandwidth.as_ref())),
             ])
         })
         .collect();
@@ -160,10 +184,11 @@ fn draw_routes(frame: &mut Frame<'_>, app: &App, area: Rect) {
             Constraint::Length(7),
             Constraint::Length(7),
             Constraint::Length(5),
+            Constraint::Length(8),
         ],
     )
     .header(header_row(&[
-        "ID", "MATCH", "ACTIVE", "TOTAL", "CONN/S", "IN/S", "OUT/S", "FAIL",
+        "ID", "MATCH", "ACTIVE", "TOTAL", "CONN/S", "IN/S", "OUT/S", "FAIL", "LIMIT",
     ]))
     .row_highlight_style(highlight(app, Pane::Routes))
     .highlight_symbol("> ")

@@ -3,6 +3,7 @@
 
 mod admin;
 mod backend;
+mod bandwidth;
 mod cli;
 mod etcd;
 mod etcd_cluster;
