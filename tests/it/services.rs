@@ -322,12 +322,13 @@ async fn introspection_answers_as_apisix() {
         )
         .await;
     assert_eq!(st, StatusCode::OK);
-    // APISIX's default stream_plugins, highest priority first.
+    // The default stream_plugins, highest priority first.
     assert_eq!(
         v,
         json!([
             "ip-restriction",
             "limit-conn",
+            "limit-bandwidth",
             "mqtt-proxy",
             "traffic-split",
             "syslog"
