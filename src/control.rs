@@ -198,6 +198,12 @@ async fn healthcheck_one(
     (StatusCode::NOT_FOUND, Json(json!({"error_msg": msg}))).into_response()
 }
 
+/// Server TLS handshakes since start, full and resumed.
+fn tls_handshakes(state: &ControlState) -> Value {
+    let (full, resumed) = state.carry.tls_policy.handshakes();
+    json!({"full": full, "resumed": resumed})
+}
+
 /// The body of `GET /v1/stream/stats`.
 pub fn stats_report(state: &ControlState) -> Value {
     let snap = state.snapshot.load();
@@ -244,6 +250,7 @@ pub fn stats_report(state: &ControlState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "memory_rss_bytes": memory_rss_bytes(),
         "connections_open": state.carry.stats.connections.len(),
+        "tls_handshakes": tls_handshakes(state),
         "routes": routes,
         "nodes": nodes,
         "listeners": listeners,
@@ -432,6 +439,18 @@ pub fn metrics_text(state: &ControlState, prefix: &str) -> String {
         |f| {
             for (route, total) in state.carry.plugins.metrics.connection_totals() {
                 f.get_or_create(&RouteLabel { route }).inc_by(total);
+            }
+        },
+    );
+    family::<Vec<(String, String)>, Counter>(
+        &mut reg,
+        "stream_tls_handshakes",
+        "Server TLS handshakes by kind (full or resumed)",
+        |f| {
+            let (full, resumed) = state.carry.tls_policy.handshakes();
+            for (kind, n) in [("full", full), ("resumed", resumed)] {
+                f.get_or_create(&vec![("kind".to_string(), kind.to_string())])
+                    .inc_by(n);
             }
         },
     );

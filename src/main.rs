@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    apisix_stream::tls::install_provider();
     match apisix_stream::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

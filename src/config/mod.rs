@@ -268,7 +268,7 @@ pub struct ProxyProtocol {
 }
 
 /// `apisix.ssl`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SslConf {
     /// `fallback_sni`: SNI assumed when a TLS client sends none.
     pub fallback_sni: Option<String>,
@@ -276,6 +276,35 @@ pub struct SslConf {
     /// upstreams and etcd are checked against; `None` or `system`: the
     /// system's roots.
     pub ssl_trusted_certificate: Option<String>,
+    /// `ssl_protocols`: TLS versions of terminating listeners (space-separated).
+    pub ssl_protocols: String,
+    /// `ssl_ciphers`: TLS 1.2 suites of terminating listeners (OpenSSL list).
+    pub ssl_ciphers: String,
+    /// `ssl_session_tickets`: resumption by session tickets (on, as nginx's stream default).
+    pub ssl_session_tickets: bool,
+    /// `ssl_session_cache_size`: sessions cached per SSL object (0: no cache).
+    pub ssl_session_cache_size: usize,
+    /// `ssl_session_timeout`: seconds a cached session stays usable.
+    pub ssl_session_timeout: u64,
+}
+
+/// APISIX's default `apisix.ssl.ssl_ciphers`.
+pub const DEFAULT_SSL_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+impl Default for SslConf {
+    fn default() -> Self {
+        SslConf {
+            fallback_sni: None,
+            ssl_trusted_certificate: None,
+            ssl_protocols: "TLSv1.2 TLSv1.3".into(),
+            ssl_ciphers: DEFAULT_SSL_CIPHERS.into(),
+            ssl_session_tickets: true,
+            ssl_session_cache_size: 0,
+            ssl_session_timeout: 300,
+        }
+    }
 }
 
 /// `apisix.data_encryption`.

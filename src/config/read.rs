@@ -461,16 +461,41 @@ fn build_apisix(top: &Section<'_>) -> Result<Apisix, ConfigError> {
         control: sec.listen_addr("control", d.control)?,
         enable_reuseport: sec.bool_or("enable_reuseport", d.enable_reuseport)?,
         proxy_protocol,
-        ssl: SslConf {
-            fallback_sni: sec.section("ssl")?.opt_string("fallback_sni")?,
-            ssl_trusted_certificate: sec.section("ssl")?.opt_string("ssl_trusted_certificate")?,
-        },
+        ssl: read_ssl(&sec.section("ssl")?)?,
         data_encryption: DataEncryption { keyring },
         disable_upstream_healthcheck: sec.bool_or(
             "disable_upstream_healthcheck",
             d.disable_upstream_healthcheck,
         )?,
     })
+}
+
+fn read_ssl(ssl: &Section<'_>) -> Result<SslConf, ConfigError> {
+    let d = SslConf::default();
+    let conf = SslConf {
+        fallback_sni: ssl.opt_string("fallback_sni")?,
+        ssl_trusted_certificate: ssl.opt_string("ssl_trusted_certificate")?,
+        ssl_protocols: ssl.string_or("ssl_protocols", &d.ssl_protocols)?,
+        ssl_ciphers: ssl.string_or("ssl_ciphers", &d.ssl_ciphers)?,
+        ssl_session_tickets: ssl.bool_or("ssl_session_tickets", d.ssl_session_tickets)?,
+        ssl_session_cache_size: usize::try_from(ssl.u64_or(
+            "ssl_session_cache_size",
+            d.ssl_session_cache_size as u64,
+            0,
+        )?)
+        .unwrap_or(usize::MAX),
+        ssl_session_timeout: ssl.u64_or("ssl_session_timeout", d.ssl_session_timeout, 1)?,
+    };
+    if let Err(e) = crate::tls::session::Policy::new(&conf) {
+        let key = if e.contains("ssl_ciphers") {
+            "ssl_ciphers"
+        } else {
+            "ssl_protocols"
+        };
+        let value = ssl.get(key).cloned().unwrap_or(Value::Null);
+        return Err(ssl.invalid(key, &value, e));
+    }
+    Ok(conf)
 }
 
 fn build_stream_proxy(

@@ -40,7 +40,7 @@ pub(crate) fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
 pub(crate) fn validate_pair(cert: &str, key: &str) -> Result<(), String> {
     let certs = parse_certs(cert)?;
     let key = parse_key(key)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|_| "failed to parse key: unsupported private key type".to_string())?;
     let certified = CertifiedKey::new(certs, Arc::clone(&signing));
     match certified.keys_match() {

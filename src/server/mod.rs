@@ -253,11 +253,15 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     if !checks {
         tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
     }
+    let tls_policy = crate::tls::session::Policy::new(&config.apisix.ssl)
+        .map(Arc::new)
+        .map_err(ServerError::Unsupported)?;
     let trust =
         crate::tls::Trust::from_setting(config.apisix.ssl.ssl_trusted_certificate.as_deref())
             .map_err(ServerError::Unsupported)?;
     let carry = Arc::new(Carry {
         trust,
+        tls_policy,
         ..Carry::new(Registry::new(checks, tasks.clone(), cancel.clone()))
     });
     // Values read from secret managers are read again when their time is up.

@@ -353,6 +353,7 @@ pub(super) fn apply(
             Ok(tls::TlsCerts::build(
                 next.ssl_sources.iter().map(|(id, v)| (id.as_str(), &**v)),
                 Some(&prev.tls),
+                &carry.tls_policy,
             ))
         });
         let stale: Vec<(Kind, String)> = next

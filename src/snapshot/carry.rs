@@ -42,6 +42,8 @@ pub struct Carry {
     /// `$env://` and `$secret://` references, and what secret managers
     /// answered for them.
     pub secrets: Arc<secrets::Resolver>,
+    /// `apisix.ssl` versions, ciphers and sessions of terminating listeners.
+    pub tls_policy: Arc<tls::session::Policy>,
 }
 
 impl Carry {
@@ -53,6 +55,7 @@ impl Carry {
             health,
             trust: tls::Trust::default(),
             secrets: Arc::default(),
+            tls_policy: Arc::new(tls::session::Policy::fallback()),
         }
     }
 }

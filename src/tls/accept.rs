@@ -70,6 +70,9 @@ pub async fn terminate(
             .into_stream(config)
             .await
             .map_err(|e| format!("TLS handshake failed (sni {sni}): {e}"))?;
+        if let Some(p) = snapshot.certs().policy() {
+            p.count(tls.get_ref().1.handshake_kind());
+        }
         Ok((tls, sni))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)

@@ -21,11 +21,11 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-    SupportedProtocolVersion,
 };
 use serde_json::Value;
 
 use super::provider;
+use super::session::Policy;
 use crate::model::{Ssl, SslType};
 
 fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -135,20 +135,12 @@ impl ClientCertVerifier for DepthLimited {
     }
 }
 
-fn versions(ssl_protocols: &[String]) -> Vec<&'static SupportedProtocolVersion> {
-    let mut v = Vec::new();
-    if ssl_protocols.is_empty() || ssl_protocols.iter().any(|p| p == "TLSv1.3") {
-        v.push(&rustls::version::TLS13);
-    }
-    if ssl_protocols.is_empty() || ssl_protocols.iter().any(|p| p == "TLSv1.2") {
-        v.push(&rustls::version::TLS12);
-    }
-    v
-}
-
 /// Build the server configuration of one SSL object.
-pub fn server_config(ssl: &Ssl) -> Result<Arc<ServerConfig>, String> {
-    let provider = provider();
+pub fn server_config(ssl: &Ssl, policy: &Policy) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: policy.suites.clone(),
+        ..(*provider()).clone()
+    });
     let keys = ssl
         .pairs
         .iter()
@@ -157,7 +149,11 @@ pub fn server_config(ssl: &Ssl) -> Result<Arc<ServerConfig>, String> {
     if keys.is_empty() {
         return Err("no certificate".into());
     }
-    let versions = versions(&ssl.ssl_protocols);
+    let versions = if ssl.ssl_protocols.is_empty() {
+        policy.versions.clone()
+    } else {
+        super::session::versions(&ssl.ssl_protocols)
+    };
     if versions.is_empty() {
         return Err("ssl_protocols allows neither TLSv1.2 nor TLSv1.3".into());
     }
@@ -180,7 +176,14 @@ pub fn server_config(ssl: &Ssl) -> Result<Arc<ServerConfig>, String> {
             }))
         }
     };
-    let config = builder.with_cert_resolver(Arc::new(PairResolver { keys }));
+    let mut config = builder.with_cert_resolver(Arc::new(PairResolver { keys }));
+    config.session_storage = policy.session_store();
+    config.send_tls13_tickets = 1;
+    match &policy.ticketer {
+        Some(t) => config.ticketer = t.clone(),
+        None if policy.cache_size == 0 => config.send_tls13_tickets = 0,
+        None => {}
+    }
     Ok(Arc::new(config))
 }
 
@@ -203,6 +206,8 @@ pub struct TlsCerts {
     clients: HashMap<String, (Value, Arc<CertifiedKey>)>,
     /// SSL objects that could not be loaded, by id, with why.
     rejected: Vec<(String, String)>,
+    /// The policy the server configurations were built with.
+    policy: Option<Arc<Policy>>,
 }
 
 impl TlsCerts {
@@ -211,8 +216,12 @@ impl TlsCerts {
     pub fn build<'a>(
         ssls: impl Iterator<Item = (&'a str, &'a Value)>,
         prev: Option<&TlsCerts>,
+        policy: &Arc<Policy>,
     ) -> TlsCerts {
-        let mut out = TlsCerts::default();
+        let mut out = TlsCerts {
+            policy: Some(policy.clone()),
+            ..TlsCerts::default()
+        };
         let provider = provider();
         for (id, v) in ssls {
             // E.g. a reference to an environment variable that is not set.
@@ -256,7 +265,7 @@ impl TlsCerts {
                 .filter(|o| o.source == *v)
             {
                 Some(old) => old.clone(),
-                None => match server_config(&ssl) {
+                None => match server_config(&ssl, policy) {
                     Ok(config) => Arc::new(ServerSsl {
                         source: v.clone(),
                         config,
@@ -299,6 +308,11 @@ impl TlsCerts {
             }
         }
         self.any.as_ref()
+    }
+
+    /// The policy these configurations were built with, if any.
+    pub fn policy(&self) -> Option<&Arc<Policy>> {
+        self.policy.as_ref()
     }
 
     /// The SSL objects that could not be loaded (id, why).

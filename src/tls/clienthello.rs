@@ -187,7 +187,7 @@ mod tests {
     /// A real ClientHello from rustls for `name`.
     fn hello(name: Option<&str>) -> Vec<u8> {
         use std::sync::Arc;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

@@ -8,6 +8,9 @@
 //! - [`client`]: client configurations and [`connect_upstream`].
 //! - [`clienthello`]: the ClientHello parser behind [`peek_sni`].
 //! - [`trust`]: the CAs verified peers are checked against ([`Trust`]).
+//! - [`session`]: versions, suites, tickets and session cache of
+//!   terminating listeners (`apisix.ssl`), and the handshake counters.
+//! - [`suites`]: `ssl_ciphers` (OpenSSL names) mapped to rustls suites.
 //!
 //! This module sits below the data plane and the snapshot: it imports
 //! neither `proxy` nor `snapshot`, so both (and `health`, `plugins`) can
@@ -17,6 +20,8 @@ pub mod accept;
 pub mod certs;
 pub mod client;
 pub mod clienthello;
+pub mod session;
+pub mod suites;
 pub mod trust;
 
 use std::sync::Arc;
@@ -31,9 +36,22 @@ pub use trust::Trust;
 /// SNI sent to TLS upstreams when the client connection had none (APISIX).
 pub const DEFAULT_UPSTREAM_SNI: &str = "apisix_backend";
 
-/// The crypto provider every TLS configuration uses.
+/// The crypto provider every TLS configuration uses (aws-lc-rs), installed
+/// as the process default on first use.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    if let Some(p) = CryptoProvider::get_default() {
+        return p.clone();
+    }
+    install_provider();
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// Install the process's crypto provider (aws-lc-rs) as rustls's default,
+/// which the HTTP clients (etcd, CLI) use too; later calls do nothing.
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Lower-case and drop one trailing dot, as APISIX normalises SNIs.

@@ -1160,7 +1160,7 @@ fn tls_client(ca: &rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::Cl
     roots.add(ca.clone()).expect("root");
     Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("versions")

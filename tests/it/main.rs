@@ -27,6 +27,7 @@ mod standalone;
 mod startup;
 mod tcp;
 mod tls;
+mod tls_session;
 mod top;
 mod trust;
 mod udp;

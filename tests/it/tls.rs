@@ -23,20 +23,20 @@ use crate::backend::{read_line, Backend, Mode};
 use crate::harness::{within, TestServer};
 
 /// A certificate with its key, as PEM and DER.
-struct Pem {
+pub(crate) struct Pem {
     cert: String,
     key: String,
     der: Vec<u8>,
 }
 
 /// A test CA that signs server and client certificates.
-struct Ca {
+pub(crate) struct Ca {
     cert: Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name.push(DnType::CommonName, name);
@@ -64,13 +64,13 @@ impl Ca {
     }
 }
 
-fn server_cert(ca: &Ca, names: &[&str]) -> Pem {
+pub(crate) fn server_cert(ca: &Ca, names: &[&str]) -> Pem {
     ca.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
 }
 
 /// Accepts any server certificate; the test looks at which one it got.
 #[derive(Debug)]
-struct SeeAnything;
+pub(crate) struct SeeAnything;
 
 impl ServerCertVerifier for SeeAnything {
     fn verify_server_cert(
@@ -100,14 +100,14 @@ impl ServerCertVerifier for SeeAnything {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        rustls::crypto::aws_lc_rs::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn client_config(client_cert: Option<&Pem>) -> Arc<rustls::ClientConfig> {
@@ -156,13 +156,13 @@ async fn tls_connect(
     Ok((cert, s))
 }
 
-fn tls_listener() -> ListenSpec {
+pub(crate) fn tls_listener() -> ListenSpec {
     let mut spec = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
     spec.tls = true;
     spec
 }
 
-async fn put_ssl(s: &TestServer, id: &str, pem: &Pem, snis: &[&str], extra: serde_json::Value) {
+pub(crate) async fn put_ssl(s: &TestServer, id: &str, pem: &Pem, snis: &[&str], extra: serde_json::Value) {
     let mut body = json!({"cert": pem.cert, "key": pem.key, "snis": snis});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {

@@ -61,7 +61,7 @@ impl TestCa {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {
