@@ -47,9 +47,35 @@ const KEYWORDS: &[&str] = &[
 
 /// Parts of OpenSSL suite names, to recognise a real suite rustls lacks.
 const PARTS: &[&str] = &[
-    "ECDHE", "DHE", "EDH", "RSA", "ECDSA", "PSK", "AES128", "AES256", "AES", "GCM", "CCM", "CCM8",
-    "SHA", "SHA256", "SHA384", "CHACHA20", "POLY1305", "CAMELLIA128", "CAMELLIA256", "ARIA128",
-    "ARIA256", "DES", "CBC3", "CBC", "RC4", "MD5", "SEED", "NULL", "DSS",
+    "ECDHE",
+    "DHE",
+    "EDH",
+    "RSA",
+    "ECDSA",
+    "PSK",
+    "AES128",
+    "AES256",
+    "AES",
+    "GCM",
+    "CCM",
+    "CCM8",
+    "SHA",
+    "SHA256",
+    "SHA384",
+    "CHACHA20",
+    "POLY1305",
+    "CAMELLIA128",
+    "CAMELLIA256",
+    "ARIA128",
+    "ARIA256",
+    "DES",
+    "CBC3",
+    "CBC",
+    "RC4",
+    "MD5",
+    "SEED",
+    "NULL",
+    "DSS",
 ];
 
 /// The TLS 1.2 suites of `all` that `list` selects, with every TLS 1.3

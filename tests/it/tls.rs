@@ -162,7 +162,13 @@ pub(crate) fn tls_listener() -> ListenSpec {
     spec
 }
 
-pub(crate) async fn put_ssl(s: &TestServer, id: &str, pem: &Pem, snis: &[&str], extra: serde_json::Value) {
+pub(crate) async fn put_ssl(
+    s: &TestServer,
+    id: &str,
+    pem: &Pem,
+    snis: &[&str],
+    extra: serde_json::Value,
+) {
     let mut body = json!({"cert": pem.cert, "key": pem.key, "snis": snis});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {

@@ -33,7 +33,14 @@ async fn server(ssl: &str) -> (TestServer, Backend) {
     )
     .await;
     let ca = Ca::new("session ca");
-    put_ssl(&s, "1", &server_cert(&ca, &["s.test"]), &["s.test"], json!({})).await;
+    put_ssl(
+        &s,
+        "1",
+        &server_cert(&ca, &["s.test"]),
+        &["s.test"],
+        json!({}),
+    )
+    .await;
     let echo = Backend::start("echo", Mode::Echo).await;
     s.put_route(
         "1",
@@ -93,7 +100,11 @@ async fn connect(
 }
 
 async fn stats(s: &TestServer) -> Value {
-    let control = s.server.as_ref().and_then(|x| x.control_addr()).expect("control");
+    let control = s
+        .server
+        .as_ref()
+        .and_then(|x| x.control_addr())
+        .expect("control");
     within(5, reqwest::get(format!("http://{control}/v1/stream/stats")))
         .await
         .expect("stats")
@@ -128,8 +139,16 @@ async fn tickets_resume_sessions_and_the_counters_move() {
         );
     }
     let st = stats(&s).await;
-    assert_eq!(st["tls_handshakes"], json!({"full": 2, "resumed": 4}), "{st}");
-    let metrics_addr = s.server.as_ref().and_then(|x| x.metrics_addr()).expect("metrics");
+    assert_eq!(
+        st["tls_handshakes"],
+        json!({"full": 2, "resumed": 4}),
+        "{st}"
+    );
+    let metrics_addr = s
+        .server
+        .as_ref()
+        .and_then(|x| x.metrics_addr())
+        .expect("metrics");
     let text = within(
         5,
         reqwest::get(format!("http://{metrics_addr}/apisix/prometheus/metrics")),
@@ -154,11 +173,16 @@ async fn without_tickets_sessions_resume_through_the_cache_or_not_at_all() {
         assert_eq!(k, vec![HandshakeKind::Full; 3], "{v:?}: no resumption");
     }
     let st = stats(&s).await;
-    assert_eq!(st["tls_handshakes"], json!({"full": 6, "resumed": 0}), "{st}");
+    assert_eq!(
+        st["tls_handshakes"],
+        json!({"full": 6, "resumed": 0}),
+        "{st}"
+    );
     drop(s);
-    let (s, _echo) =
-        server("{ssl_session_tickets: false, ssl_session_cache_size: 100, ssl_session_timeout: 60}")
-            .await;
+    let (s, _echo) = server(
+        "{ssl_session_tickets: false, ssl_session_cache_size: 100, ssl_session_timeout: 60}",
+    )
+    .await;
     for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let k = kinds(s.tcp[0], v).await;
         assert_eq!(
