@@ -243,7 +243,10 @@ pub fn stats_report(state: &ControlState) -> Value {
         })
         .collect();
     let (total, active) = state.carry.stats.totals();
+    let (failed, last) = crate::server::upgrade::failures();
     json!({
+        "pid": std::process::id(),
+        "upgrade": {"failures": failed, "last_failure": last},
         "uptime_s": state.carry.stats.uptime_s(),
         "active": active,
         "total": total,

@@ -67,6 +67,14 @@ pub enum Command {
     ///
     /// Example: apisix-stream serve -c conf/config.yaml
     Serve,
+    /// Replace the running server with the binary at the path it was started from, without refusing a connection.
+    ///
+    /// Finds the server through the Control API, sends it SIGUSR2, waits
+    /// for the new process to serve and prints its pid; exits 1 with the
+    /// reason when the new process did not take over.
+    ///
+    /// Example: apisix-stream upgrade -c conf/config.yaml
+    Upgrade(UpgradeArgs),
     /// Manage stream routes (/apisix/admin/stream_routes).
     ///
     /// Example: apisix-stream route add --id 1 --server-port 9100 --node 127.0.0.1:3306
@@ -434,6 +442,17 @@ pub struct RouteTestArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// Options of `upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Control API address [default: the config's apisix.control, else http://127.0.0.1:9090]
+    #[arg(long, value_name = "URL")]
+    pub control_url: Option<String>,
+    /// How long to wait for the new process to take over, e.g. 40s.
+    #[arg(long, value_name = "DURATION", default_value = "40s")]
+    pub timeout: String,
 }
 
 /// Options of `top`.

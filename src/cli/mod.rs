@@ -10,6 +10,7 @@ pub mod client;
 pub mod generate;
 pub mod output;
 pub mod resource;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service(&connect(&global)?, cmd),
         Command::Ssl(cmd) => ssl(&connect(&global)?, cmd),
         Command::Top(a) => top(&global, &a),
+        Command::Upgrade(a) => {
+            let url = control_url(&global, a.control_url.as_deref())?;
+            let timeout = crate::top::parse_interval(&a.timeout)?;
+            let pid = upgrade::run(&url, timeout)?;
+            emit(&format!("{pid}\n"))
+        }
     }
 }
 
@@ -133,7 +140,17 @@ pub fn control_url_from_config(config: &Config) -> String {
 /// default address.
 fn top(global: &GlobalArgs, a: &args::TopArgs) -> anyhow::Result<()> {
     let interval = crate::top::parse_interval(&a.interval)?;
-    let control_url = match (&a.control_url, client_config_path(global)) {
+    let control_url = control_url(global, a.control_url.as_deref())?;
+    crate::top::run(crate::top::Options {
+        control_url,
+        interval,
+    })
+}
+
+/// The Control API's address: `--control-url`, else the config's
+/// `apisix.control`, else the default address.
+fn control_url(global: &GlobalArgs, flag: Option<&str>) -> anyhow::Result<String> {
+    Ok(match (flag, client_config_path(global)) {
         (Some(u), _) => crate::top::control_base_url(u)?,
         (None, Some(path)) => {
             let config = Config::load(&path).map_err(|e| {
@@ -145,10 +162,6 @@ fn top(global: &GlobalArgs, a: &args::TopArgs) -> anyhow::Result<()> {
             control_url_from_config(&config)
         }
         (None, None) => DEFAULT_CONTROL_URL.to_string(),
-    };
-    crate::top::run(crate::top::Options {
-        control_url,
-        interval,
     })
 }
 

@@ -115,6 +115,16 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// How a binary upgrade names the entry's sockets: list, address as
+    /// configured and options, so the new process adopts the sockets of
+    /// the entries its config still names.
+    pub fn tag(&self) -> String {
+        let (protocol, addr, opts) = self.key();
+        format!("{} {addr} {opts:?}", protocol.name())
+    }
+}
+
 /// The entries `config` asks for, TCP first (none when the stream
 /// subsystem is off).
 pub fn wanted(config: &Config) -> Vec<Entry> {
@@ -207,6 +217,8 @@ struct Bound {
     /// Set for UDP entries.
     counters: Option<Arc<UdpCounters>>,
     stop: CancellationToken,
+    /// Copies of the entry's sockets, to hand to a new binary.
+    copies: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The bound `stream_proxy` entries of a running server.
@@ -259,6 +271,21 @@ impl Listeners {
     /// The entries bound now, in the order [`plan`] numbers them.
     pub fn entries(&self) -> Vec<Entry> {
         self.bound.iter().map(|b| b.entry.clone()).collect()
+    }
+
+    /// Every bound socket with its tag and address, copied for a binary
+    /// upgrade.
+    pub fn handover(&self) -> Vec<(String, SocketAddr, io::Result<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsFd;
+        self.bound
+            .iter()
+            .flat_map(|b| {
+                let tag = b.entry.tag();
+                b.copies
+                    .iter()
+                    .map(move |fd| (tag.clone(), b.info.local, fd.as_fd().try_clone_to_owned()))
+            })
+            .collect()
     }
 
     /// Log one line per bound entry (at start-up).
@@ -350,11 +377,17 @@ fn bind_entry(
     per_worker: &mut [WorkerSockets],
     parent: &CancellationToken,
 ) -> io::Result<Bound> {
+    use std::os::fd::AsFd;
     let stop = parent.child_token();
     let spec = &entry.spec;
+    let tag = entry.tag();
+    let mut copies = Vec::new();
     let (info, counters) = match entry.protocol {
         Protocol::Udp => {
-            let (info, socks) = bind_udp(spec, reuseport, per_worker.len())?;
+            let (info, socks) = bind_udp(spec, reuseport, per_worker.len(), &tag)?;
+            for s in &socks {
+                copies.push(s.as_fd().try_clone_to_owned()?);
+            }
             let (info, counters) = (Arc::new(info), Arc::new(UdpCounters::default()));
             for (w, sock) in per_worker.iter_mut().zip(socks) {
                 w.udp
@@ -363,7 +396,10 @@ fn bind_entry(
             (info, Some(counters))
         }
         Protocol::Tcp => {
-            let (info, socks) = bind_tcp(spec, reuseport, per_worker.len())?;
+            let (info, socks) = bind_tcp(spec, reuseport, per_worker.len(), &tag)?;
+            for s in &socks {
+                copies.push(s.as_fd().try_clone_to_owned()?);
+            }
             let info = Arc::new(info);
             for (w, sock) in per_worker.iter_mut().zip(socks) {
                 w.tcp.push((info.clone(), sock, stop.clone()));
@@ -376,6 +412,7 @@ fn bind_entry(
         info,
         counters,
         stop,
+        copies,
     })
 }
 
@@ -416,14 +453,28 @@ fn bind_sockets(
     ty: Type,
     reuseport: bool,
     count: usize,
+    tag: &str,
 ) -> io::Result<(ListenerInfo, Vec<Socket>)> {
-    let first = bind_one(spec.addr, ty, reuseport)?;
+    // Sockets a previous binary handed over are adopted as they are.
+    let adopt = |fd: std::os::fd::OwnedFd| -> io::Result<Socket> {
+        let sock = Socket::from(fd);
+        sock.set_nonblocking(true)?;
+        Ok(sock)
+    };
+    let first = match crate::server::upgrade::take(tag) {
+        Some(fd) => adopt(fd)?,
+        None => bind_one(spec.addr, ty, reuseport)?,
+    };
     let local = first
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
     let mut socks = Vec::with_capacity(count.max(1));
     for _ in 1..count.max(1) {
+        if let Some(fd) = crate::server::upgrade::take_at(tag, local) {
+            socks.push(adopt(fd)?);
+            continue;
+        }
         socks.push(if reuseport {
             bind_one(local, ty, true)?
         } else {
@@ -450,8 +501,9 @@ fn bind_tcp(
     spec: &ListenSpec,
     reuseport: bool,
     count: usize,
+    tag: &str,
 ) -> io::Result<(ListenerInfo, Vec<std::net::TcpListener>)> {
-    let (info, socks) = bind_sockets(spec, Type::STREAM, reuseport, count)?;
+    let (info, socks) = bind_sockets(spec, Type::STREAM, reuseport, count, tag)?;
     Ok((info, socks.into_iter().map(Into::into).collect()))
 }
 
@@ -460,8 +512,9 @@ fn bind_udp(
     spec: &ListenSpec,
     reuseport: bool,
     count: usize,
+    tag: &str,
 ) -> io::Result<(ListenerInfo, Vec<std::net::UdpSocket>)> {
-    let (info, socks) = bind_sockets(spec, Type::DGRAM, reuseport, count)?;
+    let (info, socks) = bind_sockets(spec, Type::DGRAM, reuseport, count, tag)?;
     Ok((info, socks.into_iter().map(Into::into).collect()))
 }
 

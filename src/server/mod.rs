@@ -14,6 +14,7 @@
 
 pub mod limits;
 pub mod signals;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +91,9 @@ pub struct Server {
     grace: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    store: Arc<dyn Store>,
+    /// Copies of the HTTP APIs' listening sockets, to hand to a new binary.
+    api_sockets: Vec<(String, SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -164,6 +168,36 @@ impl Server {
         }
     }
 
+    /// Binary upgrade (SIGUSR2): start the executable `serve` was started
+    /// from, hand it every listening socket and the store, and wait until it
+    /// serves; its pid, or why it did not take over (this server then keeps
+    /// everything).
+    pub async fn upgrade(&self) -> Result<u32, String> {
+        use std::os::fd::AsFd;
+        let mut sockets: Vec<(String, SocketAddr, std::os::fd::OwnedFd)> = Vec::new();
+        for (tag, local, fd) in self.listeners.handover().into_iter().chain(
+            self.api_sockets
+                .iter()
+                .map(|(t, l, fd)| (t.clone(), *l, fd.as_fd().try_clone_to_owned())),
+        ) {
+            sockets.push((
+                tag,
+                local,
+                fd.map_err(|e| format!("cannot copy a socket: {e}"))?,
+            ));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let handed: Vec<upgrade::Handed<'_>> = sockets
+                .iter()
+                .map(|(t, l, fd)| (t.clone(), *l, fd.as_fd()))
+                .collect();
+            upgrade::hand_over(&handed, store.as_ref())
+        })
+        .await
+        .map_err(|e| format!("upgrade task failed: {e}"))?
+    }
+
     /// Connections being proxied right now.
     pub fn active_connections(&self) -> usize {
         self.proxy.active()
@@ -217,14 +251,27 @@ async fn open_store(
     }
 }
 
-/// Bind an HTTP API's listener; returns it with the address bound.
+/// Bind an HTTP API's listener (or adopt the one a previous binary handed
+/// over); returns it with the address bound, keeping a copy in `keep`.
 async fn bind(
     what: &'static str,
     addr: SocketAddr,
+    keep: &mut Vec<(String, SocketAddr, std::os::fd::OwnedFd)>,
 ) -> Result<(TcpListener, SocketAddr), ServerError> {
+    use std::os::fd::AsFd;
     let fail = |error| ServerError::Bind { what, addr, error };
-    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let tag = format!("{what} {addr}");
+    let listener = match upgrade::take(&tag) {
+        Some(fd) => {
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true).map_err(fail)?;
+            TcpListener::from_std(std).map_err(fail)?
+        }
+        None => TcpListener::bind(addr).await.map_err(fail)?,
+    };
     let local = listener.local_addr().map_err(fail)?;
+    let copy = listener.as_fd().try_clone_to_owned().map_err(fail)?;
+    keep.push((tag, local, copy));
     Ok((listener, local))
 }
 
@@ -293,11 +340,13 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     );
 
     let http_limits = crate::http::Limits::from_config(&config.nginx_config.http);
+    let mut api_sockets = Vec::new();
     let mut admin_addr = None;
     let mut admin = None;
     if config.apisix.enable_admin {
         let addr = config.deployment.admin.admin_listen.socket_addr();
-        let (listener, local) = bind("deployment.admin.admin_listen", addr).await?;
+        let (listener, local) =
+            bind("deployment.admin.admin_listen", addr, &mut api_sockets).await?;
         admin_addr = Some(local);
         let mut state = AdminState::new(&config, store.clone());
         state.body_timeout = config.nginx_config.http.client_body_timeout;
@@ -323,7 +372,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let mut control_addr = None;
     if config.apisix.enable_control {
         let addr = config.apisix.control.socket_addr();
-        let (listener, local) = bind("apisix.control", addr).await?;
+        let (listener, local) = bind("apisix.control", addr, &mut api_sockets).await?;
         control_addr = Some(local);
         let app = control::router(control_state.clone());
         crate::http::serve(
@@ -339,7 +388,8 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let prom = &config.plugin_attr.prometheus;
     if prom.enable_export_server {
         let addr = prom.export_addr.socket_addr();
-        let (listener, local) = bind("plugin_attr.prometheus.export_addr", addr).await?;
+        let (listener, local) =
+            bind("plugin_attr.prometheus.export_addr", addr, &mut api_sockets).await?;
         metrics_addr = Some(local);
         let app =
             control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
@@ -364,5 +414,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         grace: config.nginx_config.worker_shutdown_timeout,
         cancel,
         tasks,
+        store,
+        api_sockets,
     })
 }

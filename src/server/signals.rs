@@ -1,6 +1,7 @@
 //! How a running server stops and reloads: SIGINT and SIGTERM drain and
 //! exit, SIGHUP re-reads `config.yaml` and applies its `stream_proxy`
-//! listeners and its admin keys.
+//! listeners and its admin keys, SIGUSR2 hands everything to a new binary
+//! ([`super::upgrade`]) and then drains and exits.
 //!
 //! Why the signals are watched before anything binds: a signal arriving
 //! during start-up then still stops the process cleanly instead of killing
@@ -23,6 +24,8 @@ enum Event {
     Stop,
     /// SIGHUP: re-apply the listeners and admin keys of `config.yaml`.
     Reload,
+    /// SIGUSR2: binary upgrade.
+    Upgrade,
 }
 
 /// SIGINT, SIGTERM and SIGHUP, watched from creation on.
@@ -33,6 +36,8 @@ struct Signals {
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    usr2: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -51,6 +56,7 @@ impl Signals {
                 int: watch(SignalKind::interrupt(), "SIGINT"),
                 term: watch(SignalKind::terminate(), "SIGTERM"),
                 hup: watch(SignalKind::hangup(), "SIGHUP"),
+                usr2: watch(SignalKind::user_defined2(), "SIGUSR2"),
             }
         }
         #[cfg(not(unix))]
@@ -73,6 +79,7 @@ impl Signals {
                 () = recv(&mut self.int) => Event::Stop,
                 () = recv(&mut self.term) => Event::Stop,
                 () = recv(&mut self.hup) => Event::Reload,
+                () = recv(&mut self.usr2) => Event::Upgrade,
             }
         }
         #[cfg(not(unix))]
@@ -88,13 +95,39 @@ impl Signals {
 /// admin keys.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let mut signals = Signals::watch();
+    super::upgrade::remember_exe();
+    let inherited = tokio::task::spawn_blocking(super::upgrade::receive)
+        .await
+        .map_err(|e| ServerError::Unsupported(format!("binary upgrade hand-over: {e}")))?
+        .map_err(ServerError::Unsupported)?;
     let mut server = super::start(config).await?;
     if let Some(path) = &config_path {
         server.set_config_path(path);
     }
+    if inherited > 0 {
+        let closed = super::upgrade::drop_unadopted();
+        tracing::info!(
+            adopted = inherited - closed,
+            closed,
+            "serving sockets handed over by the previous process (binary upgrade)"
+        );
+    }
+    super::upgrade::report_ready();
     loop {
         match signals.next().await {
             Event::Stop => break,
+            Event::Upgrade => {
+                tracing::info!("binary upgrade requested (SIGUSR2)");
+                match server.upgrade().await {
+                    Ok(pid) => {
+                        tracing::info!(new_pid = pid, "binary upgrade: the new process serves; this one stops accepting and drains");
+                        break;
+                    }
+                    Err(why) => {
+                        tracing::error!("binary upgrade failed, this process keeps serving: {why}")
+                    }
+                }
+            }
             Event::Reload => {
                 if let Some(path) = &config_path {
                     reload(&mut server, path);

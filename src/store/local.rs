@@ -91,6 +91,9 @@ struct Log {
     /// read-only): the file may end in a partial record, and nothing may be
     /// appended behind it until it is cut back to `log_len`.
     torn: bool,
+    /// The directory was handed to a new process (binary upgrade): writes
+    /// are refused until it is taken back.
+    handed_over: bool,
 }
 
 impl Log {
@@ -149,8 +152,9 @@ struct Staged {
 
 struct Shared {
     dir: PathBuf,
-    /// The directory's exclusive `flock`, held while the store lives.
-    _dir_lock: File,
+    /// The directory's exclusive `flock`, held while the store lives
+    /// (released only to hand the directory to a new process).
+    dir_lock: Mutex<Option<File>>,
     log: Mutex<Log>,
     /// Writes waiting for the log; whoever holds the log next commits them
     /// all with one `fsync` (group commit).
@@ -401,7 +405,7 @@ impl LocalStore {
         Ok(LocalStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
-                _dir_lock: dir_lock,
+                dir_lock: Mutex::new(Some(dir_lock)),
                 log: Mutex::new(Log {
                     file,
                     lock,
@@ -409,11 +413,60 @@ impl LocalStore {
                     live: loaded.sizes.values().sum(),
                     sizes: loaded.sizes,
                     torn: false,
+                    handed_over: false,
                 }),
                 queue: Mutex::default(),
                 index: Index::new(loaded.entries, loaded.revision, ()),
             }),
         })
+    }
+
+    /// Binary upgrade: wait for the write in progress, refuse later ones
+    /// and release the directory's locks so a new process can open it.
+    pub fn hand_over(&self) {
+        let mut log = self.shared.log();
+        log.handed_over = true;
+        log.file = None;
+        log.lock = None;
+        *self
+            .shared
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Take the directory back after a binary upgrade that failed. When the
+    /// new process changed the log meanwhile, writes stay refused (a restart
+    /// reads its changes) rather than cutting them off.
+    pub fn take_back(&self) -> Result<(), StoreError> {
+        let dir = &self.shared.dir;
+        let mut log = self.shared.log();
+        if !log.handed_over {
+            return Ok(());
+        }
+        let held = lock_dir(dir)?;
+        *self
+            .shared
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(held);
+        let on_disk = std::fs::metadata(dir.join(LOG_NAME)).map_or(0, |m| m.len());
+        if on_disk != log.log_len {
+            return Err(StoreError::Unavailable(format!(
+                "{} changed while handed over; writes stay refused until a restart",
+                dir.display()
+            )));
+        }
+        match open_writable(dir, log.log_len) {
+            Ok((lock, file)) => {
+                log.lock = Some(lock);
+                log.file = Some(file);
+                log.handed_over = false;
+                Ok(())
+            }
+            Err(Writable::InUse) => Err(in_use(dir)),
+            Err(Writable::Io(e)) => Err(io_err("cannot reopen", &dir.join(LOG_NAME), e)),
+        }
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -439,6 +492,11 @@ impl Shared {
     /// the log never keeps a partial record in the middle.
     fn append(&self, log: &mut Log, buf: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(LOG_NAME);
+        if log.handed_over {
+            return Err(StoreError::Unavailable(
+                "the data directory was handed to a new process (binary upgrade)".into(),
+            ));
+        }
         if log.file.is_none() {
             match open_writable(&self.dir, log.log_len) {
                 Ok((lock, file)) => {
@@ -767,6 +825,15 @@ impl Store for LocalStore {
 
     fn describe(&self) -> String {
         format!("local:{}", self.shared.dir.display())
+    }
+
+    fn hand_over(&self) -> bool {
+        LocalStore::hand_over(self);
+        true
+    }
+
+    fn take_back(&self) -> Result<(), StoreError> {
+        LocalStore::take_back(self)
     }
 }
 

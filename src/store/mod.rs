@@ -167,6 +167,15 @@ pub trait Store: Send + Sync + 'static {
     fn etcd_status(&self) -> Option<etcd::EtcdStatus> {
         None
     }
+    /// Binary upgrade: finish the write in progress, refuse later ones and
+    /// let a new process open the store; `false` when nothing is held.
+    fn hand_over(&self) -> bool {
+        false
+    }
+    /// Undo [`hand_over`](Store::hand_over) after an upgrade that failed.
+    fn take_back(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Format a revision as APISIX formats generated ids.

@@ -31,3 +31,4 @@ mod tls_session;
 mod top;
 mod trust;
 mod udp;
+mod upgrade;
