@@ -113,6 +113,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         );
     }
     super::upgrade::report_ready();
+    super::upgrade::notify_systemd();
     loop {
         match signals.next().await {
             Event::Stop => break,

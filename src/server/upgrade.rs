@@ -185,6 +185,32 @@ pub fn report_ready() {
     }
 }
 
+/// Under systemd (`Type=notify`, `NOTIFY_SOCKET` set): say that this
+/// process serves and is the unit's main process (after an upgrade, the
+/// new one; needs `NotifyAccess=all`).
+pub fn notify_systemd() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("MAINPID={}\nREADY=1\n", std::process::id());
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg.as_bytes(), &addr)
+            }
+            None => sock.send_to(msg.as_bytes(), &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
 /// A listening socket to hand over: its tag, bound address and descriptor.
 pub type Handed<'a> = (String, SocketAddr, BorrowedFd<'a>);
 

@@ -61,6 +61,8 @@ struct Setup {
     proxy: SocketAddr,
     echo: Backend,
     client: reqwest::Client,
+    /// Stands in for systemd's `NOTIFY_SOCKET`.
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Setup {
@@ -74,7 +76,11 @@ impl Setup {
             .tcp(tcp)
             .write(dir.path());
         let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
+        let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock"))
+            .expect("notify socket");
+        notify.set_nonblocking(true).expect("nonblocking");
         let s = Setup {
+            notify,
             log: dir.path().join("serve.log"),
             exe,
             config,
@@ -110,6 +116,7 @@ impl Setup {
             .stdout(Stdio::null())
             .stderr(log)
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .spawn()
             .expect("spawn serve");
         ChildGuard { child }
@@ -145,6 +152,16 @@ impl Setup {
             Ok(mut s) => roundtrip(&mut s, b"ping").await == b"ping",
             Err(_) => false,
         }
+    }
+
+    /// The systemd notifications received so far.
+    fn notifications(&self) -> String {
+        let mut all = String::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        all
     }
 
     fn log_text(&self) -> String {
@@ -230,6 +247,19 @@ async fn sigusr2_hands_over_to_the_replaced_binary_without_refusing_a_connection
     let serving_at = Instant::now();
     let exe = std::fs::read_link(format!("/proc/{new}/exe")).expect("exe link");
     assert_eq!(exe, s.exe, "the new process runs the replaced file");
+    let mut notes = String::new();
+    assert!(
+        eventually(10, async || {
+            notes.push_str(&s.notifications());
+            notes.contains(&format!("MAINPID={new}\nREADY=1"))
+        })
+        .await,
+        "systemd learns the new main pid: {notes:?}"
+    );
+    assert!(
+        notes.contains(&format!("MAINPID={old}\nREADY=1")),
+        "{notes:?}"
+    );
 
     // The old process drains (the long transfer keeps it) and exits 0.
     let status = tokio::task::spawn_blocking(move || {
