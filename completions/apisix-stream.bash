@@ -40,6 +40,9 @@ _apisix__stream() {
             apisix__stream,top)
                 cmd="apisix__stream__subcmd__top"
                 ;;
+            apisix__stream,upgrade)
+                cmd="apisix__stream__subcmd__upgrade"
+                ;;
             apisix__stream,upstream)
                 cmd="apisix__stream__subcmd__upstream"
                 ;;
@@ -66,6 +69,9 @@ _apisix__stream() {
                 ;;
             apisix__stream__subcmd__help,top)
                 cmd="apisix__stream__subcmd__help__subcmd__top"
+                ;;
+            apisix__stream__subcmd__help,upgrade)
+                cmd="apisix__stream__subcmd__help__subcmd__upgrade"
                 ;;
             apisix__stream__subcmd__help,upstream)
                 cmd="apisix__stream__subcmd__help__subcmd__upstream"
@@ -254,7 +260,7 @@ _apisix__stream() {
 
     case "${cmd}" in
         apisix__stream)
-            opts="-c -h -V --config --admin-url --api-key --help --version serve route upstream service ssl top completions man help"
+            opts="-c -h -V --config --admin-url --api-key --help --version serve upgrade route upstream service ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -314,7 +320,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__help)
-            opts="serve route upstream service ssl top completions man help"
+            opts="serve upgrade route upstream service ssl top completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -608,6 +614,20 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1693,6 +1713,44 @@ _apisix__stream() {
                     return 0
                     ;;
                 --control-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        apisix__stream__subcmd__upgrade)
+            opts="-c -h --control-url --timeout --config --admin-url --api-key --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --control-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
