@@ -288,6 +288,14 @@ impl Listeners {
             .collect()
     }
 
+    /// Close the copies kept for an upgrade, so that the sockets close
+    /// once the accept loops let go of them (shutdown).
+    pub fn release_copies(&mut self) {
+        for b in &mut self.bound {
+            b.copies.clear();
+        }
+    }
+
     /// Log one line per bound entry (at start-up).
     pub fn log_listening(&self) {
         for b in &self.bound {

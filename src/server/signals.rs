@@ -177,6 +177,10 @@ impl Server {
     /// `nginx_config.worker_shutdown_timeout`, then close the rest.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        // Without the copies kept for an upgrade, a socket closes as soon as
+        // its accept loop stops: new connections are refused, not queued.
+        self.api_sockets.clear();
+        self.listeners.release_copies();
         self.proxy.draining.cancel();
         self.tasks.close();
         self.tasks.wait().await;
