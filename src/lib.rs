@@ -35,7 +35,7 @@
 //!   [`snapshot`].
 //! - [`stats`]: live counters per route, node and listener, and the list of
 //!   live connections (counters only: it imports nothing of the crate);
-//!   [`control`] serves them (Control API, Prometheus);
+//!   [`control`] serves them (Control API), [`metrics`] as Prometheus text;
 //!   [`access_log`] writes one line per finished session.
 //! - [`server`]: `serve`, wiring the pieces together; `server::signals`
 //!   drains on SIGTERM and re-applies the listeners on SIGHUP,
@@ -68,6 +68,7 @@ pub mod control;
 pub mod fsutil;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod proxy;

@@ -392,7 +392,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
             bind("plugin_attr.prometheus.export_addr", addr, &mut api_sockets).await?;
         metrics_addr = Some(local);
         let app =
-            control::metrics_router(control_state, &prom.export_uri, prom.metric_prefix.clone());
+            crate::metrics::router(control_state, &prom.export_uri, prom.metric_prefix.clone());
         let what = "prometheus export server";
         crate::http::serve(&tasks, &cancel, listener, app, what, http_limits);
     }

@@ -13,6 +13,7 @@ mod harness;
 mod health;
 mod limits;
 mod observability;
+mod operate;
 mod persistence;
 mod plugins;
 mod proxy_protocol;

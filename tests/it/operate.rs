@@ -1,0 +1,167 @@
+//! Operating it like APISIX: the Prometheus exposition read by a real
+//! text-format parser, the access log format and escaping, the error log
+//! file and level, and log reopening on SIGUSR1.
+
+use openmetrics_parser::{openmetrics, prometheus, PrometheusType, PrometheusValue};
+use serde_json::json;
+use tokio::net::TcpStream;
+
+use crate::backend::{roundtrip, Backend, Mode};
+use crate::harness::{eventually, within, TestServer};
+
+/// GET the metrics with an optional `Accept`: content type and body.
+async fn scrape(s: &TestServer, accept: Option<&str>) -> (String, String) {
+    let addr = s
+        .server
+        .as_ref()
+        .and_then(|x| x.metrics_addr())
+        .expect("metrics");
+    let mut req = s
+        .client
+        .get(format!("http://{addr}/apisix/prometheus/metrics"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let res = within(5, req.send()).await.expect("get");
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (ctype, within(5, res.text()).await.expect("text"))
+}
+
+/// The stream panels' queries an APISIX Grafana dashboard runs against
+/// stream metrics (README "Watching it run" lists them): metric name and
+/// the labels each query selects or groups by.
+const DASHBOARD_QUERIES: &[(&str, &[&str])] = &[
+    // sum(rate(apisix_stream_connection_total[$__rate_interval])) by (route)
+    ("apisix_stream_connection_total", &["route"]),
+    // sum(apisix_stream_active_connections) by (listen_addr)
+    ("apisix_stream_active_connections", &["listen_addr"]),
+    // sum(rate(apisix_stream_status{code=~"5.."}[$__rate_interval])) by (code, node)
+    ("apisix_stream_status", &["code", "listen_addr", "node"]),
+    // sum(rate(apisix_stream_bandwidth{side="downstream"}[$__rate_interval])) by (type)
+    ("apisix_stream_bandwidth", &["listen_addr", "type", "side"]),
+    // apisix_upstream_status == 0
+    ("apisix_upstream_status", &["name", "ip", "port"]),
+    // count(apisix_node_info) by (version)
+    ("apisix_node_info", &["hostname", "version"]),
+];
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_0_0_4_as_apisix_writes_them() {
+    let s = TestServer::with_tcp_specs(
+        vec![apisix_stream::config::ListenSpec::new(
+            "127.0.0.1:0".parse().expect("addr"),
+        )],
+        "stream_plugins:\n  - prometheus\n",
+    )
+    .await;
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route(
+        "1",
+        &json!({"server_port": s.tcp[0].port(), "plugins": {"prometheus": {}},
+                "upstream": {"nodes": {echo.addr.to_string(): 1},
+                             "checks": {"active": {"type": "tcp", "healthy": {"interval": 1}}}}}),
+    )
+    .await;
+    let mut c = within(5, TcpStream::connect(s.tcp[0]))
+        .await
+        .expect("connect");
+    assert_eq!(roundtrip(&mut c, b"hello").await, b"hello");
+    drop(c);
+    let mut text = String::new();
+    let mut ctype = String::new();
+    let counted = eventually(5, async || {
+        (ctype, text) = scrape(&s, None).await;
+        text.contains("apisix_stream_connection_total{route=\"1\"} 1")
+            && text.contains("apisix_upstream_status{")
+    })
+    .await;
+    assert!(counted, "{text}");
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE apisix_stream_connection_total counter"),
+        "{text}"
+    );
+
+    let parsed = prometheus::parse_prometheus(&text).expect("a valid 0.0.4 exposition");
+    let kind = |name: &str| {
+        parsed
+            .families
+            .get(name)
+            .map(|f| f.family_type.clone())
+            .unwrap_or_else(|| panic!("no family {name} in\n{text}"))
+    };
+    for counter in [
+        "apisix_stream_connection_total",
+        "apisix_stream_status",
+        "apisix_stream_bandwidth",
+        "apisix_stream_route_bytes_total",
+        "apisix_stream_node_connect_failures_total",
+    ] {
+        assert_eq!(kind(counter), PrometheusType::Counter, "{counter}");
+    }
+    for gauge in [
+        "apisix_stream_active_connections",
+        "apisix_upstream_status",
+        "apisix_node_info",
+        "apisix_stream_route_active_connections",
+    ] {
+        assert_eq!(kind(gauge), PrometheusType::Gauge, "{gauge}");
+    }
+    let conn = &parsed.families["apisix_stream_connection_total"];
+    assert_eq!(
+        conn.help,
+        "Total number of connections handled per stream route in APISIX"
+    );
+    let one = conn
+        .iter_samples()
+        .find(|s| {
+            s.get_labelset()
+                .map(|l| l.get_label_value("route") == Some("1"))
+                .unwrap_or(false)
+        })
+        .expect("route 1 sample");
+    match &one.value {
+        PrometheusValue::Counter(c) => assert_eq!(c.value.as_f64(), 1.0),
+        other => panic!("not a counter value: {other:?}"),
+    }
+
+    // Every query of the dashboard finds its metric with the labels it uses.
+    for (name, labels) in DASHBOARD_QUERIES {
+        let f = parsed
+            .families
+            .get(*name)
+            .unwrap_or_else(|| panic!("dashboard metric {name} missing:\n{text}"));
+        assert!(f.iter_samples().next().is_some(), "{name} has no series");
+        let have: Vec<&str> = f.get_label_names().iter().map(String::as_str).collect();
+        for l in *labels {
+            assert!(have.contains(l), "{name} lacks label {l}: {have:?}");
+        }
+    }
+
+    // A scraper that asks for OpenMetrics gets it, and a strict parser takes it.
+    let (om_type, om) = scrape(
+        &s,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .await;
+    assert!(
+        om_type.starts_with("application/openmetrics-text"),
+        "{om_type}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("# TYPE apisix_stream_connection counter\n"),
+        "{om}"
+    );
+    let parsed = openmetrics::parse_openmetrics(&om).expect("valid OpenMetrics");
+    assert!(parsed.families.contains_key("apisix_stream_connection"));
+    // ... which a 0.0.4 parser refuses, so the default must not be it.
+    assert!(prometheus::parse_prometheus(&om).is_err());
+}
