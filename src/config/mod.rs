@@ -552,6 +552,60 @@ pub struct NginxConfig {
     pub http: NginxHttp,
     /// `worker_processes`: how many data-plane workers run.
     pub worker_processes: WorkerProcesses,
+    /// `error_log`: `stderr` (the default) or a file, reopened on SIGUSR1.
+    pub error_log: String,
+    /// `error_log_level`: the least severe level written (`RUST_LOG`
+    /// overrides it).
+    pub error_log_level: ErrorLogLevel,
+}
+
+/// `nginx_config.error_log_level`: nginx's levels, `debug` to `emerg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorLogLevel {
+    /// `debug`.
+    Debug,
+    /// `info` (the default when the key is absent, as before it was read).
+    #[default]
+    Info,
+    /// `notice` (written as info).
+    Notice,
+    /// `warn`.
+    Warn,
+    /// `error`.
+    Error,
+    /// `crit` (written as error).
+    Crit,
+    /// `alert` (written as error).
+    Alert,
+    /// `emerg` (written as error).
+    Emerg,
+}
+
+impl ErrorLogLevel {
+    /// Parse nginx's level name.
+    pub fn parse(s: &str) -> Option<ErrorLogLevel> {
+        Some(match s {
+            "debug" => ErrorLogLevel::Debug,
+            "info" => ErrorLogLevel::Info,
+            "notice" => ErrorLogLevel::Notice,
+            "warn" => ErrorLogLevel::Warn,
+            "error" => ErrorLogLevel::Error,
+            "crit" => ErrorLogLevel::Crit,
+            "alert" => ErrorLogLevel::Alert,
+            "emerg" => ErrorLogLevel::Emerg,
+            _ => return None,
+        })
+    }
+
+    /// The `tracing` filter directive this level maps to.
+    pub fn directive(self) -> &'static str {
+        match self {
+            ErrorLogLevel::Debug => "debug",
+            ErrorLogLevel::Info | ErrorLogLevel::Notice => "info",
+            ErrorLogLevel::Warn => "warn",
+            _ => "error",
+        }
+    }
 }
 
 /// The most data-plane workers `worker_processes` may ask for.
@@ -608,6 +662,8 @@ impl Default for NginxConfig {
             stream: NginxStream::default(),
             worker_shutdown_timeout: std::time::Duration::from_secs(240),
             worker_processes: WorkerProcesses::Auto,
+            error_log: "stderr".into(),
+            error_log_level: ErrorLogLevel::default(),
         }
     }
 }
@@ -621,6 +677,11 @@ pub struct NginxStream {
     pub enable_access_log: bool,
     /// `access_log` path.
     pub access_log: String,
+    /// `access_log_format`: nginx stream variables (APISIX's default
+    /// format when unset).
+    pub access_log_format: String,
+    /// `access_log_format_escape`: `default`, `json` or `none`.
+    pub access_log_format_escape: crate::access_log::Escape,
 }
 
 impl Default for NginxStream {
@@ -629,6 +690,8 @@ impl Default for NginxStream {
             real_ip_from: Vec::new(),
             enable_access_log: false,
             access_log: "logs/access_stream.log".into(),
+            access_log_format: crate::access_log::DEFAULT_FORMAT.into(),
+            access_log_format_escape: crate::access_log::Escape::Default,
         }
     }
 }

@@ -11,9 +11,9 @@ use serde_yaml::{Mapping, Value};
 use super::env::substitute_env;
 use super::{
     default_stream_plugins, listen, standalone_name, validate, Admin, AdminKey, AdminRole, Apisix,
-    Config, ConfigError, ConfigProvider, DataEncryption, Deployment, DeploymentRole, Etcd, EtcdTls,
-    ListenAddr, Local, NginxConfig, NginxHttp, NginxStream, PluginAttr, Prometheus, ProxyMode,
-    ProxyProtocol, Secret, SslConf, StreamProxy, WorkerProcesses, MAX_WORKER_PROCESSES,
+    Config, ConfigError, ConfigProvider, DataEncryption, Deployment, DeploymentRole, ErrorLogLevel,
+    Etcd, EtcdTls, ListenAddr, Local, NginxConfig, NginxHttp, NginxStream, PluginAttr, Prometheus,
+    ProxyMode, ProxyProtocol, Secret, SslConf, StreamProxy, WorkerProcesses, MAX_WORKER_PROCESSES,
 };
 
 /// Parse an nginx time value: a number of seconds, or `<n>ms|s|m|h`. Values beyond
@@ -369,7 +369,40 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
         )?;
         let sec = nginx.section("stream")?;
         let d = NginxStream::default();
+        let escape = sec.string_or("access_log_format_escape", "default")?;
+        let access_log_format_escape =
+            crate::access_log::Escape::parse(&escape).ok_or_else(|| {
+                sec.invalid(
+                    "access_log_format_escape",
+                    &Value::String(escape.clone()),
+                    "expected default, json or none",
+                )
+            })?;
+        // A block scalar (`|`) ends in a newline that is not part of the line.
+        let access_log_format = sec
+            .string_or("access_log_format", &d.access_log_format)?
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if let Err(e) =
+            crate::access_log::Template::compile(&access_log_format, access_log_format_escape)
+        {
+            return Err(sec.invalid(
+                "access_log_format",
+                &Value::String(access_log_format.clone()),
+                e.to_string(),
+            ));
+        }
+        let level = nginx.string_or("error_log_level", "info")?;
+        let error_log_level = ErrorLogLevel::parse(&level).ok_or_else(|| {
+            nginx.invalid(
+                "error_log_level",
+                &Value::String(level.clone()),
+                "expected debug, info, notice, warn, error, crit, alert or emerg",
+            )
+        })?;
         NginxConfig {
+            error_log: nginx.string_or("error_log", "stderr")?,
+            error_log_level,
             worker_connections,
             http,
             worker_shutdown_timeout: shutdown,
@@ -378,6 +411,8 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
                 real_ip_from: sec.cidr_list("real_ip_from")?.unwrap_or_default(),
                 enable_access_log: sec.bool_or("enable_access_log", d.enable_access_log)?,
                 access_log: sec.string_or("access_log", &d.access_log)?,
+                access_log_format,
+                access_log_format_escape,
             },
         }
     };

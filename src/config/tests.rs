@@ -247,6 +247,9 @@ stream_plugins: [ip-restriction]
     assert_eq!(s.real_ip_from.len(), 2);
     assert!(s.enable_access_log);
     assert_eq!(c.stream_plugins, ["ip-restriction"]);
+    assert_eq!(c.nginx_config.error_log, "stderr");
+    assert_eq!(c.nginx_config.error_log_level, ErrorLogLevel::Info);
+    assert_eq!(s.access_log_format, crate::access_log::DEFAULT_FORMAT);
     // Secrets never show up in Debug output.
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("secretpw") && !dbg.contains("k1") && !dbg.contains("0123456789abcdef"));
@@ -322,6 +325,9 @@ fn bad_values_name_key_value_and_reason() {
             ("deployment: {admin: {allow_admin: [127.0.0.1, nope]}}", "invalid deployment.admin.allow_admin[1]: \"nope\" (not an IP address or CIDR)"),
             ("deployment: {admin: {allow_admin: [10.0.0.0/33]}}", "invalid deployment.admin.allow_admin[0]: \"10.0.0.0/33\" (not an IP address or CIDR)"),
             ("nginx_config: {stream: {real_ip_from: [1.2.3]}}", "invalid nginx_config.stream.real_ip_from[0]: \"1.2.3\" (not an IP address or CIDR)"),
+            ("nginx_config: {stream: {access_log_format_escape: xml}}", "invalid nginx_config.stream.access_log_format_escape: \"xml\" (expected default, json or none)"),
+            ("nginx_config: {stream: {access_log_format: '$remote_addr $request'}}", "invalid nginx_config.stream.access_log_format: \"$remote_addr $request\" (unknown variable \"$request\")"),
+            ("nginx_config: {error_log_level: verbose}", "invalid nginx_config.error_log_level: \"verbose\" (expected debug, info, notice, warn, error, crit, alert or emerg)"),
             ("deployment: {admin: {admin_listen: {port: 70000}}}", "invalid deployment.admin.admin_listen.port: 70000 (expected an integer 0-65535)"),
             ("apisix: {control: {port: abc}}", "invalid apisix.control.port: \"abc\" (expected an integer 0-65535)"),
             ("apisix: {control: {ip: localhost}}", "invalid apisix.control.ip: \"localhost\" (expected an IP address)"),
@@ -651,4 +657,20 @@ fn secret_is_masked() {
     assert_eq!(format!("{s:?} {s}"), "*** ***");
     assert_eq!(s.expose(), "topsecret");
     assert!(!s.is_empty() && Secret::default().is_empty());
+}
+
+#[test]
+fn log_keys_as_apisix_writes_them() {
+    let c = parse(
+        "nginx_config:\n  error_log: logs/error.log\n  error_log_level: crit\n  stream:\n    \
+         access_log_format: |\n      $remote_addr $status\n    access_log_format_escape: json\n",
+    )
+    .unwrap();
+    assert_eq!(c.nginx_config.error_log, "logs/error.log");
+    assert_eq!(c.nginx_config.error_log_level, ErrorLogLevel::Crit);
+    assert_eq!(c.nginx_config.error_log_level.directive(), "error");
+    let s = &c.nginx_config.stream;
+    // The block scalar's newline is not part of the line.
+    assert_eq!(s.access_log_format, "$remote_addr $status");
+    assert_eq!(s.access_log_format_escape, crate::access_log::Escape::Json);
 }

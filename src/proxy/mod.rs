@@ -78,6 +78,9 @@ pub enum ProxyConfigError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The access log format does not compile.
+    #[error("invalid nginx_config.stream.access_log_format: {0}")]
+    AccessLogFormat(crate::access_log::TemplateError),
 }
 
 impl ProxyConfig {
@@ -86,7 +89,12 @@ impl ProxyConfig {
     pub fn from_config(config: &Config, max_sessions: usize) -> Result<Self, ProxyConfigError> {
         let stream = &config.nginx_config.stream;
         let access_log = if stream.enable_access_log {
-            let log = AccessLog::start(&stream.access_log).map_err(|error| {
+            let template = crate::access_log::Template::compile(
+                &stream.access_log_format,
+                stream.access_log_format_escape,
+            )
+            .map_err(ProxyConfigError::AccessLogFormat)?;
+            let log = AccessLog::start(&stream.access_log, template).map_err(|error| {
                 ProxyConfigError::AccessLog {
                     path: stream.access_log.clone(),
                     error,

@@ -144,6 +144,8 @@ pub struct Facts<'a> {
     pub node: Option<NodeUsed<'a>>,
     /// Bytes from the client, bytes to the client.
     pub bytes: (u64, u64),
+    /// How long connecting the node took, once connected.
+    pub connect_time: Option<std::time::Duration>,
 }
 
 impl<'a> Facts<'a> {
@@ -164,6 +166,7 @@ impl<'a> Facts<'a> {
             upstream: None,
             node: None,
             bytes: (0, 0),
+            connect_time: None,
         }
     }
 }
@@ -215,6 +218,12 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
     if let Some(log) = &ctx.access_log {
         log.record(&Record {
             client: facts.client,
+            server: facts.conn.map_or(facts.listener.local, |c| {
+                SocketAddr::new(c.server_addr, c.server_port)
+            }),
+            sni: facts.conn.and_then(|c| c.sni.as_deref()),
+            connect_time: facts.connect_time,
+            protocol_name: None,
             protocol: facts.protocol.as_str(),
             status,
             listener: &facts.listener.label,

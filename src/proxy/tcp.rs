@@ -165,6 +165,7 @@ struct Tcp<'a> {
     /// Backend index and `host:port` of the node connected.
     node: Option<(usize, String)>,
     bytes: (u64, u64),
+    connect_time: Option<Duration>,
 }
 
 impl<'a> Tcp<'a> {
@@ -185,6 +186,7 @@ impl<'a> Tcp<'a> {
             upstream: None,
             node: None,
             bytes: (0, 0),
+            connect_time: None,
         }
     }
 
@@ -291,6 +293,7 @@ impl<'a> Tcp<'a> {
             .clone();
         self.upstream = Some(upstream.clone());
         let all_node_stats = plugins.node_stats_for(route);
+        let connecting = Instant::now();
         let Connected {
             mut stream,
             pick,
@@ -298,6 +301,7 @@ impl<'a> Tcp<'a> {
         } = connect_tcp(&upstream, &self.conn, &route.stats, all_node_stats)
             .await
             .map_err(Kind::Connect)?;
+        self.connect_time = Some(connecting.elapsed());
         self.node = Some((pick.index, node));
         if self.listener.spec.proxy_protocol_to_upstream {
             let server = SocketAddr::new(self.conn.server_addr, self.conn.server_port);
@@ -428,6 +432,7 @@ impl<'a> Tcp<'a> {
                 label,
             }),
             bytes: self.bytes,
+            connect_time: self.connect_time,
         };
         session::finish(self.ctx, &facts, end);
     }

@@ -410,6 +410,8 @@ async fn run_session(
             label: &opened.node,
         }),
         bytes: s.bytes(),
+        // A UDP socket is connected at once, as nginx reports it.
+        connect_time: Some(std::time::Duration::ZERO),
     };
     session::finish(&ctx, &facts, &end.into());
 }

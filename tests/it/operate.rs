@@ -165,3 +165,121 @@ async fn metrics_are_prometheus_text_0_0_4_as_apisix_writes_them() {
     // ... which a 0.0.4 parser refuses, so the default must not be it.
     assert!(prometheus::parse_prometheus(&om).is_err());
 }
+
+fn one_listener() -> Vec<apisix_stream::config::ListenSpec> {
+    vec![apisix_stream::config::ListenSpec::new(
+        "127.0.0.1:0".parse().expect("addr"),
+    )]
+}
+
+/// Wait until `path` holds `n` lines; returns them.
+async fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let done = eventually(5, async || {
+        lines = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= n
+    })
+    .await;
+    assert!(done, "{} holds {lines:?}, want {n} lines", path.display());
+    lines
+}
+
+#[tokio::test]
+async fn custom_access_log_format_gives_the_exact_line() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let path = logs.path().join("access.log");
+    let extra = format!(
+        "nginx_config:\n  stream:\n    enable_access_log: true\n    access_log: {}\n    \
+         access_log_format: |\n      $remote_addr:$remote_port -> $server_addr:$server_port \
+         $protocol $status sent=$bytes_sent received=$bytes_received route=$route_id \
+         upstream=$upstream_addr up_sent=$upstream_bytes_sent up_received=$upstream_bytes_received \
+         sni=$ssl_server_name end=\"$session_end\"\n",
+        path.display()
+    );
+    let s = TestServer::with_tcp_specs(one_listener(), &extra).await;
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route(
+        "7",
+        &json!({"server_port": s.tcp[0].port(),
+                "upstream": {"nodes": {echo.addr.to_string(): 1}}}),
+    )
+    .await;
+    let mut c = within(5, TcpStream::connect(s.tcp[0]))
+        .await
+        .expect("connect");
+    let me = c.local_addr().expect("local");
+    assert_eq!(roundtrip(&mut c, b"0123456789").await, b"0123456789");
+    drop(c);
+    let lines = lines_of(&path, 1).await;
+    assert_eq!(
+        lines,
+        [format!(
+            "127.0.0.1:{} -> 127.0.0.1:{} TCP 200 sent=10 received=10 route=7 upstream={} \
+             up_sent=10 up_received=10 sni=- end=\"closed\"",
+            me.port(),
+            s.tcp[0].port(),
+            echo.addr
+        )]
+    );
+}
+
+#[tokio::test]
+async fn json_escaped_access_log_lines_parse_as_json() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let path = logs.path().join("access.json");
+    let extra = format!(
+        "nginx_config:\n  stream:\n    enable_access_log: true\n    access_log: {}\n    \
+         access_log_format_escape: json\n    access_log_format: >-\n      \
+         {{\"client\":\"$remote_addr\",\"status\":$status,\"route\":\"$route_id\",\
+         \"upstream\":\"$upstream_addr\",\"end\":\"$session_end\",\"time\":\"$time_iso8601\"}}\n",
+        path.display()
+    );
+    let s = TestServer::with_tcp_specs(one_listener(), &extra).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let echo = Backend::start("echo", Mode::Echo).await;
+    s.put_route(
+        "1",
+        &json!({"server_port": s.tcp[0].port(),
+                "upstream": {"nodes": {echo.addr.to_string(): 1}}}),
+    )
+    .await;
+    let mut c = within(5, TcpStream::connect(s.tcp[0]))
+        .await
+        .expect("connect");
+    assert_eq!(roundtrip(&mut c, b"hi").await, b"hi");
+    drop(c);
+    lines_of(&path, 1).await;
+    // A failed session: its end is an error message with quotes and colons.
+    s.put_route(
+        "1",
+        &json!({"server_port": s.tcp[0].port(),
+                "upstream": {"nodes": {closed.to_string(): 1}}}),
+    )
+    .await;
+    let c = within(5, TcpStream::connect(s.tcp[0]))
+        .await
+        .expect("connect");
+    let lines = lines_of(&path, 2).await;
+    drop(c);
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(parsed[0]["status"], 200);
+    assert_eq!(parsed[0]["client"], "127.0.0.1");
+    assert_eq!(parsed[0]["end"], "closed");
+    assert_eq!(parsed[1]["status"], 502);
+    assert_eq!(parsed[1]["upstream"], closed.to_string());
+    assert!(
+        parsed[1]["end"].as_str().is_some_and(|e| e.len() > 6),
+        "{}",
+        lines[1]
+    );
+}

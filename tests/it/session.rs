@@ -29,9 +29,10 @@ async fn observed(tcp: usize, udp: usize, nginx: &str) -> (TestServer, PathBuf) 
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("logs/access_stream.log");
     let extra = format!(
-        "nginx_config:\n{nginx}  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n\
+        "nginx_config:\n{nginx}  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n\
          stream_plugins:\n  - ip-restriction\n  - limit-conn\n  - prometheus\n  - syslog\n",
-        log.display()
+        log.display(),
+        apisix_stream::access_log::DETAILED_FORMAT
     );
     let specs = |n: usize| -> Vec<ListenSpec> {
         (0..n)
