@@ -36,7 +36,8 @@
 //! - [`stats`]: live counters per route, node and listener, and the list of
 //!   live connections (counters only: it imports nothing of the crate);
 //!   [`control`] serves them (Control API), [`metrics`] as Prometheus text;
-//!   [`access_log`] writes one line per finished session.
+//!   [`access_log`] writes one line per finished session; [`logging`] is
+//!   the error log (stderr or `nginx_config.error_log`).
 //! - [`server`]: `serve`, wiring the pieces together; `server::signals`
 //!   drains on SIGTERM and re-applies the listeners on SIGHUP,
 //!   `server::limits` sizes the session cap from the open-file limit;
@@ -68,6 +69,7 @@ pub mod control;
 pub mod fsutil;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod plugins;

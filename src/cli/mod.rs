@@ -81,6 +81,10 @@ fn serve(path: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let mut config = Config::load(path)?;
+    crate::logging::configure(
+        &config.nginx_config.error_log,
+        config.nginx_config.error_log_level,
+    )?;
     let generated = admin_key::ensure_admin_keys(path, &text, &mut config)?;
     for g in &generated {
         // Shown once, as APISIX does; it is also written back into the file.

@@ -1,7 +1,8 @@
 //! How a running server stops and reloads: SIGINT and SIGTERM drain and
 //! exit, SIGHUP re-reads `config.yaml` and applies its `stream_proxy`
-//! listeners and its admin keys, SIGUSR2 hands everything to a new binary
-//! ([`super::upgrade`]) and then drains and exits.
+//! listeners and its admin keys, SIGUSR1 reopens the access log and error
+//! log files (logrotate's `postrotate`), SIGUSR2 hands everything to a new
+//! binary ([`super::upgrade`]) and then drains and exits.
 //!
 //! Why the signals are watched before anything binds: a signal arriving
 //! during start-up then still stops the process cleanly instead of killing
@@ -26,6 +27,8 @@ enum Event {
     Reload,
     /// SIGUSR2: binary upgrade.
     Upgrade,
+    /// SIGUSR1: reopen the log files.
+    Reopen,
 }
 
 /// SIGINT, SIGTERM and SIGHUP, watched from creation on.
@@ -38,6 +41,7 @@ struct Signals {
     hup: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     usr2: Option<tokio::signal::unix::Signal>,
+    usr1: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -57,6 +61,7 @@ impl Signals {
                 term: watch(SignalKind::terminate(), "SIGTERM"),
                 hup: watch(SignalKind::hangup(), "SIGHUP"),
                 usr2: watch(SignalKind::user_defined2(), "SIGUSR2"),
+                usr1: watch(SignalKind::user_defined1(), "SIGUSR1"),
             }
         }
         #[cfg(not(unix))]
@@ -80,6 +85,7 @@ impl Signals {
                 () = recv(&mut self.term) => Event::Stop,
                 () = recv(&mut self.hup) => Event::Reload,
                 () = recv(&mut self.usr2) => Event::Upgrade,
+                () = recv(&mut self.usr1) => Event::Reopen,
             }
         }
         #[cfg(not(unix))]
@@ -92,7 +98,7 @@ impl Signals {
 
 /// `serve`: start, run until SIGINT/SIGTERM, then stop cleanly. SIGHUP
 /// re-reads `config_path` and applies its `stream_proxy` listeners and
-/// admin keys.
+/// admin keys; SIGUSR1 reopens the log files.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let mut signals = Signals::watch();
     super::upgrade::remember_exe();
@@ -134,6 +140,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
                     reload(&mut server, path);
                 }
             }
+            Event::Reopen => server.reopen_logs(),
         }
     }
     tracing::info!("shutting down");
@@ -173,6 +180,16 @@ fn reload(server: &mut Server, path: &Path) {
 }
 
 impl Server {
+    /// SIGUSR1: reopen the access log and the error log files (after a
+    /// rotation moved them); lines queued before go to the old files.
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.proxy.access_log {
+            log.reopen();
+        }
+        crate::logging::reopen();
+        tracing::info!("log files reopened");
+    }
+
     /// Graceful stop: stop accepting, let open connections finish for up to
     /// `nginx_config.worker_shutdown_timeout`, then close the rest.
     pub async fn shutdown(mut self) {

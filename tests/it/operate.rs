@@ -6,8 +6,15 @@ use openmetrics_parser::{openmetrics, prometheus, PrometheusType, PrometheusValu
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use std::process::{Command, Stdio};
+
+use reqwest::Method;
+
 use crate::backend::{roundtrip, Backend, Mode};
-use crate::harness::{eventually, within, TestServer};
+use crate::harness::{
+    bin, call, eventually, free_port, wait_listening_logged, within, ChildConfig, ChildGuard,
+    TestServer, KEY,
+};
 
 /// GET the metrics with an optional `Accept`: content type and body.
 async fn scrape(s: &TestServer, accept: Option<&str>) -> (String, String) {
@@ -282,4 +289,137 @@ async fn json_escaped_access_log_lines_parse_as_json() {
         "{}",
         lines[1]
     );
+}
+
+/// A child `serve` with one TCP listener, the given `nginx_config` lines,
+/// no `RUST_LOG` (the config decides the level) and its stderr in
+/// `dir/stderr.log`. Returns the guard, the admin and proxy addresses.
+fn serve_child(
+    dir: &std::path::Path,
+    nginx: &str,
+) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
+    let (admin, port) = (free_port(), free_port());
+    let mut yaml = ChildConfig::new(admin).tcp(port).yaml(&dir.join("data"));
+    yaml.push_str(&format!("nginx_config:\n{nginx}"));
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let stderr = dir.join("stderr.log");
+    let child = Command::new(bin())
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn serve");
+    let mut guard = ChildGuard { child };
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    wait_listening_logged(admin, &mut guard, &stderr);
+    (
+        guard,
+        admin,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+    )
+}
+
+async fn put_child_route(admin: std::net::SocketAddr, node: std::net::SocketAddr) {
+    let body = json!({"upstream": {"nodes": {node.to_string(): 1}}}).to_string();
+    let (st, v) = call(
+        &reqwest::Client::new(),
+        admin,
+        Some(KEY),
+        Method::PUT,
+        "/apisix/admin/stream_routes/1",
+        Some(&body),
+    )
+    .await;
+    assert!(st.is_success(), "{st} {v}");
+}
+
+async fn echo_session(proxy: std::net::SocketAddr) {
+    let mut c = within(5, TcpStream::connect(proxy)).await.expect("connect");
+    assert_eq!(roundtrip(&mut c, b"ping").await, b"ping");
+}
+
+#[tokio::test]
+async fn error_log_file_at_warn_holds_warnings_and_no_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("logs/error.log");
+    let nginx = format!("  error_log: {}\n  error_log_level: warn\n", log.display());
+    let (_child, admin, proxy) = serve_child(dir.path(), &nginx);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    put_child_route(admin, closed).await;
+    let c = within(5, TcpStream::connect(proxy)).await.expect("connect");
+    let mut text = String::new();
+    let warned = eventually(5, async || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("session failed")
+    })
+    .await;
+    drop(c);
+    assert!(warned, "no warning in the error log:\n{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        "{text}"
+    );
+    assert!(!text.contains(" INFO "), "{text}");
+    assert!(!text.contains("\u{1b}["), "no colours in a file: {text:?}");
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    assert!(!stderr.contains("session failed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_rotated_logs_and_loses_no_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("logs/access.log");
+    let error = dir.path().join("logs/error.log");
+    let nginx = format!(
+        "  error_log: {}\n  error_log_level: info\n  stream:\n    enable_access_log: true\n    \
+         access_log: {}\n    access_log_format: '$remote_port $status'\n",
+        error.display(),
+        access.display()
+    );
+    let (child, admin, proxy) = serve_child(dir.path(), &nginx);
+    let echo = Backend::start("echo", Mode::Echo).await;
+    put_child_route(admin, echo.addr).await;
+    for _ in 0..3 {
+        echo_session(proxy).await;
+    }
+    lines_of(&access, 3).await;
+    let (access_1, error_1) = (
+        dir.path().join("logs/access.log.1"),
+        dir.path().join("logs/error.log.1"),
+    );
+    std::fs::rename(&access, &access_1).expect("mv access.log");
+    std::fs::rename(&error, &error_1).expect("mv error.log");
+    // Sessions between the move and the signal go to the moved file.
+    echo_session(proxy).await;
+    lines_of(&access_1, 4).await;
+    let status = Command::new("kill")
+        .args(["-USR1", &child.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let reopened = eventually(5, async || {
+        std::fs::read_to_string(&error).is_ok_and(|t| t.contains("log files reopened"))
+            && access.exists()
+    })
+    .await;
+    assert!(reopened, "SIGUSR1 did not reopen the logs");
+    for _ in 0..2 {
+        echo_session(proxy).await;
+    }
+    let new = lines_of(&access, 2).await;
+    let old = lines_of(&access_1, 4).await;
+    assert_eq!((old.len(), new.len()), (4, 2), "old {old:?}, new {new:?}");
+    assert!(old.iter().chain(&new).all(|l| l.ends_with(" 200")));
+    let old_error = std::fs::read_to_string(&error_1).unwrap_or_default();
+    assert!(old_error.contains("apisix-stream started"), "{old_error}");
+    assert!(!old_error.contains("log files reopened"), "{old_error}");
 }
