@@ -776,7 +776,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__route__subcmd__add)
-            opts="-f -c -h --id --server-addr --server-port --remote-addr --sni --node --type --key --scheme --upstream-id --service-id --plugin --name --desc --file --config --admin-url --api-key --help"
+            opts="-f -o -c -h --id --server-addr --server-port --remote-addr --sni --node --type --key --scheme --upstream-id --service-id --plugin --name --desc --file --output --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -844,6 +844,14 @@ _apisix__stream() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -1028,7 +1036,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__route__subcmd__list)
-            opts="-o -c -h --output --config --admin-url --api-key --help"
+            opts="-o -l -w -c -h --output --name --label --selector --watch --interval --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1040,6 +1048,26 @@ _apisix__stream() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -1398,7 +1426,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__service__subcmd__list)
-            opts="-o -c -h --output --config --admin-url --api-key --help"
+            opts="-o -l -w -c -h --output --name --label --selector --watch --interval --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1410,6 +1438,26 @@ _apisix__stream() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -1664,7 +1712,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__ssl__subcmd__list)
-            opts="-o -c -h --output --config --admin-url --api-key --help"
+            opts="-o -l -w -c -h --output --name --label --selector --watch --interval --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1676,6 +1724,26 @@ _apisix__stream() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -1808,7 +1876,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__upstream__subcmd__add)
-            opts="-f -c -h --id --node --type --key --scheme --retries --retry-timeout --connect-timeout --send-timeout --read-timeout --name --desc --file --config --admin-url --api-key --help"
+            opts="-f -o -c -h --id --node --type --key --scheme --retries --retry-timeout --connect-timeout --send-timeout --read-timeout --name --desc --file --output --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1868,6 +1936,14 @@ _apisix__stream() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -2038,7 +2114,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__upstream__subcmd__list)
-            opts="-o -c -h --output --config --admin-url --api-key --help"
+            opts="-o -l -w -c -h --output --name --label --selector --watch --interval --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2050,6 +2126,26 @@ _apisix__stream() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)

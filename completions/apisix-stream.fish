@@ -30,7 +30,6 @@ complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -l api-key -d 
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s h -l help -d 'Print help'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -s V -l version -d 'Print version'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
-complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "upgrade" -d 'Replace the running server with the binary at the path it was started from, without refusing a connection'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
 complete -c apisix-stream -n "__fish_apisix_stream_needs_command" -f -a "service" -d 'Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes'
@@ -43,18 +42,12 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -s c 
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -l control-url -d 'Control API address [default: the config\'s apisix.control, else http://127.0.0.1:9090]' -r
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -l timeout -d 'How long to wait for the new process to take over, e.g. 40s' -r
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "add" -d 'Create or replace a stream route; prints one line saying so (-o json: the stored route)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "list" -d 'List stream routes as a table (or -o json), optionally filtered and refreshed'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "get" -d 'Print one stream route as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "delete" -d 'Delete a stream route'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and not __fish_seen_subcommand_from add list get delete test help" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
@@ -78,15 +71,22 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and _
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l name -d 'Route name' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole route as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s o -l output -d 'What to print: a one-line confirmation (table) or the stored object (json)' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
-json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l name -d 'Only objects whose name matches this regular expression (APISIX\'s `name` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l label -d 'Only objects that carry this label key (APISIX\'s `label` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s l -l selector -d 'Only objects whose labels match: KEY=VALUE, KEY!=VALUE or KEY, comma-separated, all must hold' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l interval -d 'Refresh interval of --watch (e.g. 500ms, 2s)' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s w -l watch -d 'Keep listing, refreshed every --interval, until interrupted'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
@@ -100,14 +100,14 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and _
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l server-addr -d 'Local address the connection arrives on' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l remote-addr -d 'Client address' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l sni -d 'TLS SNI the client sends' -r
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
-json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s o -l output -d 'Output format' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from test" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace a stream route; prints one line saying so (-o json: the stored route)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "list" -d 'List stream routes as a table (or -o json), optionally filtered and refreshed'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one stream route as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a stream route'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand route; and __fish_seen_subcommand_from help" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
@@ -116,7 +116,7 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; an
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "add" -d 'Create or replace an upstream; prints one line saying so (-o json: the stored upstream)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "list" -d 'List upstreams as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "get" -d 'Print one upstream as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and not __fish_seen_subcommand_from add list get delete help" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
@@ -138,15 +138,22 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; an
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l name -d 'Upstream name' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole upstream as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s o -l output -d 'What to print: a one-line confirmation (table) or the stored object (json)' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
-json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l name -d 'Only objects whose name matches this regular expression (APISIX\'s `name` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l label -d 'Only objects that carry this label key (APISIX\'s `label` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s l -l selector -d 'Only objects whose labels match: KEY=VALUE, KEY!=VALUE or KEY, comma-separated, all must hold' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l interval -d 'Refresh interval of --watch (e.g. 500ms, 2s)' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s w -l watch -d 'Keep listing, refreshed every --interval, until interrupted'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
@@ -157,7 +164,7 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; an
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -l force -d 'Delete even when stream routes still use it'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create or replace an upstream; prints one line saying so (-o json: the stored upstream)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "list" -d 'List upstreams as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one upstream as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand upstream; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'
@@ -189,11 +196,16 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
-json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l name -d 'Only objects whose name matches this regular expression (APISIX\'s `name` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l label -d 'Only objects that carry this label key (APISIX\'s `label` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s l -l selector -d 'Only objects whose labels match: KEY=VALUE, KEY!=VALUE or KEY, comma-separated, all must hold' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l interval -d 'Refresh interval of --watch (e.g. 500ms, 2s)' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s w -l watch -d 'Keep listing, refreshed every --interval, until interrupted'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
@@ -227,11 +239,16 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __f
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'An aligned table that fits 80 columns'
-json\t'A JSON array of the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l name -d 'Only objects whose name matches this regular expression (APISIX\'s `name` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l label -d 'Only objects that carry this label key (APISIX\'s `label` list query)' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s l -l selector -d 'Only objects whose labels match: KEY=VALUE, KEY!=VALUE or KEY, comma-separated, all must hold' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l interval -d 'Refresh interval of --watch (e.g. 500ms, 2s)' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s w -l watch -d 'Keep listing, refreshed every --interval, until interrupted'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand ssl; and __fish_seen_subcommand_from get" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
@@ -261,22 +278,21 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s c -l
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "upgrade" -d 'Replace the running server with the binary at the path it was started from, without refusing a connection'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "service" -d 'Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "top" -d 'Live dashboard of a running server: connections, bytes and rates per route and node'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve upgrade route upstream service ssl top completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Create or replace a stream route; prints the stored route'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "list" -d 'List stream routes as a table (or -o json)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "serve" -d 'Run the proxy, the Admin API, the Control API and metrics until SIGINT/SIGTERM'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "route" -d 'Manage stream routes (/apisix/admin/stream_routes)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "upstream" -d 'Manage upstreams (/apisix/admin/upstreams)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "service" -d 'Manage services (/apisix/admin/services): an upstream and plugins shared by stream routes'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "ssl" -d 'Manage TLS certificates (/apisix/admin/ssls)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "top" -d 'Live dashboard of a running server: connections, bytes and rates per route and node'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "completions" -d 'Print shell completions for SHELL to stdout'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "man" -d 'Print the man page (roff) to stdout, or write every page to a directory'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and not __fish_seen_subcommand_from serve route upstream service ssl top completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "add" -d 'Create or replace a stream route; prints one line saying so (-o json: the stored route)'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "list" -d 'List stream routes as a table (or -o json), optionally filtered and refreshed'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "get" -d 'Print one stream route as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "delete" -d 'Delete a stream route'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from route" -f -a "test" -d 'Show which route a connection would take, and why the others lose'
-complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "add" -d 'Create or replace an upstream; prints the stored upstream'
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "add" -d 'Create or replace an upstream; prints one line saying so (-o json: the stored upstream)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "list" -d 'List upstreams as a table (or -o json)'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "get" -d 'Print one upstream as JSON'
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand help; and __fish_seen_subcommand_from upstream" -f -a "delete" -d 'Delete an upstream (refused while a stream route uses it, unless --force)'

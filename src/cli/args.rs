@@ -127,16 +127,16 @@ pub enum Command {
 /// `route` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RouteCommand {
-    /// Create or replace a stream route; prints the stored route.
+    /// Create or replace a stream route; prints one line saying so (-o json: the stored route).
     ///
     /// With --id the route is written with PUT (created or replaced); without
     /// it the server picks an id (POST). Flags override the JSON of --file.
     ///
     /// Example: apisix-stream route add --id 1 --server-port 9100 --node 127.0.0.1:3306
     Add(Box<RouteAddArgs>),
-    /// List stream routes as a table (or -o json).
+    /// List stream routes as a table (or -o json), optionally filtered and refreshed.
     ///
-    /// Example: apisix-stream route list -o json
+    /// Example: apisix-stream route list -l env=prod --watch
     List(ListArgs),
     /// Print one stream route as JSON.
     ///
@@ -158,7 +158,7 @@ pub enum RouteCommand {
 /// `upstream` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UpstreamCommand {
-    /// Create or replace an upstream; prints the stored upstream.
+    /// Create or replace an upstream; prints one line saying so (-o json: the stored upstream).
     ///
     /// Example: apisix-stream upstream add --id 1 --node 10.0.0.1:3306=2 --node 10.0.0.2:3306
     Add(Box<UpstreamAddArgs>),
@@ -224,13 +224,13 @@ pub enum SslCommand {
     Delete(IdArg),
 }
 
-/// Output format of `list`.
+/// Output format of `list`, `add` and `route test`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
-    /// An aligned table that fits 80 columns.
+    /// For people: an aligned table that fits 80 columns, or one line.
     #[default]
     Table,
-    /// A JSON array of the objects, each with its id.
+    /// JSON: the objects, each with its id.
     Json,
 }
 
@@ -240,6 +240,21 @@ pub struct ListArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Only objects whose name matches this regular expression (APISIX's `name` list query).
+    #[arg(long, value_name = "REGEX")]
+    pub name: Option<String>,
+    /// Only objects that carry this label key (APISIX's `label` list query).
+    #[arg(long, value_name = "KEY")]
+    pub label: Option<String>,
+    /// Only objects whose labels match: KEY=VALUE, KEY!=VALUE or KEY, comma-separated, all must hold.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Keep listing, refreshed every --interval, until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Refresh interval of --watch (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub interval: String,
 }
 
 /// One object id.
@@ -286,7 +301,10 @@ pub enum Scheme {
 #[derive(Debug, Args)]
 pub struct UpstreamFlags {
     /// Upstream node (repeatable); IPv6 as [::1]:80; weight defaults to 1.
-    #[arg(long = "node", value_name = "HOST:PORT[=WEIGHT]")]
+    ///
+    /// Stored in APISIX's map form {"HOST:PORT": WEIGHT}; a @PRIORITY on
+    /// any node stores the list form [{"host", "port", "weight", "priority"}].
+    #[arg(long = "node", value_name = "HOST:PORT[=WEIGHT][@PRIORITY]")]
     pub nodes: Vec<String>,
     /// Load balancing [default: roundrobin].
     #[arg(long = "type", value_enum, value_name = "TYPE")]
@@ -338,6 +356,9 @@ pub struct RouteAddArgs {
     /// The whole route as JSON (- for stdin); the other flags override it.
     #[arg(short, long, value_name = "FILE|-")]
     pub file: Option<PathBuf>,
+    /// What to print: a one-line confirmation (table) or the stored object (json).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// Options of `upstream add`.
@@ -373,6 +394,9 @@ pub struct UpstreamAddArgs {
     /// The whole upstream as JSON (- for stdin); the other flags override it.
     #[arg(short, long, value_name = "FILE|-")]
     pub file: Option<PathBuf>,
+    /// What to print: a one-line confirmation (table) or the stored object (json).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// Options of `service add`.

@@ -161,6 +161,17 @@ impl AdminClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> anyhow::Result<Option<Value>> {
+        Ok(self.exchange(method, path, query, body)?.1)
+    }
+
+    /// One request, with the status of a successful answer.
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Option<Value>)> {
         let base = &self.endpoint.url;
         let mut req = self
             .http
@@ -191,16 +202,16 @@ impl AdminClient {
             })?;
         if status.is_success() {
             if text.trim().is_empty() {
-                return Ok(Some(Value::Null));
+                return Ok((status, Some(Value::Null)));
             }
             let v = serde_json::from_str(&text).map_err(|_| {
                 anyhow!("the admin API at {base} answered {status} with a body that is not JSON")
             })?;
-            return Ok(Some(v));
+            return Ok((status, Some(v)));
         }
         let msg = body_message(&text);
         match status {
-            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::NOT_FOUND => Ok((status, None)),
             StatusCode::UNAUTHORIZED => {
                 if msg.contains("role viewer") {
                     bail!("the admin API at {base} refused the change: the API key is read-only (viewer role); use an admin key")
@@ -261,18 +272,32 @@ impl AdminClient {
     /// Create or replace (`Some(id)`, PUT) or create (`None`, POST); returns
     /// the stored object, secrets removed.
     pub fn put(&self, kind: Kind, id: Option<&str>, body: &Value) -> anyhow::Result<Value> {
+        Ok(self.write(kind, id, body)?.0)
+    }
+
+    /// As [`AdminClient::put`], also telling whether the object is new
+    /// (201 Created) or replaced one (200).
+    pub fn write(
+        &self,
+        kind: Kind,
+        id: Option<&str>,
+        body: &Value,
+    ) -> anyhow::Result<(Value, bool)> {
         let (method, path) = match id {
             Some(id) => (Method::PUT, format!("{}/{id}", kind.segment())),
             None => (Method::POST, kind.segment().to_string()),
         };
-        let v = self.call(method, &path, &[], Some(body))?.ok_or_else(|| {
+        let (status, v) = self.exchange(method, &path, &[], Some(body))?;
+        let v = v.ok_or_else(|| {
             anyhow!(
                 "the admin API at {} has no {} resource (HTTP 404)",
                 self.url(),
                 kind.segment()
             )
         })?;
-        unwrap_item(kind, &v).ok_or_else(|| anyhow!("unexpected answer from the admin API"))
+        let stored =
+            unwrap_item(kind, &v).ok_or_else(|| anyhow!("unexpected answer from the admin API"))?;
+        Ok((stored, status == StatusCode::CREATED))
     }
 
     /// Delete one object.

@@ -8,6 +8,7 @@
 pub mod args;
 pub mod client;
 pub mod generate;
+pub mod list;
 pub mod output;
 pub mod resource;
 pub mod upgrade;
@@ -225,17 +226,7 @@ fn print_list(
     args: &ListArgs,
     table: fn(&[Value]) -> String,
 ) -> anyhow::Result<()> {
-    let items = client
-        .list(kind)
-        .with_context(|| format!("cannot list {}s", kind.noun()))?;
-    match args.output {
-        OutputFormat::Json => emit(&output::json_text(&Value::Array(items))),
-        OutputFormat::Table if items.is_empty() => {
-            eprintln!("no {}s", kind.noun());
-            Ok(())
-        }
-        OutputFormat::Table => emit(&table(&items)),
-    }
+    list::run(client, kind, args, table)
 }
 
 fn print_get(client: &AdminClient, kind: Kind, id: &str) -> anyhow::Result<()> {
@@ -248,6 +239,37 @@ fn add(client: &AdminClient, kind: Kind, id: Option<String>, body: &Value) -> an
         .put(kind, id.as_deref(), body)
         .with_context(|| format!("cannot add the {}", kind.noun()))?;
     emit(&output::json_text(&stored))
+}
+
+/// `route add` / `upstream add`: write, then one line for people
+/// (`created stream route 1 (server_port 9100 -> 127.0.0.1:3306)`), or the
+/// stored object with `-o json`.
+fn add_confirmed(
+    client: &AdminClient,
+    kind: Kind,
+    id: Option<String>,
+    body: &Value,
+    output: OutputFormat,
+    summary: fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    let (stored, created) = client
+        .write(kind, id.as_deref(), body)
+        .with_context(|| format!("cannot add the {}", kind.noun()))?;
+    match output {
+        OutputFormat::Json => emit(&output::json_text(&stored)),
+        OutputFormat::Table => {
+            let id = stored.get("id").map_or_else(String::new, |v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            let verb = if created { "created" } else { "updated" };
+            emit(&format!(
+                "{verb} {} {id} ({})\n",
+                kind.noun(),
+                summary(&stored)
+            ))
+        }
+    }
 }
 
 fn delete(client: &AdminClient, kind: Kind, id: &str, force: bool) -> anyhow::Result<()> {
@@ -266,7 +288,7 @@ fn route(client: &AdminClient, cmd: RouteCommand) -> anyhow::Result<()> {
     match cmd {
         RouteCommand::Add(a) => {
             let (id, body) = resource::route_body(&a)?;
-            add(client, kind, id, &body)
+            add_confirmed(client, kind, id, &body, a.output, output::route_summary)
         }
         RouteCommand::List(a) => print_list(client, kind, &a, output::routes_table),
         RouteCommand::Get(a) => print_get(client, kind, &a.id),
@@ -306,7 +328,7 @@ fn upstream(client: &AdminClient, cmd: UpstreamCommand) -> anyhow::Result<()> {
     match cmd {
         UpstreamCommand::Add(a) => {
             let (id, body) = resource::upstream_body(&a)?;
-            add(client, kind, id, &body)
+            add_confirmed(client, kind, id, &body, a.output, output::upstream_summary)
         }
         UpstreamCommand::List(a) => print_list(client, kind, &a, output::upstreams_table),
         UpstreamCommand::Get(a) => print_get(client, kind, &a.id),

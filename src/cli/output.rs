@@ -244,6 +244,30 @@ pub fn ssls_table(ssls: &[Value]) -> String {
     table(&["ID", "SNIS", "TYPE"], &rows)
 }
 
+/// What `route add` tells people: `server_port 9100 -> 127.0.0.1:3306`.
+pub fn route_summary(route: &Value) -> String {
+    let mut parts = Vec::new();
+    for f in ["server_addr", "server_port", "remote_addr", "sni"] {
+        if let Some(v) = route.get(f).filter(|v| !v.is_null()) {
+            parts.push(format!("{f} {}", cell(Some(v))));
+        }
+    }
+    let from = if parts.is_empty() {
+        "any connection".to_string()
+    } else {
+        parts.join(" ")
+    };
+    format!("{from} -> {}", route_upstream(route))
+}
+
+/// What `upstream add` tells people: `roundrobin 10.0.0.1:3306,10.0.0.2:3306`.
+pub fn upstream_summary(up: &Value) -> String {
+    let ty = up
+        .get("type")
+        .map_or_else(|| "roundrobin".into(), |t| cell(Some(t)));
+    format!("{ty} {}", nodes_text(up.get("nodes")))
+}
+
 /// One route's filters, for `route test` lines.
 fn filters(route: &Value) -> String {
     let mut parts = Vec::new();
@@ -341,6 +365,24 @@ mod tests {
         assert!(t.contains('…'));
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
+    }
+
+    #[test]
+    fn add_summaries() {
+        let r = json!({"server_port": 9100, "upstream": {"nodes": {"127.0.0.1:3306": 1}}});
+        assert_eq!(route_summary(&r), "server_port 9100 -> 127.0.0.1:3306");
+        let r = json!({"remote_addr": "10.0.0.0/8", "sni": "db.example.com", "upstream_id": "2"});
+        assert_eq!(
+            route_summary(&r),
+            "remote_addr 10.0.0.0/8 sni db.example.com -> upstream 2"
+        );
+        assert_eq!(
+            route_summary(&json!({"upstream_id": 1})),
+            "any connection -> upstream 1"
+        );
+        let u =
+            json!({"type": "chash", "nodes": [{"host": "a", "port": 1}, {"host": "b", "port": 2}]});
+        assert_eq!(upstream_summary(&u), "chash a:1,b:2");
     }
 
     #[test]

@@ -88,10 +88,40 @@ fn valid_host(host: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
-/// One `--node HOST:PORT[=WEIGHT]` as an APISIX node object.
-pub fn parse_node(text: &str) -> anyhow::Result<Value> {
+/// One `--node HOST:PORT[=WEIGHT][@PRIORITY]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Host (IPv6 in brackets, as APISIX wants it).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Weight (default 1).
+    pub weight: u32,
+    /// Priority, when given.
+    pub priority: Option<i64>,
+}
+
+impl Node {
+    /// `HOST:PORT`, the key of APISIX's map form.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Parse one `--node HOST:PORT[=WEIGHT][@PRIORITY]`.
+pub fn parse_node(text: &str) -> anyhow::Result<Node> {
     let bad = |why: &str| anyhow::anyhow!("invalid --node {text:?}: {why}");
-    let (addr, weight) = match text.rsplit_once('=') {
+    let (rest, priority) = match text.rsplit_once('@') {
+        Some((r, p)) => {
+            let p = p
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| bad("the priority after @ must be an integer"))?;
+            (r, Some(p))
+        }
+        None => (text, None),
+    };
+    let (addr, weight) = match rest.rsplit_once('=') {
         Some((a, w)) => {
             let w = w
                 .trim()
@@ -99,10 +129,10 @@ pub fn parse_node(text: &str) -> anyhow::Result<Value> {
                 .map_err(|_| bad("the weight after = must be an integer 0 or more"))?;
             (a, w)
         }
-        None => (text, 1),
+        None => (rest, 1),
     };
-    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (h, p) = rest
+    let (host, port) = if let Some(inner) = addr.strip_prefix('[') {
+        let (h, p) = inner
             .split_once("]:")
             .ok_or_else(|| bad("write IPv6 nodes as [ADDR]:PORT"))?;
         if h.parse::<std::net::Ipv6Addr>().is_err() {
@@ -113,7 +143,7 @@ pub fn parse_node(text: &str) -> anyhow::Result<Value> {
     } else {
         let (h, p) = addr
             .rsplit_once(':')
-            .ok_or_else(|| bad("expected HOST:PORT[=WEIGHT]"))?;
+            .ok_or_else(|| bad("expected HOST:PORT[=WEIGHT][@PRIORITY]"))?;
         if h.contains(':') {
             return Err(bad("write IPv6 nodes as [ADDR]:PORT"));
         }
@@ -122,11 +152,42 @@ pub fn parse_node(text: &str) -> anyhow::Result<Value> {
         }
         (h, p)
     };
-    let port = match p_u16(port) {
-        Some(p) => p,
-        None => return Err(bad("the port must be 1-65535")),
+    let Some(port) = p_u16(port) else {
+        return Err(bad("the port must be 1-65535"));
     };
-    Ok(json!({"host": host, "port": port, "weight": weight}))
+    Ok(Node {
+        host: host.to_string(),
+        port,
+        weight,
+        priority,
+    })
+}
+
+/// The `nodes` value of the given nodes: APISIX's map form
+/// `{"HOST:PORT": WEIGHT}`, which is what people type and APISIX's docs
+/// show; the list form only where the map cannot say it (a priority, or
+/// one address given twice).
+pub fn nodes_json(nodes: &[Node]) -> Value {
+    let mut seen = std::collections::HashSet::new();
+    let map_says_it = nodes
+        .iter()
+        .all(|n| n.priority.is_none() && seen.insert(n.addr()));
+    if map_says_it {
+        let map: Map<String, Value> = nodes.iter().map(|n| (n.addr(), json!(n.weight))).collect();
+        return Value::Object(map);
+    }
+    Value::Array(
+        nodes
+            .iter()
+            .map(|n| {
+                let mut o = json!({"host": n.host, "port": n.port, "weight": n.weight});
+                if let (Some(p), Some(m)) = (n.priority, o.as_object_mut()) {
+                    m.insert("priority".into(), json!(p));
+                }
+                o
+            })
+            .collect(),
+    )
 }
 
 fn p_u16(text: &str) -> Option<u16> {
@@ -187,7 +248,7 @@ fn apply_upstream(up: &mut Map<String, Value>, f: &UpstreamFlags) -> anyhow::Res
             .iter()
             .map(|n| parse_node(n))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        up.insert("nodes".into(), Value::Array(nodes));
+        up.insert("nodes".into(), nodes_json(&nodes));
     }
     if let Some(t) = f.lb_type {
         up.insert("type".into(), json!(lb_name(t)));
@@ -442,18 +503,27 @@ mod tests {
 
     #[test]
     fn nodes() {
+        let node = |t: &str| parse_node(t).unwrap();
         assert_eq!(
-            parse_node("127.0.0.1:80").unwrap(),
-            json!({"host": "127.0.0.1", "port": 80, "weight": 1})
+            nodes_json(&[node("127.0.0.1:80")]),
+            json!({"127.0.0.1:80": 1})
         );
         assert_eq!(
-            parse_node("[::1]:8080=5").unwrap(),
-            json!({"host": "[::1]", "port": 8080, "weight": 5})
+            nodes_json(&[node("[::1]:8080=5"), node("db.internal:3306=0")]),
+            json!({"[::1]:8080": 5, "db.internal:3306": 0})
+        );
+        // What the map cannot say: a priority, or an address twice.
+        assert_eq!(
+            nodes_json(&[node("10.0.0.1:80=2"), node("10.0.0.2:80@-1")]),
+            json!([{"host": "10.0.0.1", "port": 80, "weight": 2},
+                   {"host": "10.0.0.2", "port": 80, "weight": 1, "priority": -1}])
         );
         assert_eq!(
-            parse_node("db.internal:3306=0").unwrap()["host"],
-            "db.internal"
+            nodes_json(&[node("10.0.0.1:80=2"), node("10.0.0.1:80=3")]),
+            json!([{"host": "10.0.0.1", "port": 80, "weight": 2},
+                   {"host": "10.0.0.1", "port": 80, "weight": 3}])
         );
+        assert_eq!(node("[::1]:8080=5@3").priority, Some(3));
         for bad in [
             "127.0.0.1",
             "127.0.0.1:0",
@@ -462,6 +532,7 @@ mod tests {
             "::1:80",
             "[nope]:80",
             "bad host:80",
+            "127.0.0.1:80@high",
         ] {
             let e = parse_node(bad).unwrap_err().to_string();
             assert!(e.contains("--node"), "{bad}: {e}");

@@ -134,13 +134,35 @@ async fn route_add_list_get_delete_round_trip_moves_traffic() {
         ],
     )
     .await;
-    let v = r.ok().json();
+    // One line for people; the node stored as typed, in APISIX's map form.
+    assert_eq!(
+        r.ok().out,
+        format!("created stream route 1 (server_port {port} -> {node})\n")
+    );
+    let v = cli(&s, &["route", "get", "1"]).await.ok().json();
     assert_eq!(v["id"], "1");
     assert_eq!(v["server_port"], s.tcp[0].port());
-    assert_eq!(
-        v["upstream"]["nodes"],
-        json!([{"host": "127.0.0.1", "port": echo.addr.port(), "weight": 1}])
-    );
+    assert_eq!(v["upstream"]["nodes"], json!({node.clone(): 1}));
+    // The same again replaces it; -o json prints the stored route.
+    let again = cli(
+        &s,
+        &[
+            "route",
+            "add",
+            "--id",
+            "1",
+            "--server-port",
+            &port,
+            "--node",
+            &format!("{node}=3"),
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(again["upstream"]["nodes"], json!({node.clone(): 3}));
     let mut c = within(5, tokio::net::TcpStream::connect(s.tcp[0]))
         .await
         .expect("connect");
@@ -158,6 +180,8 @@ async fn route_add_list_get_delete_round_trip_moves_traffic() {
             &node,
             "--desc",
             "second",
+            "-o",
+            "json",
         ],
     )
     .await;
@@ -196,7 +220,7 @@ async fn route_add_list_get_delete_round_trip_moves_traffic() {
     assert!(ids.contains(&"1") && ids.contains(&posted_id.as_str()));
 
     let got = cli(&s, &["route", "get", "1"]).await.ok().json();
-    assert_eq!(got["upstream"], v["upstream"]);
+    assert_eq!(got["upstream"], again["upstream"]);
 
     let del = cli(&s, &["route", "delete", "1"]).await;
     assert_eq!(del.ok().out, "deleted stream route 1\n");
@@ -289,6 +313,8 @@ async fn route_add_reads_json_from_stdin_and_flags_override_it() {
             "2000",
             "--plugin",
             r#"ip-restriction={"whitelist":["10.0.0.0/8"]}"#,
+            "-o",
+            "json",
         ],
         opts,
     )
@@ -320,6 +346,8 @@ async fn route_add_reads_json_from_stdin_and_flags_override_it() {
             "8",
             "--server-port",
             "2001",
+            "--output",
+            "json",
         ],
         opts,
     )
@@ -365,6 +393,8 @@ async fn upstream_commands_and_routes_that_use_them() {
             "2",
             "--name",
             "mysql",
+            "-o",
+            "json",
         ],
     )
     .await
@@ -375,10 +405,33 @@ async fn upstream_commands_and_routes_that_use_them() {
     assert_eq!(v["key"], "remote_addr");
     assert_eq!(v["retries"], 1);
     assert_eq!(v["timeout"], json!({"connect": 2, "send": 60, "read": 60}));
+    assert_eq!(v["nodes"], json!({"127.0.0.1:3306": 2, "[::1]:3307": 1}));
+    // A priority is what the map cannot say: the list form carries it.
+    let r = cli(
+        &s,
+        &[
+            "upstream",
+            "add",
+            "--id",
+            "u2",
+            "--node",
+            "10.0.0.1:3306",
+            "--node",
+            "10.0.0.2:3306=1@-1",
+        ],
+    )
+    .await;
     assert_eq!(
-        v["nodes"][1],
-        json!({"host": "[::1]", "port": 3307, "weight": 1})
+        r.ok().out,
+        "created upstream u2 (roundrobin 10.0.0.1:3306,10.0.0.2:3306)\n"
     );
+    let v = cli(&s, &["upstream", "get", "u2"]).await.ok().json();
+    assert_eq!(
+        v["nodes"],
+        json!([{"host": "10.0.0.1", "port": 3306, "weight": 1},
+               {"host": "10.0.0.2", "port": 3306, "weight": 1, "priority": -1}])
+    );
+    cli(&s, &["upstream", "delete", "u2"]).await.ok();
 
     let table = cli(&s, &["upstream", "list"]).await;
     let lines: Vec<&str> = table.ok().out.lines().collect();
@@ -391,7 +444,7 @@ async fn upstream_commands_and_routes_that_use_them() {
         table.out
     );
 
-    cli(
+    let r = cli(
         &s,
         &[
             "route",
@@ -404,8 +457,11 @@ async fn upstream_commands_and_routes_that_use_them() {
             "u1",
         ],
     )
-    .await
-    .ok();
+    .await;
+    assert_eq!(
+        r.ok().out,
+        "created stream route r1 (server_port 9100 -> upstream u1)\n"
+    );
     let table = cli(&s, &["route", "list"]).await;
     assert!(table.ok().out.contains("upstream u1"), "{}", table.out);
 
@@ -873,4 +929,118 @@ COMP_WORDS=(apisix-stream route add --server-p); COMP_CWORD=3; _apisix__stream a
         "{text}"
     );
     assert_eq!(lines.get(1).copied(), Some("--server-port"), "{text}");
+}
+
+#[tokio::test]
+async fn list_filters_as_apisix_list_queries_and_watch_refreshes() {
+    let s = TestServer::start().await;
+    let up = json!({"nodes": {"127.0.0.1:3306": 1}});
+    for (id, name, labels) in [
+        ("1", "mysql-primary", json!({"env": "prod", "tier": "db"})),
+        ("2", "redis", json!({"env": "dev"})),
+        ("3", "other", json!({})),
+    ] {
+        s.put_route(
+            id,
+            &json!({"name": name, "labels": labels, "server_port": 9000 + id.parse::<u16>().unwrap_or(0),
+                    "upstream": up}),
+        )
+        .await;
+    }
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (args, want) in [
+        (vec!["-l", "env=prod"], vec!["1"]),
+        (vec!["--selector", "env!=prod"], vec!["2", "3"]),
+        (vec!["--label", "tier"], vec!["1"]),
+        (vec!["--name", "^(mysql|redis)"], vec!["1", "2"]),
+        (vec!["--name", "mysql", "-l", "env=dev"], vec![]),
+    ] {
+        let mut all = vec!["route", "list", "-o", "json"];
+        all.extend(&args);
+        let got = ids(cli(&s, &all).await.ok().json());
+        assert_eq!(got, want, "{args:?}");
+    }
+    cli(&s, &["route", "list", "-l", "a b"])
+        .await
+        .fails_with(&["--selector"]);
+
+    // --watch: a listing now, another when the routes change.
+    let url = format!("http://{}", s.admin);
+    let mut child = Command::new(bin())
+        .args([
+            "route",
+            "list",
+            "--watch",
+            "--interval",
+            "100ms",
+            "-l",
+            "env",
+            "--admin-url",
+            &url,
+            "--api-key",
+            KEY,
+        ])
+        .env_remove("APISIX_ADMIN_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (rx, first) = within(
+        15,
+        tokio::task::spawn_blocking(move || {
+            let seen = watch_shows(&rx, "2");
+            (rx, seen)
+        }),
+    )
+    .await
+    .expect("reader");
+    s.put_route(
+        "4",
+        &json!({"labels": {"env": "qa"}, "server_port": 9004, "upstream": up}),
+    )
+    .await;
+    let refreshed = within(
+        15,
+        tokio::task::spawn_blocking(move || (first, watch_shows(&rx, "4"))),
+    )
+    .await
+    .expect("reader");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(refreshed, (true, true), "watch did not show the routes");
+}
+
+/// Wait (at most 10 s) for a `--watch` output line that is the row of `id`.
+fn watch_shows(rx: &std::sync::mpsc::Receiver<String>, id: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(&format!("{id} ")) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
