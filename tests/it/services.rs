@@ -760,7 +760,10 @@ async fn service_commands_and_routes_under_them() {
     let (code, out, err) =
         service_cli(&s, &["route", "add", "--id", "r", "--service-id", "db"]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"service_id\""), "{out}");
+    assert_eq!(
+        out,
+        "created stream route r (any connection -> service db)\n"
+    );
     assert_eq!(greeting(s.tcp[0]).await.as_deref(), Some("a"));
     let (code, out, _) = service_cli(&s, &["service", "list"]).await;
     assert_eq!(code, 0);
