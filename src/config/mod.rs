@@ -564,7 +564,7 @@ pub struct NginxConfig {
 pub enum ErrorLogLevel {
     /// `debug`.
     Debug,
-    /// `info` (the default when the key is absent, as before it was read).
+    /// `info` (the default when the key is absent).
     #[default]
     Info,
     /// `notice` (written as info).
