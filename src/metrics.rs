@@ -108,7 +108,8 @@ fn escape_help(v: &str) -> String {
 pub fn encode(mut families: Vec<Family>, format: Format) -> String {
     families.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::new();
-    for mut f in families {
+    // A family without series is left out, as APISIX's exporter leaves it.
+    for mut f in families.into_iter().filter(|f| !f.samples.is_empty()) {
         f.samples.sort();
         let (family_name, sample_name) = match (format, f.kind) {
             (Format::OpenMetrics, MetricType::Counter) => {
