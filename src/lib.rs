@@ -16,6 +16,9 @@
 //!   its `Carry` owns all that outlives one snapshot (counters, plugin
 //!   runtime, health checkers), and nothing writes a published snapshot.
 //! - [`balancer`]: node selection (roundrobin, chash, least_conn).
+//! - [`discovery`]: upstream nodes from a registry (`dns`, `consul`,
+//!   `kubernetes`) and the background cache of node host names' addresses;
+//!   a changed node list makes the publisher rebuild the snapshot.
 //! - [`plugins`]: stream plugins compiled per route and run per session
 //!   (preread: ip-restriction, limit-conn, mqtt-proxy, traffic-split; log:
 //!   prometheus, syslog); of the snapshot they see only its leaves
@@ -66,6 +69,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod fsutil;
 pub mod health;
 pub mod http;

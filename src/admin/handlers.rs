@@ -388,7 +388,8 @@ async fn check_references(
 
 fn validate(state: &AdminState, kind: Kind, conf: &Value) -> Result<()> {
     model::validate(kind, conf, &state.plugins.load(), NotEnabled::Refuse)
-        .map_err(AdminError::BadRequest)
+        .map_err(AdminError::BadRequest)?;
+    crate::discovery::check_types(conf, &state.discovery).map_err(AdminError::BadRequest)
 }
 
 fn set_field(conf: &mut Value, name: &str, v: Value) {

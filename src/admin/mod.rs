@@ -65,6 +65,9 @@ pub struct AdminState {
     /// The data plane's lasting state, when a data plane runs: a plugin
     /// reload puts the new `stream_plugins` in force there.
     pub carry: Option<Arc<crate::snapshot::Carry>>,
+    /// Service registries configured (`discovery:`); an upstream naming
+    /// another `discovery_type` is refused.
+    pub discovery: Vec<String>,
     /// What the data plane has applied (and what failed), when a data
     /// plane runs: writes answer only once their revision is served.
     pub published: Option<watch::Receiver<Published>>,
@@ -135,6 +138,7 @@ impl AdminState {
             plugins: arc_swap::ArcSwap::from_pointee(EnabledPlugins::of(config)),
             config_path: std::sync::OnceLock::new(),
             carry: None,
+            discovery: config.discovery.types(),
             published: None,
             snapshot: None,
             keyring: Keyring::new(&config.apisix.data_encryption.keyring),

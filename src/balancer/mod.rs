@@ -20,7 +20,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::discovery::HostAddrs;
 use crate::model::{LbType, Node};
 
 use chash::Ring;
@@ -41,6 +43,8 @@ pub struct Backend {
     pub addr: Option<SocketAddr>,
     /// "host:port" as APISIX prints nodes ("[::1]:80" for IPv6).
     pub label: String,
+    /// For a host name: its addresses, kept current in the background.
+    pub resolved: Option<Arc<HostAddrs>>,
 }
 
 impl Backend {
@@ -57,7 +61,36 @@ impl Backend {
             priority: node.priority,
             addr: ip.map(|ip| SocketAddr::new(ip, node.port)),
             label,
+            resolved: None,
         }
+    }
+
+    /// The addresses to try, in order: the IP itself, or the host name's
+    /// cached addresses (asking the system resolver only when there is no
+    /// cache, or waiting up to `wait` for the first answer of a new name).
+    pub async fn addrs(&self, wait: Duration) -> Result<Vec<SocketAddr>, String> {
+        if let Some(a) = self.addr {
+            return Ok(vec![a]);
+        }
+        let ips: Vec<IpAddr> = match &self.resolved {
+            Some(h) => h.addrs(wait).await?.to_vec(),
+            None => {
+                let mut ips: Vec<IpAddr> = Vec::new();
+                for a in tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    if !ips.contains(&a.ip()) {
+                        ips.push(a.ip());
+                    }
+                }
+                ips
+            }
+        };
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, self.port))
+            .collect())
     }
 }
 
@@ -194,6 +227,13 @@ impl Balancer {
     /// The nodes, in configuration order (a [`Pick::index`] points here).
     pub fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// Give each host-name node its shared addresses from `entry`.
+    pub fn attach_hosts(&mut self, entry: impl Fn(&str) -> Option<Arc<HostAddrs>>) {
+        for b in self.backends.iter_mut().filter(|b| b.addr.is_none()) {
+            b.resolved = entry(&b.host);
+        }
     }
 
     /// The algorithm name as configured (`roundrobin`, `chash`, `least_conn`, or the unknown

@@ -18,6 +18,7 @@
 //!   that changes only the bytes of the edited values so comments and quoting survive.
 
 pub mod admin_key;
+pub mod discovery;
 mod env;
 pub mod listen;
 mod read;
@@ -160,6 +161,8 @@ pub struct Config {
     pub nginx_config: NginxConfig,
     /// top-level `stream_plugins`; default APISIX's (ip-restriction, limit-conn, mqtt-proxy, syslog, traffic-split) and limit-bandwidth
     pub stream_plugins: Vec<String>,
+    /// `discovery:` and the resolver of node host names.
+    pub discovery: discovery::DiscoveryConf,
 }
 
 impl Default for Config {
@@ -170,6 +173,7 @@ impl Default for Config {
             plugin_attr: PluginAttr::default(),
             nginx_config: NginxConfig::default(),
             stream_plugins: default_stream_plugins(),
+            discovery: discovery::DiscoveryConf::default(),
         }
     }
 }

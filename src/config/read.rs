@@ -422,12 +422,17 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
         top.string_list("stream_plugins")?
             .unwrap_or_else(default_stream_plugins)
     };
+    let discovery = super::discovery::read(
+        root_map.and_then(|m| m.get("discovery")),
+        root_map.and_then(|m| m.get("apisix")),
+    )?;
     let config = Config {
         apisix,
         deployment,
         plugin_attr,
         nginx_config,
         stream_plugins,
+        discovery,
     };
     validate::validate(&config)?;
     Ok(config)

@@ -9,11 +9,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::balancer::Pick;
+use crate::balancer::{Backend, Pick};
 use crate::snapshot::{ConnInfo, UpstreamRt};
 use crate::stats::{NodeStats, RouteStats};
 
@@ -94,11 +94,26 @@ pub fn is_resource_error(e: &io::Error) -> bool {
         .is_some_and(|code| local.iter().any(|l| l.raw_os_error() == code))
 }
 
-async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
-    tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+/// Dial a host-name node: each of its cached addresses in order until one
+/// answers (one try of the node, whatever the number of addresses).
+async fn dial_each<S, D, F>(backend: &Backend, wait: Duration, dial: &mut D) -> Result<S, TryError>
+where
+    D: FnMut(SocketAddr) -> F,
+    F: Future<Output = Result<S, TryError>>,
+{
+    let addrs = backend
+        .addrs(wait)
+        .await
+        .map_err(|e| TryError::Node(format!("cannot resolve: {e}")))?;
+    let mut last = TryError::Node("cannot resolve: no address".into());
+    for addr in addrs {
+        match dial(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e @ TryError::Local(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Pick and reach a node with `dial`, retrying others on failure. Failed
@@ -148,20 +163,11 @@ where
         };
         tried.push(pick.index);
         let backend = &up.balancer.backends()[pick.index];
-        let addr = match backend.addr {
-            Some(a) => a,
-            None => match Box::pin(resolve(&backend.host, backend.port)).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(node = %backend.label, error = %e, "cannot resolve upstream node");
-                    last = Some(format!("{}: {e}", backend.label));
-                    failed(pick.index, format!("cannot resolve: {e}"));
-                    failed_try = Some((pick.index, false));
-                    continue;
-                }
-            },
+        let dialed = match backend.addr {
+            Some(addr) => dial(addr).await,
+            None => Box::pin(dial_each(backend, up.connect_timeout, &mut dial)).await,
         };
-        match dial(addr).await {
+        match dialed {
             Ok(stream) => {
                 if attempt > 0 {
                     route_stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +210,12 @@ where
                 .unwrap_or_default(),
             last,
         }),
-        _ => Err(ConnectError::NoNode),
+        _ => {
+            // No node at all (e.g. a registry that has none yet): the
+            // session fails at once, counted as a connect failure.
+            route_stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            Err(ConnectError::NoNode)
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigProvider};
 use crate::control::{self, ControlState};
+use crate::discovery::Discovery;
 use crate::health::registry::Registry;
 use crate::model::crypt::Keyring;
 use crate::model::EnabledPlugins;
@@ -309,6 +310,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let carry = Arc::new(Carry {
         trust,
         tls_policy,
+        discovery: Arc::new(Discovery::start(&config.discovery, &cancel, &tasks)),
         ..Carry::new(Registry::new(checks, tasks.clone(), cancel.clone()))
     });
     // Values read from secret managers are read again when their time is up.

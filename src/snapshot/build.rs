@@ -49,6 +49,9 @@ pub struct RouteSource {
     refs: Vec<String>,
     /// Whether it names an SSL object (`client_cert_id`).
     uses_ssl: bool,
+    /// Whether an upstream inside it takes nodes from a registry (its
+    /// upstreams are then looked at on every build).
+    uses_discovery: bool,
     /// Why it cannot be served as written, if so.
     problem: Option<String>,
 }
@@ -58,6 +61,7 @@ impl RouteSource {
         let mut refs = Vec::new();
         let mut uses_ssl = false;
         scan(&e.value, &mut refs, &mut uses_ssl);
+        let uses_discovery = crate::discovery::named_in(&e.value);
         RouteSource {
             value: Arc::clone(&e.value),
             mod_rev: e.mod_rev,
@@ -66,6 +70,7 @@ impl RouteSource {
                 .and_then(|r| r.upstream_id.clone()),
             refs,
             uses_ssl,
+            uses_discovery,
             problem: None,
         }
     }
@@ -403,6 +408,16 @@ pub(super) fn apply(
             upstream_todo.insert(id);
         }
     }
+    // A registry's node list moved: upstreams built with an older one, and
+    // routes holding a discovered upstream, are compiled again.
+    let nodes_moved = carry.discovery.take_moved();
+    if nodes_moved {
+        for (id, u) in next.upstreams.iter() {
+            if !u.nodes_current(&carry.discovery) {
+                upstream_todo.insert(id.clone());
+            }
+        }
+    }
 
     // Upstreams: reused while their JSON, checker and SSL objects are the
     // same; an upstream that a stream route names and that has `checks` gets
@@ -420,12 +435,14 @@ pub(super) fn apply(
                 && old.upstream_id == id
                 && !(ssl_changed && old.uses_ssl_object())
                 && old.health().is_some() == (checked && old.checks().is_some())
+                && old.nodes_current(&carry.discovery)
             {
                 return Ok(Arc::clone(old));
             }
         }
         guarded(|| {
-            let up = UpstreamRt::build_shared(origin, id, src, &certs, &carry.trust)?;
+            let up =
+                UpstreamRt::build_shared(origin, id, src, &certs, &carry.trust, &carry.discovery)?;
             Ok(Arc::new(if checked {
                 up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
             } else {
@@ -493,6 +510,10 @@ pub(super) fn apply(
     }
     if ssl_changed {
         dependents.extend(next.ssl_users.iter().cloned());
+    }
+    if nodes_moved {
+        let discovered = next.routes.iter().filter(|(_, r)| r.source.uses_discovery);
+        dependents.extend(discovered.map(|(id, _)| id.clone()));
     }
     for id in dependents {
         if todo.contains_key(&id) {

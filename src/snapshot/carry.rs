@@ -13,13 +13,15 @@
 //!   its checker, a rebuilt one with the same `checks` shares its targets'
 //!   state), and the publisher then lets the registry start and stop probes;
 //! - the trust store of `tls.verify` upstreams ([`tls::Trust`]);
-//! - the values read from secret managers ([`secrets::Resolver`]).
+//! - the values read from secret managers ([`secrets::Resolver`]);
+//! - the service registries and node host-name cache ([`Discovery`]).
 //!
 //! Nothing here is reached through a snapshot, and nothing writes a
 //! snapshot once it is published.
 
 use std::sync::Arc;
 
+use crate::discovery::Discovery;
 use crate::health::registry::Registry;
 use crate::plugins;
 use crate::secrets;
@@ -44,6 +46,8 @@ pub struct Carry {
     pub secrets: Arc<secrets::Resolver>,
     /// `apisix.ssl` versions, ciphers and sessions of terminating listeners.
     pub tls_policy: Arc<tls::session::Policy>,
+    /// Service registries and the addresses of node host names.
+    pub discovery: Arc<Discovery>,
 }
 
 impl Carry {
@@ -56,6 +60,7 @@ impl Carry {
             trust: tls::Trust::default(),
             secrets: Arc::default(),
             tls_policy: Arc::new(tls::session::Policy::fallback()),
+            discovery: Arc::default(),
         }
     }
 }

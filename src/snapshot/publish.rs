@@ -312,6 +312,9 @@ async fn start_with(
     let thread = BuildThread::start().map_err(|e| {
         StoreError::Unavailable(format!("cannot start the snapshot build thread: {e}"))
     })?;
+    // A registry's changed node list rebuilds as a store change does.
+    let mut nodes_changed = carry.discovery.subscribe();
+    nodes_changed.borrow_and_update();
     let rebuilder = Rebuilder {
         store,
         current: current.clone(),
@@ -338,6 +341,7 @@ async fn start_with(
                     tokio::select! {
                         c = changes.changed() => c,
                         c = plugins_changed.changed() => c,
+                        c = nodes_changed.changed() => c,
                     }
                 } => {
                     if changed.is_err() {
@@ -345,6 +349,7 @@ async fn start_with(
                     }
                     changes.borrow_and_update();
                     plugins_changed.borrow_and_update();
+                    nodes_changed.borrow_and_update();
                 }
                 // A value read again from a secret manager changed.
                 _ = carry.secrets.changed.notified() => {}

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::conn::{expand_template, ConnInfo};
 use crate::balancer::Balancer;
+use crate::discovery::{Discovery, Nodes};
 use crate::health::Checker;
 use crate::model::duration::secs;
 use crate::model::{LbType, Upstream};
@@ -96,6 +97,8 @@ pub struct UpstreamRt {
     /// The health checker, attached before the upstream is shared and
     /// never changed afterwards.
     checker: Option<Arc<Checker>>,
+    /// The registry's node list it was built with (`discovery_type`).
+    discovered: Option<Nodes>,
 }
 
 impl UpstreamRt {
@@ -115,27 +118,41 @@ impl UpstreamRt {
             UpstreamSource::Owned(source.clone()),
             certs,
             trust,
+            &Discovery::default(),
         )
     }
 
     /// Compile an upstream from its validated JSON, keeping `source`
     /// (shared with the store's value where it is one) instead of a copy.
+    /// Nodes of `discovery_type` upstreams and the addresses of node host
+    /// names come from `discovery`.
     pub fn build_shared(
         origin: String,
         upstream_id: Option<String>,
         source: UpstreamSource,
         certs: &tls::TlsCerts,
         trust: &tls::Trust,
+        discovery: &Discovery,
     ) -> Result<Self, String> {
-        let up = Upstream::from_value(&source)?;
-        Ok(Self::from_model(
-            origin,
-            upstream_id,
-            source,
-            &up,
-            certs,
-            trust,
-        ))
+        let mut up = Upstream::from_value(&source)?;
+        let discovered = discovery.nodes_for(&source).transpose()?;
+        if let Some(nodes) = &discovered {
+            up.nodes = nodes.to_vec();
+        }
+        let mut rt = Self::from_model(origin, upstream_id, source, &up, certs, trust);
+        rt.discovered = discovered;
+        rt.balancer.attach_hosts(|h| discovery.hosts.entry(h));
+        Ok(rt)
+    }
+
+    /// Whether the nodes it was built with are still the registry's (always
+    /// true without `discovery_type`).
+    pub(crate) fn nodes_current(&self, discovery: &Discovery) -> bool {
+        match (&self.discovered, discovery.nodes_for(&self.source)) {
+            (None, None) => true,
+            (Some(old), Some(Ok(now))) => Arc::ptr_eq(old, &now),
+            _ => false,
+        }
     }
 
     fn from_model(
@@ -176,6 +193,7 @@ impl UpstreamRt {
             hash_key,
             tls: (up.scheme == "tls").then(|| upstream_tls(up, certs, trust)),
             checker: None,
+            discovered: None,
         }
     }
 

@@ -45,6 +45,12 @@ impl Backend {
         Self::serve(listener, name, mode)
     }
 
+    /// Start on `addr` (e.g. another loopback address with a given port).
+    pub async fn start_on(addr: SocketAddr, name: &str, mode: Mode) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        Self::serve(listener, name, mode)
+    }
+
     fn serve(listener: TcpListener, name: &str, mode: Mode) -> Backend {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));

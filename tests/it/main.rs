@@ -5,6 +5,7 @@ mod admin;
 mod backend;
 mod bandwidth;
 mod cli;
+mod discovery;
 mod etcd;
 mod etcd_cluster;
 mod faults;
