@@ -14,6 +14,7 @@
 //! - `read`: the section reader and the builders that turn the YAML tree into these types;
 //! - `validate`: checks across keys (port clashes, admin key exposure);
 //! - [`listen`]: `stream_proxy` listener entries;
+//! - [`discovery`]: `discovery:` registries and the resolver keys of node host names;
 //! - [`admin_key`]: admin key generation and write-back, through `yaml_edit`, an editor
 //!   that changes only the bytes of the edited values so comments and quoting survive.
 

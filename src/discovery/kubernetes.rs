@@ -108,13 +108,17 @@ impl KubeRegistry {
                 }
             };
             self.publish(&inf.prefix, &services);
+            let started = tokio::time::Instant::now();
             let watched = inf
                 .watch(version, &mut services, &mut slices, &|s| {
                     self.publish(&inf.prefix, s)
                 })
                 .await;
-            if let Err(e) = watched {
+            if let Err(e) = &watched {
                 tracing::warn!(server = %inf.base, error = %e, "kubernetes discovery: watch ended");
+            }
+            // A watch that failed, or ended at once, is not retried in a loop.
+            if watched.is_err() || started.elapsed() < RETRY {
                 tokio::time::sleep(RETRY).await;
             }
         }
