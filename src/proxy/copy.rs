@@ -12,10 +12,12 @@
 //!
 //! Each direction starts by copying through a small user-space buffer, which
 //! is cheapest for request/response traffic. Once a direction has carried
-//! [`SPLICE_AFTER`] bytes it is a bulk transfer, and on Linux it switches to
-//! `splice(2)` through a pipe so the data no longer enters user space. The
-//! buffer is allocated only when data first arrives, so idle connections
-//! hold no buffers at all.
+//! [`SPLICE_AFTER`] bytes it is a bulk transfer, and on Linux it moves each
+//! burst with `splice(2)` through a pipe so the data no longer enters user
+//! space. Buffers and pipes come from the worker's [`pool`] when the socket
+//! is readable and go back once written out, so an idle connection holds
+//! neither, even after traffic; with no pipe free, a burst is copied in user
+//! space.
 //!
 //! A session paced by `limit-bandwidth` asks its [`Pacer`] before each read
 //! how many bytes it may move and reads (or splices) no more than that;
@@ -24,7 +26,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -35,12 +37,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pool;
 use crate::plugins::limit_bandwidth::{Dir, Pacer, Pacing};
 
-/// Size of one transfer (also the user-space buffer size).
+/// Most bytes one splice burst moves (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
-/// Buffer of the user-space copy.
-const BUF: usize = 16 * 1024;
 /// Bytes a direction moves in user space before it switches to splice.
 pub const SPLICE_AFTER: u64 = 256 * 1024;
 
@@ -94,10 +95,12 @@ impl Counters<'_> {
     }
 }
 
-/// Time of the last byte moved, shared by both directions.
+/// Time of the last byte moved and the directions finished, shared by
+/// both directions.
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    finished: AtomicU8,
 }
 
 impl Activity {
@@ -105,7 +108,14 @@ impl Activity {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            finished: AtomicU8::new(0),
         }
+    }
+
+    /// Count one direction finished; true when the other had finished
+    /// already (the session ends now).
+    fn finish_one(&self) -> bool {
+        self.finished.fetch_add(1, Ordering::Relaxed) >= 1
     }
 
     fn touch(&self) {
@@ -122,21 +132,6 @@ impl Activity {
 enum PumpError {
     Read(io::Error),
     Write(io::Error),
-}
-
-#[cfg(target_os = "linux")]
-struct Pipe {
-    r: std::os::fd::OwnedFd,
-    w: std::os::fd::OwnedFd,
-}
-
-#[cfg(target_os = "linux")]
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        use rustix::pipe::{pipe_with, PipeFlags};
-        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        Ok(Pipe { r, w })
-    }
 }
 
 #[cfg(target_os = "linux")]
@@ -178,11 +173,35 @@ where
     Ok(n)
 }
 
+/// One read from `src` into a buffer from the worker's pool: the buffer
+/// and the bytes read (0 at EOF). The buffer is taken only when the read is
+/// tried and goes straight back when nothing is there, so a direction
+/// waiting for bytes holds none.
+async fn read_pooled(src: &mut ReadHalf<'_>, cap: usize) -> io::Result<(pool::Buffer, usize)> {
+    std::future::poll_fn(|cx| {
+        let mut buf = pool::buffer();
+        let cap = cap.min(buf.len());
+        let mut rb = ReadBuf::new(&mut buf[..cap]);
+        let polled = Pin::new(&mut *src).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        match polled {
+            // Nothing there: the buffer goes back, the task waits.
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok((buf, n))),
+        }
+    })
+    .await
+}
+
 /// Copy `src` to `dst` until EOF on `src`, then shut down `dst`'s write side.
 ///
-/// Reads go through tokio's `AsyncRead`, which treats a short read as
-/// "socket drained" and skips the extra read that would only return
-/// EAGAIN; nginx saves that syscall the same way.
+/// A buffer (or, for a bulk direction, a pipe) is taken from the worker's
+/// pool only once `src` is readable and given back when its bytes are
+/// written out, so an idle direction holds neither. Reads go through
+/// tokio's `AsyncRead`, which treats a short read as "socket drained" and
+/// skips the extra read that would only return EAGAIN; nginx saves that
+/// syscall the same way.
 async fn pump_tcp(
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
@@ -190,129 +209,102 @@ async fn pump_tcp(
     act: &Activity,
     pace: Option<Pacer<'_>>,
 ) -> Result<(), PumpError> {
-    #[cfg(target_os = "linux")]
-    let mut pipe: Option<Pipe> = None;
-    #[cfg(target_os = "linux")]
-    let mut splice_ok = true;
     let mut moved: u64 = 0;
-    let mut buf: Option<Box<[u8]>> = None;
     loop {
         #[cfg(target_os = "linux")]
-        {
-            if pipe.is_none() && splice_ok && moved >= SPLICE_AFTER {
-                match Pipe::new() {
-                    Ok(p) => {
-                        pipe = Some(p);
-                        buf = None;
-                    }
-                    Err(e) => {
-                        splice_ok = false;
-                        tracing::debug!(error = %e, "no pipe for splice; staying in user space");
-                    }
+        if moved >= SPLICE_AFTER {
+            let s: &TcpStream = src.as_ref();
+            s.readable().await.map_err(PumpError::Read)?;
+            if let Some(pipe) = pool::pipe() {
+                match splice_chunk(s, dst.as_ref(), pipe, counters, act, pace).await? {
+                    Some(0) => break,
+                    Some(n) => moved += n as u64,
+                    None => {}
                 }
-            }
-            if let Some(p) = &pipe {
-                if !splice_chunk(src.as_ref(), dst.as_ref(), p, counters, act, pace).await? {
-                    break;
-                }
+                // A bulk direction whose socket is always readable still
+                // lets the worker's other connections run.
+                tokio::task::consume_budget().await;
                 continue;
             }
         }
-        if buf.is_none() {
-            // Readiness can be reported before any byte arrives: take a
-            // buffer only once the socket is readable, try one read without
-            // waiting, and give the buffer back if nothing was there. Idle
-            // connections so never hold one, at no extra syscall.
-            let s: &TcpStream = src.as_ref();
-            s.readable().await.map_err(PumpError::Read)?;
-            let mut b = vec![0u8; BUF].into_boxed_slice();
-            let cap = match pace {
-                None => BUF,
-                Some(p) => p.grant(BUF).await,
-            };
-            let mut rb = ReadBuf::new(&mut b[..cap]);
-            let polled =
-                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *src).poll_read(cx, &mut rb)))
-                    .await;
-            let n = match polled {
-                Poll::Pending => continue,
-                Poll::Ready(Err(e)) => return Err(PumpError::Read(e)),
-                Poll::Ready(Ok(())) => rb.filled().len(),
-            };
-            if n == 0 {
-                break;
-            }
-            dst.write_all(&b[..n]).await.map_err(PumpError::Write)?;
-            counters.add(n);
-            act.touch();
-            if let Some(p) = pace {
-                p.spent(n);
-            }
-            moved += n as u64;
-            buf = Some(b);
-            continue;
+        let cap = match pace {
+            None => pool::BUF,
+            Some(p) => p.grant(pool::BUF).await,
+        };
+        let (buf, n) = read_pooled(src, cap).await.map_err(PumpError::Read)?;
+        if n == 0 {
+            break;
         }
-        let Some(b) = buf.as_mut() else { continue };
-        match copy_chunk(src, dst, b, counters, act, pace).await? {
-            0 => break,
-            n => moved += n as u64,
+        dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
+        drop(buf);
+        counters.add(n);
+        act.touch();
+        if let Some(p) = pace {
+            p.spent(n);
         }
+        moved += n as u64;
     }
-    // EOF: pass the half-close on; the other direction keeps going.
-    let _ = dst.shutdown().await;
+    // EOF: pass the half-close on; the other direction keeps going. When
+    // the other direction has finished already, the session ends now and
+    // closing the socket sends the FIN: no separate shutdown.
+    if !act.finish_one() {
+        let _ = dst.shutdown().await;
+    }
     Ok(())
 }
 
-/// Move one pipe-load from `s` to `d` with `splice(2)`; false at EOF.
+/// Move one pipe-load from `s` to `d` with `splice(2)` through a pipe
+/// borrowed for this burst: the bytes moved, 0 at EOF, `None` when `s` had
+/// nothing after all.
 #[cfg(target_os = "linux")]
 async fn splice_chunk(
     s: &TcpStream,
     d: &TcpStream,
-    p: &Pipe,
+    pipe: pool::Pipe,
     counters: Counters<'_>,
     act: &Activity,
     pace: Option<Pacer<'_>>,
-) -> Result<bool, PumpError> {
+) -> Result<Option<usize>, PumpError> {
+    let Some(p) = pipe.fds() else { return Ok(None) };
     let chunk = match pace {
         None => CHUNK,
         Some(p) => p.grant(CHUNK).await,
     };
-    loop {
-        s.readable().await.map_err(PumpError::Read)?;
-        // The pipe is empty here, so WouldBlock can only mean the socket has
-        // nothing to read (try_io then clears readiness).
-        let got = s.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(s, None, &p.w, None, chunk, splice_flags())
-                .map_err(io::Error::from)
-        });
-        let mut left = match got {
-            Ok(0) => return Ok(false),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(PumpError::Read(e)),
-        };
-        if let Some(pace) = pace {
-            pace.spent(left);
-        }
-        while left > 0 {
-            d.writable().await.map_err(PumpError::Write)?;
-            let out = d.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(&p.r, None, d, None, left, splice_flags())
-                    .map_err(io::Error::from)
-            });
-            match out {
-                Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    left -= n;
-                    counters.add(n);
-                    act.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(PumpError::Write(e)),
-            }
-        }
-        return Ok(true);
+    // The pipe is empty here, so WouldBlock can only mean the socket has
+    // nothing to read (try_io then clears readiness).
+    let got = s.try_io(Interest::READABLE, || {
+        rustix::pipe::splice(s, None, &p.w, None, chunk, splice_flags()).map_err(io::Error::from)
+    });
+    let total = match got {
+        Ok(0) => return Ok(Some(0)),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(PumpError::Read(e)),
+    };
+    pipe.filled();
+    if let Some(pace) = pace {
+        pace.spent(total);
     }
+    let mut left = total;
+    while left > 0 {
+        let out = d.try_io(Interest::WRITABLE, || {
+            rustix::pipe::splice(&p.r, None, d, None, left, splice_flags()).map_err(io::Error::from)
+        });
+        match out {
+            Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                left -= n;
+                counters.add(n);
+                act.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                d.writable().await.map_err(PumpError::Write)?;
+            }
+            Err(e) => return Err(PumpError::Write(e)),
+        }
+    }
+    pipe.emptied();
+    Ok(Some(total))
 }
 
 /// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
@@ -327,7 +319,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = pool::buffer();
     while copy_chunk(src, dst, &mut buf, counters, act, pace).await? > 0 {}
     let _ = dst.shutdown().await;
     Ok(())

@@ -440,6 +440,10 @@ fn bind_one(addr: SocketAddr, ty: Type, reuseport: bool) -> io::Result<Socket> {
     if reuseport {
         sock.set_reuse_port(true)?;
     }
+    if !udp {
+        // Accepted connections inherit it: no setsockopt per connection.
+        sock.set_tcp_nodelay(true)?;
+    }
     if udp {
         let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
         let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);

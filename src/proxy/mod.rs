@@ -7,7 +7,8 @@
 //! - [`worker`]: one thread per core running accept loops and sessions.
 //! - [`tcp`], [`udp`]: one session each; [`connect`] reaches a node with
 //!   retries; [`copy`] relays the bytes; [`proxy_protocol`] reads and
-//!   writes PROXY headers.
+//!   writes PROXY headers; [`pool`] lends relay buffers and splice pipes
+//!   per worker.
 //! - [`session`]: a session's end ([`error::ProxyError`] or a normal end)
 //!   turned into its one status and written once.
 //!
@@ -19,6 +20,7 @@ pub mod connect;
 pub mod copy;
 pub mod error;
 pub mod listeners;
+pub mod pool;
 pub mod proxy_protocol;
 pub mod session;
 pub mod tcp;
@@ -182,7 +184,9 @@ impl CertSource for Snapshot {
 /// descriptors for the sessions it has.
 ///
 /// One budget of `max_sessions` covers TCP connections and UDP sessions
-/// together, with two rules on top:
+/// together. It is sized at two descriptors per session (a TCP connection's
+/// two sockets); a UDP session holds one, so the UDP share never needs more
+/// descriptors than the TCP sessions it displaces. Two rules on top:
 /// - UDP sessions never take more than three quarters of it, so a quarter
 ///   always stays for TCP. A UDP session opens on one datagram whose source
 ///   address can be forged; a TCP connection has proved its address with a

@@ -71,13 +71,6 @@ enum Side {
 }
 
 impl Side {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Side::Plain(s) => s,
-            Side::Tls(s) => s.tcp(),
-        }
-    }
-
     fn into_io(self) -> Box<dyn Io> {
         match self {
             Side::Plain(s) => Box::new(s),
@@ -199,8 +192,8 @@ impl<'a> Tcp<'a> {
         route.stats.total.fetch_add(1, Ordering::Relaxed);
         let _route_active = ActiveGuard::new(&route.stats.active);
         let plugins = self.preread(&route, &mut client).await?;
+        // The client socket has TCP_NODELAY from its listener.
         let reached = self.connect(&route, &plugins).await?;
-        let _ = client.tcp().set_nodelay(true);
         self.relay(client, reached, &route, &plugins).await
     }
 

@@ -286,17 +286,15 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     let cancel = CancellationToken::new();
     let store = open_store(&config, &cancel).await?;
     let tasks = TaskTracker::new();
-    let (listeners, per_worker) = Listeners::bind(
-        &listeners::wanted(&config),
-        config.apisix.enable_reuseport,
-        workers,
-        &cancel,
-    )
-    .map_err(|e| ServerError::Bind {
-        what: e.entry.protocol.config_key(),
-        addr: e.entry.spec.addr,
-        error: e.error,
-    })?;
+    let wanted = listeners::wanted(&config);
+    let (listeners, per_worker) =
+        Listeners::bind(&wanted, config.apisix.enable_reuseport, workers, &cancel).map_err(
+            |e| ServerError::Bind {
+                what: e.entry.protocol.config_key(),
+                addr: e.entry.spec.addr,
+                error: e.error,
+            },
+        )?;
     let checks = !config.apisix.disable_upstream_healthcheck;
     if !checks {
         tracing::info!("upstream health checks disabled (apisix.disable_upstream_healthcheck)");
@@ -328,7 +326,13 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         cancel.clone(),
     )
     .await?;
-    let max_sessions = max_sessions(config.nginx_config.worker_connections, workers, fd_limit);
+    let reserve = limits::fd_reserve(workers, wanted.len());
+    let max_sessions = max_sessions(
+        config.nginx_config.worker_connections,
+        workers,
+        fd_limit,
+        reserve,
+    );
     let proxy = ProxyCtx::new(
         publisher.current.clone(),
         carry.stats.clone(),
@@ -336,6 +340,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
     );
     tracing::info!(
         max_sessions,
+        fd_reserve = reserve,
         max_udp = proxy.limits.max_udp,
         udp_per_source = proxy.limits.udp_per_source,
         "session limits"

@@ -4,6 +4,7 @@
 mod admin;
 mod backend;
 mod bandwidth;
+mod capacity;
 mod cli;
 mod discovery;
 mod etcd;
