@@ -315,6 +315,37 @@ impl Pacer<'_> {
         }
     }
 
+    /// Whether one datagram of `n` bytes may pass now, taking its bytes
+    /// from the bucket when it may: UDP cannot wait, so a datagram over
+    /// the budget is dropped (and the route is marked throttled).
+    pub fn admit(&self, n: usize) -> bool {
+        let rate = self.p.rates.rate(self.dir);
+        if rate == 0 {
+            return true;
+        }
+        let Ok(mut b) = self.bucket().lock() else {
+            return true;
+        };
+        let size = self.p.rates.size(rate);
+        let now = Instant::now();
+        if b.full {
+            b.tokens = size;
+            b.full = false;
+        } else {
+            let gained = now.duration_since(b.last).as_secs_f64() * rate as f64;
+            b.tokens = (b.tokens + gained).min(size);
+        }
+        b.last = now;
+        if b.tokens >= n as f64 {
+            b.tokens -= n as f64;
+            true
+        } else {
+            drop(b);
+            self.p.rates.mark_throttled();
+            false
+        }
+    }
+
     /// Take `n` moved bytes from the bucket.
     pub fn spent(&self, n: usize) {
         if self.p.rates.rate(self.dir) == 0 {
@@ -329,6 +360,18 @@ impl Pacer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagrams_over_the_budget_are_not_admitted() {
+        let p = pacing(1000, 1500);
+        let down = p.pacer(Dir::Down);
+        assert!(down.admit(1000), "the bucket starts full");
+        assert!(down.admit(500));
+        assert!(!down.admit(500), "the burst is spent");
+        assert!(p.rates.throttled());
+        let up = p.pacer(Dir::Up);
+        assert!(up.admit(1 << 20), "no upload rate: unlimited");
+    }
 
     fn pacing(down: u64, burst: u64) -> Pacing {
         let rates = Arc::<Rates>::default();

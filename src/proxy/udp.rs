@@ -45,6 +45,7 @@ use super::session::{self, Facts, NodeUsed, Protocol, SessionEnd};
 use super::{ListenerInfo, ProxyCtx, UdpRefusal};
 use crate::balancer::Pick;
 use crate::plugins;
+use crate::plugins::limit_bandwidth::{Dir, Pacing};
 use crate::snapshot::{canonical_ip, ConnInfo, RouteRt, UpstreamRt};
 use crate::stats::{ActiveGuard, ConnHandle, NewConn, NodeStats};
 
@@ -105,6 +106,8 @@ struct SessionRt {
     node: Arc<NodeStats>,
     info: Arc<ListenerInfo>,
     conn: ConnHandle,
+    /// `limit-bandwidth`'s budget: datagrams over it are dropped.
+    pace: Option<Pacing>,
 }
 
 impl SessionRt {
@@ -306,6 +309,9 @@ async fn reply_loop(
                 let forwarded = REPLY_BUF.with(|buf| {
                     let mut buf = buf.borrow_mut();
                     match s.upstream.try_recv(&mut buf) {
+                        Ok(n) if s.pace.as_ref().is_some_and(|p| !p.pacer(Dir::Down).admit(n)) => {
+                            Some(Ok(Err(io::Error::other("over the route's download rate"))))
+                        }
                         Ok(n) => Some(Ok(s.listener.try_send_to(&buf[..n], s.client).map(|_| n))),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                         Err(e) => Some(Err(e)),
@@ -530,6 +536,7 @@ pub async fn serve(
                     node,
                     info: info.clone(),
                     conn: handle,
+                    pace: opened.plugins.bandwidth.clone(),
                 });
                 let span = tracing::debug_span!(
                     "udp",
@@ -573,6 +580,10 @@ pub async fn serve(
                 rt
             }
         };
+        if rt.pace.as_ref().is_some_and(|p| !p.pacer(Dir::Up).admit(n)) {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         rt.owe();
         let sent = match rt.upstream.try_send(&buf[..n]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => rt.upstream.send(&buf[..n]).await,

@@ -238,3 +238,58 @@ async fn bad_limit_bandwidth_confs_are_refused() {
         assert_eq!(st.as_u16(), 400, "{conf}: {v}");
     }
 }
+
+/// UDP cannot be delayed: datagrams past the bucket are dropped, both ways,
+/// and those within it pass.
+#[tokio::test]
+async fn udp_datagrams_over_the_rate_are_dropped() {
+    let s = TestServer::with_listeners(&[], &["127.0.0.1:0"]).await;
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let node = echo.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    // One second of a 1,000 B/s rate: two 500-byte datagrams a second.
+    let route = |rates: Value| {
+        json!({"server_port": s.udp[0].port(),
+               "plugins": {"limit-bandwidth": rates},
+               "upstream": {"nodes": {node.to_string(): 1}}})
+    };
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    client.connect(s.udp[0]).await.expect("connect");
+    let burst = async |n: usize| {
+        for _ in 0..n {
+            client.send(&[1u8; 500]).await.expect("send");
+        }
+        let mut got = 0;
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await
+        {
+            got += 1;
+        }
+        got
+    };
+    for (rates, what) in [
+        (json!({"upload_rate": 1000}), "upload"),
+        (json!({"download_rate": 1000}), "download"),
+    ] {
+        s.put_route("1", &route(rates)).await;
+        // A fresh session (and bucket) per case: wait out the first.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let got = burst(10).await;
+        println!("{what}: {got} of 10 datagrams of 500 bytes at 1,000 B/s");
+        assert!((2..=4).contains(&got), "{what}: {got} of 10 passed");
+    }
+    s.put_route("1", &route(json!({"download_rate": 0}))).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(burst(10).await, 10, "rate 0 is unlimited");
+    task.abort();
+}
