@@ -120,6 +120,22 @@ struct Bucket {
     full: bool,
 }
 
+impl Bucket {
+    /// Add what `rate` earned since the last look (a bucket never used is
+    /// filled to `size`), never beyond `size`.
+    fn refill(&mut self, rate: u64, size: f64) {
+        let now = Instant::now();
+        if self.full {
+            self.tokens = size;
+            self.full = false;
+        } else {
+            let gained = now.duration_since(self.last).as_secs_f64() * rate as f64;
+            self.tokens = (self.tokens + gained).min(size);
+        }
+        self.last = now;
+    }
+}
+
 /// The two buckets of a session, or of every session sharing a key.
 #[derive(Debug)]
 pub struct Buckets {
@@ -291,15 +307,7 @@ impl Pacer<'_> {
                     return want;
                 };
                 let size = self.p.rates.size(rate);
-                let now = Instant::now();
-                if b.full {
-                    b.tokens = size;
-                    b.full = false;
-                } else {
-                    let gained = now.duration_since(b.last).as_secs_f64() * rate as f64;
-                    b.tokens = (b.tokens + gained).min(size);
-                }
-                b.last = now;
+                b.refill(rate, size);
                 // Wait for a useful amount, not a byte at a time: a
                 // twentieth of a second of the rate, at most the bucket.
                 let need = (rate as f64 / 20.0)
@@ -326,16 +334,7 @@ impl Pacer<'_> {
         let Ok(mut b) = self.bucket().lock() else {
             return true;
         };
-        let size = self.p.rates.size(rate);
-        let now = Instant::now();
-        if b.full {
-            b.tokens = size;
-            b.full = false;
-        } else {
-            let gained = now.duration_since(b.last).as_secs_f64() * rate as f64;
-            b.tokens = (b.tokens + gained).min(size);
-        }
-        b.last = now;
+        b.refill(rate, self.p.rates.size(rate));
         if b.tokens >= n as f64 {
             b.tokens -= n as f64;
             true
