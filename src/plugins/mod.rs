@@ -656,15 +656,7 @@ mod tests {
 
     #[test]
     fn priorities_are_unique_and_ordered() {
-        let names = [
-            "ip-restriction",
-            "limit-conn",
-            "limit-bandwidth",
-            "mqtt-proxy",
-            "traffic-split",
-            "prometheus",
-            "syslog",
-        ];
+        let names = crate::model::plugins::IMPLEMENTED;
         let p: Vec<i32> = names.iter().filter_map(|n| priority(n)).collect();
         assert_eq!(p.len(), names.len());
         assert!(p.windows(2).all(|w| w[0] > w[1]), "{p:?}");
