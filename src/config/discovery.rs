@@ -279,6 +279,16 @@ fn check_dns(d: &DnsConf, v: &Value) -> Result<(), ConfigError> {
 }
 
 fn check_consul(c: &ConsulConf, v: &Value) -> Result<(), ConfigError> {
+    // Keys of APISIX's consul discovery that have nothing to act on here:
+    // said once at start rather than taken silently.
+    if v.get("dump").is_some() {
+        tracing::warn!(
+            "discovery.consul.dump is not supported: the registry is not written to a file"
+        );
+    }
+    if v.get("shared_size").is_some() {
+        tracing::warn!("discovery.consul.shared_size has no effect: nodes are kept in process memory, not in an nginx shared dict");
+    }
     if c.servers.is_empty() {
         return Err(invalid(
             "discovery.consul.servers",
