@@ -293,6 +293,55 @@ fn take_id(map: &mut Map<String, Value>, flag: &Option<String>) -> anyhow::Resul
     })
 }
 
+/// What `route add` and `service add` share: `--upstream-id` or inline
+/// nodes (never both), `--plugin`, `--name` and `--desc`.
+fn apply_common(
+    map: &mut Map<String, Value>,
+    upstream_id: Option<&str>,
+    upstream: &UpstreamFlags,
+    plugins: &[String],
+    name: &Option<String>,
+    desc: &Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(uid) = upstream_id {
+        if uid.trim().is_empty() {
+            bail!("invalid --upstream-id: it is empty");
+        }
+        map.insert("upstream_id".into(), json!(uid));
+        map.remove("upstream");
+    }
+    if has_upstream_flags(upstream) {
+        if upstream_id.is_some() {
+            bail!("--type, --key and --scheme describe inline nodes: use them with --node, not --upstream-id");
+        }
+        let mut up = match map.remove("upstream") {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        };
+        apply_upstream(&mut up, upstream)?;
+        if !up.contains_key("nodes") {
+            bail!("missing --node: an inline upstream needs at least one node");
+        }
+        map.remove("upstream_id");
+        map.insert("upstream".into(), Value::Object(up));
+    }
+    if !plugins.is_empty() {
+        let table = map
+            .entry("plugins")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(table) = table else {
+            bail!("\"plugins\" in --file must be a JSON object");
+        };
+        for p in plugins {
+            let (plugin, conf) = parse_plugin(p)?;
+            table.insert(plugin, conf);
+        }
+    }
+    set_text(map, "name", name);
+    set_text(map, "desc", desc);
+    Ok(())
+}
+
 /// The body of `route add` and the id to PUT it under (None = POST).
 pub fn route_body(a: &RouteAddArgs) -> anyhow::Result<(Option<String>, Value)> {
     let mut map = base_object(a.file.as_deref())?;
@@ -317,42 +366,14 @@ pub fn route_body(a: &RouteAddArgs) -> anyhow::Result<(Option<String>, Value)> {
         }
         map.insert("sni".into(), json!(sni.trim()));
     }
-    if let Some(uid) = &a.upstream_id {
-        if uid.trim().is_empty() {
-            bail!("invalid --upstream-id: it is empty");
-        }
-        map.insert("upstream_id".into(), json!(uid));
-        map.remove("upstream");
-    }
-    if has_upstream_flags(&a.upstream) {
-        if a.upstream_id.is_some() {
-            bail!("--type, --key and --scheme describe inline nodes: use them with --node, not --upstream-id");
-        }
-        let mut up = match map.remove("upstream") {
-            Some(Value::Object(o)) => o,
-            _ => Map::new(),
-        };
-        apply_upstream(&mut up, &a.upstream)?;
-        if !up.contains_key("nodes") {
-            bail!("missing --node: an inline upstream needs at least one node");
-        }
-        map.remove("upstream_id");
-        map.insert("upstream".into(), Value::Object(up));
-    }
-    if !a.plugins.is_empty() {
-        let plugins = map
-            .entry("plugins")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(plugins) = plugins else {
-            bail!("\"plugins\" in --file must be a JSON object");
-        };
-        for p in &a.plugins {
-            let (name, conf) = parse_plugin(p)?;
-            plugins.insert(name, conf);
-        }
-    }
-    set_text(&mut map, "name", &a.name);
-    set_text(&mut map, "desc", &a.desc);
+    apply_common(
+        &mut map,
+        a.upstream_id.as_deref(),
+        &a.upstream,
+        &a.plugins,
+        &a.name,
+        &a.desc,
+    )?;
     if let Some(sid) = &a.service_id {
         if sid.trim().is_empty() {
             bail!("invalid --service-id: it is empty");
@@ -372,39 +393,14 @@ pub fn route_body(a: &RouteAddArgs) -> anyhow::Result<(Option<String>, Value)> {
 /// The body of `service add` and the id to PUT it under (None = POST).
 pub fn service_body(a: &ServiceAddArgs) -> anyhow::Result<(Option<String>, Value)> {
     let mut map = base_object(a.file.as_deref())?;
-    if let Some(uid) = &a.upstream_id {
-        if uid.trim().is_empty() {
-            bail!("invalid --upstream-id: it is empty");
-        }
-        map.insert("upstream_id".into(), json!(uid));
-        map.remove("upstream");
-    }
-    if has_upstream_flags(&a.upstream) {
-        let mut up = match map.remove("upstream") {
-            Some(Value::Object(o)) => o,
-            _ => Map::new(),
-        };
-        apply_upstream(&mut up, &a.upstream)?;
-        if !up.contains_key("nodes") {
-            bail!("missing --node: an inline upstream needs at least one node");
-        }
-        map.remove("upstream_id");
-        map.insert("upstream".into(), Value::Object(up));
-    }
-    if !a.plugins.is_empty() {
-        let plugins = map
-            .entry("plugins")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(plugins) = plugins else {
-            bail!("\"plugins\" in --file must be a JSON object");
-        };
-        for p in &a.plugins {
-            let (name, conf) = parse_plugin(p)?;
-            plugins.insert(name, conf);
-        }
-    }
-    set_text(&mut map, "name", &a.name);
-    set_text(&mut map, "desc", &a.desc);
+    apply_common(
+        &mut map,
+        a.upstream_id.as_deref(),
+        &a.upstream,
+        &a.plugins,
+        &a.name,
+        &a.desc,
+    )?;
     let id = take_id(&mut map, &a.id)?;
     Ok((id, Value::Object(map)))
 }
