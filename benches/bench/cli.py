@@ -14,16 +14,17 @@ import sys
 import tempfile
 import time
 
-from . import external, l4, proc, report, tls
+from . import external, l4, proc, redis, report, tls
 from .proc import Failed
 from .results import BUSY_WARN, Progress, Suite, clock
 from .targets import ALL_TARGETS, Ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SUITES = ["l4", "tls", "routes", "held"]
+SUITES = ["l4", "tls", "redis", "routes", "held"]
 TOOLS = {
     "l4": ["nginx", "iperf3", "wrk", "dnsperf", "dnsmasq", "curl"],
-    "tls": ["nginx", "openssl", "socat"],
+    "tls": ["nginx", "openssl", "socat", "wrk"],
+    "redis": ["redis-server", "redis-benchmark"],
     "routes": [],
     "held": [],
 }
@@ -34,8 +35,9 @@ def parse(argv):
         prog="benches/run.sh", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Suites: l4 (default: bulk TCP, new connections, keep-alive, 1 MiB downloads, "
-               "UDP DNS, memory per connection, proxy CPU), tls (handshakes per key type, "
-               "bulk TLS), routes (Admin API writes against route count, benches/routes.py), "
+               "UDP DNS, memory per connection, proxy CPU), tls (full and resumed handshakes "
+               "per key type and TLS version, memory per idle TLS connection, bulk TLS), "
+               "redis (redis-benchmark through plain TCP and a redis protocol route), routes (Admin API writes against route count, benches/routes.py), "
                "held (held connections, benches/held.sh), all. Install the tools once with "
                "benches/install.sh.")
     ap.add_argument("--suite", default="l4",
@@ -55,8 +57,18 @@ def parse(argv):
     ap.add_argument("--tls-clients", type=int, default=8, help="handshake clients (default 8)")
     ap.add_argument("--tls-streams", type=int, default=4,
                     help="bulk TLS connections (default 4)")
-    ap.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3",
-                    help="highest TLS version the clients offer (default 1.3)")
+    ap.add_argument("--key", "--keys", dest="keys", default=",".join(tls.KEYS),
+                    help="comma-separated certificate key types of the tls suite: "
+                         + ", ".join(f"{k} ({v})" for k, v in tls.KEYS.items())
+                         + " (default: all)")
+    ap.add_argument("--tls-versions", default=",".join(tls.VERSIONS),
+                    help="comma-separated TLS versions, each proxy pinned to one at a time; "
+                         "memory and bulk rows use the first (default 1.3,1.2)")
+    ap.add_argument("--tls-idle-conns", type=int, default=2000,
+                    help="TLS connections held for the T5 memory row (default 2000)")
+    ap.add_argument("--redis-requests", type=int, default=2_000_000,
+                    help="requests per command of redis-benchmark -P 16; -P 1 makes a "
+                         "tenth (default 2000000)")
     ap.add_argument("--route-counts", default="1000,10000,100000",
                     help="route counts of the routes suite (default 1000,10000,100000)")
     ap.add_argument("--held-conns", type=int,
@@ -78,6 +90,7 @@ def parse(argv):
     a = ap.parse_args(argv)
     if a.smoke:
         a.rounds, a.duration, a.tls_duration, a.idle_conns = 1, 1, 1, 200
+        a.tls_idle_conns, a.redis_requests = 50, 50_000
         a.targets = a.targets or "direct,apisix-stream"
         a.debug = a.debug or not a.bin
     held_here = os.access(os.path.join(external.BENCHES, "held.sh"), os.X_OK)
@@ -91,8 +104,18 @@ def parse(argv):
         if s not in SUITES:
             ap.error(f"unknown suite {s!r}; suites: {', '.join(SUITES)}, all")
     a.suites = suites
+    a.keys = a.keys.split(",")
+    a.tls_versions = a.tls_versions.split(",")
+    for k in a.keys:
+        if k not in tls.KEYS:
+            ap.error(f"unknown key type {k!r}; key types: {', '.join(tls.KEYS)}")
+    for v in a.tls_versions:
+        if v not in tls.VERSIONS:
+            ap.error(f"unknown TLS version {v!r}; versions: {', '.join(tls.VERSIONS)}")
+    if len(set(a.keys)) < len(a.keys) or len(set(a.tls_versions)) < len(a.tls_versions):
+        ap.error("--key and --tls-versions take each value once")
     for name in ("rounds", "duration", "tls_duration", "idle_conns", "tls_clients",
-                 "tls_streams"):
+                 "tls_streams", "tls_idle_conns", "redis_requests"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 1024 <= a.port_base <= 65000:
@@ -149,7 +172,9 @@ class Context:
     def __init__(self, a, work, folder, binary_path):
         self.rounds, self.duration, self.tls_duration = a.rounds, a.duration, a.tls_duration
         self.idle_conns = a.idle_conns
-        self.tls_clients, self.tls_streams, self.tls_max = a.tls_clients, a.tls_streams, a.tls_max
+        self.tls_clients, self.tls_streams = a.tls_clients, a.tls_streams
+        self.tls_keys, self.tls_versions = a.keys, a.tls_versions
+        self.tls_idle_conns, self.redis_requests = a.tls_idle_conns, a.redis_requests
         self.work, self.folder = work, folder
         self.raw = os.path.join(folder, "raw")
         self.binary = binary_path
@@ -200,6 +225,8 @@ def versions(binary_path, targets, suites):
         want |= {"iperf3", "wrk", "dnsperf", "dnsmasq"}
     if "tls" in suites:
         want |= {"openssl"}
+    if "redis" in suites:
+        want |= {"redis-server"}
     table = {
         "nginx": (["nginx", "-v"], lambda s: first(s).rsplit("/", 1)[-1]),
         "haproxy": (["haproxy", "-v"], word(2)),
@@ -211,6 +238,8 @@ def versions(binary_path, targets, suites):
         "dnsmasq": ([shutil.which("dnsmasq", path=os.environ.get("PATH", "") + ":/usr/sbin")
                      or "dnsmasq", "--version"], word(2)),
         "openssl": (["openssl", "version"], word(1)),
+        "redis-server": (["redis-server", "--version"], lambda s: next(
+            w.split("=", 1)[1] for w in s.split() if w.startswith("v="))),
     }
     for name in sorted(want):
         if name in table:
@@ -243,6 +272,9 @@ def run(a):
     if a.idle_conns * 2 + 500 > hard:
         a.idle_conns = max(10, (hard - 500) // 2)
         say(f"open-file limit is {hard}: memory rows use {a.idle_conns} connections")
+    if a.tls_idle_conns * 2 + 500 > hard:
+        a.tls_idle_conns = max(10, (hard - 500) // 2)
+        say(f"open-file limit is {hard}: the T5 row uses {a.tls_idle_conns} connections")
     ports = Ports(a.port_base)
     busy = [p for p in ports.all() if not proc.port_free(p)]
     if busy:
@@ -262,7 +294,11 @@ def run(a):
         runs["l4"] = l4.Run(ctx, Suite("l4", l4.METRICS, targets), progress)
     if "tls" in a.suites:
         tls_targets = [t for t in targets if t in ("nginx", "haproxy", "apisix-stream")]
-        runs["tls"] = tls.Run(ctx, Suite("tls", tls.METRICS, tls_targets), progress)
+        runs["tls"] = tls.Run(ctx, Suite("tls", tls.metrics(a.keys, a.tls_versions),
+                                         tls_targets), progress)
+    if "redis" in a.suites:
+        runs["redis"] = redis.Run(ctx, Suite("redis", redis.METRICS, redis.targets_of(targets),
+                                             redis.PAIRS), progress)
     for r in runs.values():
         r.plan()
     if "routes" in a.suites:
@@ -281,7 +317,7 @@ def run(a):
             failed += r.run()
             ctx.procs.stop_all()
             print(f"\n{name} suite:\n{r.suite.table()}\n", flush=True)
-            doc_suites[name] = r.suite.summary()
+            doc_suites[name] = getattr(r, "summary", r.suite.summary)()
         for name, fn in (("routes", lambda: external.run_routes(ctx, progress,
                                                                  a.route_counts)),
                          ("held", lambda: external.run_held(ctx, progress, a.held_conns))):
@@ -308,7 +344,9 @@ def run(a):
         "versions": versions(bin_path, targets, a.suites),
         "options": {"rounds": a.rounds, "duration_s": a.duration,
                     "tls_duration_s": a.tls_duration, "idle_conns": a.idle_conns,
-                    "targets": targets, "suites": a.suites, "tls_max": a.tls_max},
+                    "targets": targets, "suites": a.suites, "tls_keys": a.keys,
+                    "tls_versions": a.tls_versions, "tls_idle_conns": a.tls_idle_conns,
+                    "redis_requests": a.redis_requests},
         "busy_rounds": ctx.busy_rounds,
         "suites": doc_suites,
         "charts": [],

@@ -10,17 +10,19 @@ from .targets import ANCHORS
 
 TOP_KEYS = ["schema", "date", "command", "machine", "versions", "options", "busy_rounds",
             "suites", "charts", "elapsed_s"]
-METRIC_KEYS = ["label", "unit", "better", "proxy_only", "median", "rounds", "spread", "noisy", "ratios",
-               "vs_direct", "best_anchor", "ratio_to_best"]
+METRIC_KEYS = ["label", "unit", "better", "proxy_only", "median", "rounds", "spread", "noisy",
+               "ratios", "vs_direct", "best_anchor", "ratio_to_best", "pairs"]
+TITLES = {"l4": "Plain TCP and UDP", "tls": "TLS termination",
+          "redis": "Redis (redis-benchmark)"}
 
 
 # ------------------------------------------------------------------ charts
 def ratio_rows(doc):
-    """(label, advantage, text, good) per row of the l4 and tls suites:
+    """(label, advantage, text, good) per row of the l4, tls and redis suites:
     apisix-stream against the best anchor of that row, turned so that more
     than 1 is better on every row. Against `direct` when no anchor ran."""
     rows, against = [], "the best anchor"
-    metrics = [m for s in ("l4", "tls") for m in
+    metrics = [m for s in TITLES for m in
                doc["suites"].get(s, {}).get("metrics", {}).values()
                if m["better"] in ("higher", "lower")]
     if not any(m["ratio_to_best"] for m in metrics):
@@ -88,14 +90,17 @@ def draw(doc, folder):
     if tls:
         targets = tls["targets"]
         m = tls["metrics"]
-        ser = [(t, svg.colour(t, i), [m["t1_rsa_handshakes_per_s"]["median"].get(t),
-                                      m["t1_ecdsa_handshakes_per_s"]["median"].get(t)])
+        rows = [(k, e["label"].split(", ", 1)[1].replace(", ", "\n") if k.startswith("t1_")
+                 else "resumed\n" + e["label"].rsplit(", ", 1)[1])
+                for k, e in m.items() if k.endswith(("_handshakes_per_s", "_resumed_per_s"))]
+        ser = [(t, svg.colour(t, i), [m[k]["median"].get(t) for k, _ in rows])
                for i, t in enumerate(targets)]
         if any(v is not None for _, _, vs in ser for v in vs):
             save("tls-handshakes.svg", svg.grouped_bars(
-                "Full TLS handshakes per second, per key type", "handshakes/s",
-                ["RSA-2048", "ECDSA P-256"], ser, note="no resumption, no tickets; median"),
-                "full TLS handshakes per second per key type")
+                "TLS handshakes per second, per key type and version", "handshakes/s",
+                [label for _, label in rows], ser,
+                note="full handshakes (no resumption) per key type; resumed: T4; median"),
+                "TLS handshakes per second per key type and version")
     return out
 
 
@@ -120,13 +125,14 @@ def suite_table(s):
     targets = s["targets"]
     ratio_cols = [f"{SUBJECT}/{a}" for a in ANCHORS
                   if any(f"{SUBJECT}/{a}" in m["ratios"] for m in s["metrics"].values())]
+    ratio_cols += list(dict.fromkeys(c for m in s["metrics"].values() for c in m.get("pairs", {})))
     head = ["workload"] + targets + ratio_cols + ["better"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in s["metrics"].values():
         cells = [f"{m['label']} ({m['unit']})"]
         for t in targets:
             cells.append(fmt(m["median"].get(t)) + ("\\*" if m["noisy"].get(t) else ""))
-        cells += [fmt(m["ratios"].get(c)) for c in ratio_cols]
+        cells += [fmt(m["ratios"].get(c, m.get("pairs", {}).get(c))) for c in ratio_cols]
         cells.append(m["better"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -156,11 +162,10 @@ def markdown(doc, charts):
         lines.append("")
     for path, caption in charts:
         lines += [f"![{caption}]({path})", ""]
-    for name in ("l4", "tls"):
+    for name, title in TITLES.items():
         s = doc["suites"].get(name)
         if not s:
             continue
-        title = "Plain TCP and UDP" if name == "l4" else "TLS termination"
         lines += [f"## {title}", "", suite_table(s), "",
                   "Medians of the rounds; ratios are medians of per-round ratios (> 1 is "
                   "better on 'higher' rows, < 1 on 'lower' rows); '-': not measured; "

@@ -43,8 +43,10 @@ def fmt(v):
 class Suite:
     """The figures of one suite: metric -> target -> round -> value."""
 
-    def __init__(self, name, metrics, targets):
+    def __init__(self, name, metrics, targets, pairs=()):
         self.name, self.metrics, self.targets = name, metrics, targets
+        # (x, y): extra same-round ratios x/y on every row, both targets present
+        self.pairs = [(x, y) for x, y in pairs if x in targets and y in targets]
         self.values = {}
         self.curves = {}  # name -> target -> round -> [(x, y)]
         self.notes = []
@@ -89,6 +91,7 @@ class Suite:
                 "rounds": per,
                 "spread": {t: round(spread(v), 3) for t, v in per.items() if v},
                 "ratios": {}, "vs_direct": {}, "best_anchor": None, "ratio_to_best": None,
+                "pairs": {},
             }
             entry["noisy"] = {t: s > NOISY for t, s in entry["spread"].items()}
             if m.better in ("higher", "lower"):
@@ -100,6 +103,8 @@ class Suite:
                     for t in self.targets:
                         if t != "direct":
                             entry["vs_direct"][f"{t}/direct"] = self.paired(m.key, t, "direct")
+                for x, y in self.pairs:
+                    entry["pairs"][f"{x}/{y}"] = self.paired(m.key, x, y)
                 best = self.best_anchor(m)
                 if best and SUBJECT in self.targets:
                     entry["best_anchor"] = best
@@ -114,6 +119,7 @@ class Suite:
         s = self.summary()
         ratio_cols = [f"{SUBJECT}/{a}" for a in ANCHORS if a in self.targets and
                       SUBJECT in self.targets]
+        ratio_cols += [f"{x}/{y}" for x, y in self.pairs]
         cols = self.targets + ratio_cols
         rows = [(f"{m.label} ({m.unit})", m, s["metrics"][m.key]) for m in self.metrics]
         w0 = max(len(r[0]) for r in rows)
@@ -128,7 +134,7 @@ class Suite:
                 mark = "*" if e["noisy"].get(t) else ""
                 noisy = noisy or bool(mark)
                 cells.append(fmt(e["median"][t]) + mark)
-            cells += [fmt(e["ratios"].get(c)) for c in ratio_cols]
+            cells += [fmt(e["ratios"].get(c, e["pairs"].get(c))) for c in ratio_cols]
             lines.append(f"{name:<{w0}}  " + "  ".join(
                 f"{c:>{w}}" for c, w in zip(cells, widths)) + f"  {m.better}")
         lines.append("Ratios are medians of per-round ratios; > 1 is better on 'higher' rows, "

@@ -163,8 +163,9 @@ def lines(title, xlabel, ylabel, series, logx=False, note=""):
 
 
 def grouped_bars(title, ylabel, groups, series, note=""):
-    """groups: names along x; series: (name, colour, [value per group or None])."""
-    width, height = 820, 440
+    """groups: names along x (a newline starts a second line); series:
+    (name, colour, [value per group or None])."""
+    width, height = max(820, 250 + 110 * len(groups)), 440
     left, right, top, bottom = 80, 170, 50, 70
     c = Canvas(width, height, title)
     vals = [v for _, _, vs in series for v in vs if v is not None]
@@ -184,7 +185,9 @@ def grouped_bars(title, ylabel, groups, series, note=""):
                 continue
             c.rect(x0 + i * bw, sy(v), bw - 2, top + ph - sy(v), col)
             c.text(x0 + i * bw + bw / 2, sy(v) - 4, f"{v:,.0f}", size=10, anchor="middle")
-        c.text(left + g * gw + gw / 2, top + ph + 18, name, size=12, anchor="middle")
+        for j, part in enumerate(name.split("\n")):
+            c.text(left + g * gw + gw / 2, top + ph + 18 + 15 * j, part, size=12,
+                   anchor="middle")
     c.text(20, top + ph / 2, ylabel, size=12, anchor="middle", rotate=-90)
     c.legend(left + pw + 20, top + 10, [(n, col, False) for n, col, _ in series])
     if note:

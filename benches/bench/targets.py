@@ -36,8 +36,11 @@ class Ports:
     def __getattr__(self, name):
         offsets = {
             "b_iperf": 1, "b_http": 2, "b_dns": 3, "b_reply": 4, "b_sink": 5, "b_source": 6,
+            "b_keep": 7, "b_redis": 8,
             "f_iperf": 101, "f_http": 102, "f_dns": 103,
             "f_hs_rsa": 111, "f_hs_ecdsa": 112, "f_up": 113, "f_down": 114,
+            "f_hs_rsa4096": 115, "f_resume": 116, "f_hold": 117,
+            "f_redis": 121,
             "admin": 180, "control": 190, "metrics": 191,
         }
         if name not in offsets:
@@ -45,8 +48,8 @@ class Ports:
         return self.base + offsets[name]
 
     def all(self):
-        return [self.base + k for k in (1, 2, 3, 4, 5, 6, 101, 102, 103, 111, 112, 113, 114,
-                                        180, 190, 191)]
+        return [self.base + k for k in (1, 2, 3, 4, 5, 6, 7, 8, 101, 102, 103, 111, 112, 113,
+                                        114, 115, 116, 117, 121, 180, 190, 191)]
 
 
 # ------------------------------------------------------------------ nginx
@@ -85,7 +88,9 @@ class ApisixStream:
         self.procs, self.work, self.binary, self.ports = procs, work, binary, ports
         self.key = "bench-" + secrets.token_hex(8)
 
-    def start(self, tcp=(), udp=(), tls=()):
+    def start(self, tcp=(), udp=(), tls=(), ssl=None, extra=""):
+        """Start it with these listeners; `ssl` holds `apisix.ssl` keys
+        (strings), `extra` is YAML text added at the top level."""
         d = os.path.join(self.work, "apisix-stream")
         os.makedirs(d, exist_ok=True)
         listeners = [f'      - "127.0.0.1:{p}"' for p in tcp]
@@ -93,11 +98,14 @@ class ApisixStream:
         udp_block = ""
         if udp:
             udp_block = "    udp:\n" + "\n".join(f'      - "127.0.0.1:{p}"' for p in udp)
+        ssl_block = ""
+        if ssl:
+            ssl_block = "  ssl:\n" + "".join(f"    {k}: {v}\n" for k, v in ssl.items())
         cfg = os.path.join(d, "config.yaml")
         with open(cfg, "w") as f:
             f.write(f"""apisix:
   proxy_mode: stream
-  stream_proxy:
+{ssl_block}  stream_proxy:
     tcp:
 {chr(10).join(listeners)}
 {udp_block}
@@ -117,10 +125,32 @@ deployment:
 plugin_attr:
   prometheus:
     export_addr: {{ip: 127.0.0.1, port: {self.ports.metrics}}}
-""")
+{extra}""")
         p = self.procs.start("apisix-stream", [self.binary, "serve", "-c", cfg])
         proc.wait_listening(p, tcp=[self.ports.admin], seconds=30)
         return p
+
+    def get(self, port, path):
+        """GET http://127.0.0.1:`port``path` (Control API, metrics): the body."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            res = conn.getresponse()
+            text = res.read().decode(errors="replace")
+        except OSError as e:
+            raise Failed(f"apisix-stream: GET {path}: {e}") from e
+        finally:
+            conn.close()
+        if res.status != 200:
+            raise Failed(f"apisix-stream: GET {path} answered {res.status}: {text[:200]}")
+        return text
+
+    def stats(self):
+        """`GET /v1/stream/stats` of the Control API, parsed."""
+        try:
+            return json.loads(self.get(self.ports.control, "/v1/stream/stats"))
+        except ValueError as e:
+            raise Failed(f"apisix-stream: /v1/stream/stats is not JSON ({e})") from e
 
     def put(self, path, body):
         conn = http.client.HTTPConnection("127.0.0.1", self.ports.admin, timeout=10)
@@ -136,11 +166,14 @@ plugin_attr:
         if res.status not in (200, 201):
             raise Failed(f"apisix-stream: PUT {path} answered {res.status}: {text[:200]}")
 
-    def route(self, rid, port, node, scheme=None):
+    def route(self, rid, port, node, scheme=None, protocol=None):
         up = {"type": "roundrobin", "nodes": {f"127.0.0.1:{node}": 1}}
         if scheme:
             up["scheme"] = scheme
-        self.put(f"stream_routes/{rid}", {"server_port": port, "upstream": up})
+        body = {"server_port": port, "upstream": up}
+        if protocol:
+            body["protocol"] = protocol
+        self.put(f"stream_routes/{rid}", body)
 
 
 # ------------------------------------------------------------------ L4 set-up

@@ -1,13 +1,18 @@
 """TLS load for the tls suite, run as its own process so that its CPU is the
 client's, not the proxy's:
 
-  python3 -m bench.tlsclient hs   --port P --sni NAME --clients N --seconds S
+  python3 -m bench.tlsclient hs     --port P --sni NAME --clients N --seconds S
+  python3 -m bench.tlsclient resume --port P --sni NAME --clients N --seconds S
   python3 -m bench.tlsclient bulk up|down --port P --sni NAME --streams N --seconds S
-  python3 -m bench.tlsclient check --port P --sni NAME
+  python3 -m bench.tlsclient check  --port P --sni NAME
 
-Each prints one JSON line. `hs` makes full handshakes only (a fresh context
-per connection, no tickets, no session reuse), reads the backend's 3-byte
-reply through the proxy, and closes.
+Each prints one JSON line; `--tls 1.2|1.3` pins the version. `hs` makes full
+handshakes only (no tickets offered, no session reuse), reads the backend's
+3-byte reply through the proxy, and closes. `resume` offers the session of
+its previous connection (the newest ticket it was given), makes one HTTP
+request (`Connection: close`, a backend answering "ok\n"), and counts the
+handshakes the server resumed (`session_reused`) and those it did in full.
+`hold` (imported, not a mode) opens connections and keeps them.
 """
 
 import argparse
@@ -19,23 +24,29 @@ import sys
 import time
 
 REPLY = b"ok\n"
+REQUEST = b"GET /ok HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 
 
-def context(tls_max):
+def context(version, tickets=False):
+    """A client context pinned to TLS `version` ("1.2" or "1.3")."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # a self-signed certificate made for the run
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.options |= ssl.OP_NO_TICKET
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = (ssl.TLSVersion.TLSv1_3 if tls_max == "1.3"
-                           else ssl.TLSVersion.TLSv1_2)
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ctx.maximum_version = v
     return ctx
 
 
-def dial(ctx, port, sni):
+def dial(ctx, port, sni, session=None):
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return ctx.wrap_socket(raw, server_hostname=sni)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=sni, session=session)
+    except BaseException:
+        raw.close()
+        raise
 
 
 def read_reply(s):
@@ -48,9 +59,21 @@ def read_reply(s):
     return got
 
 
+def exchange(s, request):
+    """Send `request`, read until the reply ends in REPLY; True if it does."""
+    s.sendall(request)
+    got = b""
+    while not got.endswith(REPLY):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got.endswith(REPLY)
+
+
 def handshakes(job):
-    port, sni, tls_max, start, stop = job
-    ctx = context(tls_max)
+    port, sni, version, start, stop = job
+    ctx = context(version)
     done = failed = 0
     time.sleep(max(0.0, start - time.time()))
     while time.time() < stop:
@@ -68,12 +91,62 @@ def handshakes(job):
     return done, failed, time.time() - start
 
 
+def resumptions(job):
+    """One client of `resume`: (resumed, full, failed, seconds)."""
+    port, sni, version, start, stop = job
+    ctx = context(version, tickets=True)
+    resumed = full = failed = 0
+    session = None
+    time.sleep(max(0.0, start - time.time()))
+    while time.time() < stop:
+        try:
+            s = dial(ctx, port, sni, session)
+            ok = exchange(s, REQUEST)
+            reused = s.session_reused
+            # read after the reply: a TLS 1.3 ticket arrives after the handshake
+            session = s.session if ok else None
+            s.close()
+        except (OSError, ValueError):
+            ok, session = False, None
+        if not ok:
+            failed += 1
+            time.sleep(0.01)
+        elif reused:
+            resumed += 1
+        else:
+            full += 1
+    return resumed, full, failed, time.time() - start
+
+
+def hold(port, sni, version, count, request, deadline):
+    """Open `count` TLS connections one after the other, send `request` on
+    each and read until the reply ends in REPLY; returns the connections
+    that got their reply, left open (the caller closes them)."""
+    ctx = context(version)
+    held = []
+    while len(held) < count and time.monotonic() < deadline:
+        try:
+            s = dial(ctx, port, sni)
+        except (OSError, ValueError):
+            time.sleep(0.01)
+            continue
+        try:
+            ok = exchange(s, request)
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            held.append(s)
+        else:
+            s.close()
+    return held
+
+
 def bulk(job):
-    direction, port, sni, tls_max, start, stop = job
+    direction, port, sni, version, start, stop = job
     buf = bytearray(256 * 1024)
     moved = 0
     try:
-        s = dial(context(tls_max), port, sni)
+        s = dial(context(version), port, sni)
     except OSError as e:
         return 0, 1, 0.0, str(e)
     err = ""
@@ -108,7 +181,7 @@ def parallel(fn, jobs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["hs", "bulk", "check"])
+    ap.add_argument("mode", choices=["hs", "resume", "bulk", "check"])
     ap.add_argument("direction", nargs="?", choices=["up", "down"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--sni", required=True)
@@ -125,6 +198,13 @@ def main():
             ok = read_reply(s) == REPLY
             out = {"ok": ok, "version": s.version(), "cipher": s.cipher()[0]}
             s.close()
+        elif a.mode == "resume":
+            res = parallel(resumptions, [(a.port, a.sni, a.tls, start, stop)] * a.clients)
+            resumed, full = sum(r[0] for r in res), sum(r[1] for r in res)
+            secs = max(r[3] for r in res)
+            out = {"resumed": resumed, "full": full, "errors": sum(r[2] for r in res),
+                   "handshakes": resumed + full, "rate": round(resumed / secs, 1),
+                   "resumed_pct": round(100 * resumed / max(1, resumed + full), 2)}
         elif a.mode == "hs":
             res = parallel(handshakes, [(a.port, a.sni, a.tls, start, stop)] * a.clients)
             done = sum(r[0] for r in res)
