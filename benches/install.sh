@@ -4,7 +4,8 @@
 #   benches/install.sh           # everything: the proxies compared, the load
 #                                # generators and the backends
 #   benches/install.sh --smoke   # only what `run.sh --smoke` needs (direct and
-#                                # apisix-stream): backends and load generators
+#                                # apisix-stream): backends, load generators,
+#                                # openssl and redis
 #
 # Packages already installed are left alone. The packaged nginx, haproxy,
 # dnsdist, dnsmasq and redis services are not needed (run.sh starts its own
@@ -17,7 +18,7 @@ case "${1:-}" in
   --smoke) SMOKE=1 ;;
   "") ;;
   -h | --help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -29,11 +30,11 @@ esac
 # program -> Debian package that provides it
 SMOKE_PKGS=(
   nginx:nginx iperf3:iperf3 wrk:wrk dnsperf:dnsperf dnsmasq:dnsmasq-base
-  python3:python3 curl:curl ss:iproute2 ps:procps
+  python3:python3 curl:curl ss:iproute2 ps:procps openssl:openssl socat:socat
+  redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools
 )
 FULL_PKGS=(
-  haproxy:haproxy dnsdist:dnsdist openssl:openssl socat:socat
-  redis-server:redis-server redis-cli:redis-tools jq:jq strace:strace prlimit:util-linux
+  haproxy:haproxy dnsdist:dnsdist jq:jq strace:strace prlimit:util-linux
 )
 wanted=("${SMOKE_PKGS[@]}")
 [ "$SMOKE" = 1 ] || wanted+=("${FULL_PKGS[@]}")
@@ -52,7 +53,7 @@ for pair in "${wanted[@]}"; do
   have "${pair%%:*}" || missing+=("${pair#*:}")
 done
 # nginx's stream module: the proxy under comparison, and the TLS backend
-if [ "$SMOKE" = 0 ] && stream_module_missing; then missing+=(libnginx-mod-stream); fi
+if stream_module_missing; then missing+=(libnginx-mod-stream); fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install.sh: everything is installed"

@@ -21,6 +21,7 @@ from .targets import ALL_TARGETS, Ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITES = ["l4", "tls", "redis", "routes", "held"]
+SMOKE_SUITES = ["l4", "tls", "redis"]
 TOOLS = {
     "l4": ["nginx", "iperf3", "wrk", "dnsperf", "dnsmasq", "curl"],
     "tls": ["nginx", "openssl", "socat", "wrk"],
@@ -37,11 +38,13 @@ def parse(argv):
         epilog="Suites: l4 (default: bulk TCP, new connections, keep-alive, 1 MiB downloads, "
                "UDP DNS, memory per connection, proxy CPU), tls (full and resumed handshakes "
                "per key type and TLS version, memory per idle TLS connection, bulk TLS), "
-               "redis (redis-benchmark through plain TCP and a redis protocol route), routes (Admin API writes against route count, benches/routes.py), "
+               "redis (redis-benchmark through plain TCP and a redis protocol route), "
+               "routes (Admin API writes against route count, benches/routes.py), "
                "held (held connections, benches/held.sh), all. Install the tools once with "
                "benches/install.sh.")
-    ap.add_argument("--suite", default="l4",
-                    help="comma-separated suites, or all (default: l4)")
+    ap.add_argument("--suite",
+                    help="comma-separated suites, or all (default: l4; with --smoke: l4, "
+                         "and tls and redis when their tools are installed)")
     ap.add_argument("--rounds", "--repeat", type=int, default=3,
                     help="rounds; every target runs once per round, the order alternating "
                          "(default 3)")
@@ -57,11 +60,11 @@ def parse(argv):
     ap.add_argument("--tls-clients", type=int, default=8, help="handshake clients (default 8)")
     ap.add_argument("--tls-streams", type=int, default=4,
                     help="bulk TLS connections (default 4)")
-    ap.add_argument("--key", "--keys", dest="keys", default=",".join(tls.KEYS),
+    ap.add_argument("--key", "--keys", dest="keys",
                     help="comma-separated certificate key types of the tls suite: "
                          + ", ".join(f"{k} ({v})" for k, v in tls.KEYS.items())
                          + " (default: all)")
-    ap.add_argument("--tls-versions", default=",".join(tls.VERSIONS),
+    ap.add_argument("--tls-versions",
                     help="comma-separated TLS versions, each proxy pinned to one at a time; "
                          "memory and bulk rows use the first (default 1.3,1.2)")
     ap.add_argument("--tls-idle-conns", type=int, default=2000,
@@ -86,13 +89,21 @@ def parse(argv):
                     help="keep the work folder (configs and logs of every program)")
     ap.add_argument("--smoke", action="store_true",
                     help="one round, 1 s per workload, direct and apisix-stream, 200 "
-                         "connections, debug binary; checks the report has every key")
+                         "connections, debug binary, only T4 (ECDSA, TLS 1.3) of the tls "
+                         "suite and 50,000 redis requests; checks the report has every key")
     a = ap.parse_args(argv)
     if a.smoke:
         a.rounds, a.duration, a.tls_duration, a.idle_conns = 1, 1, 1, 200
         a.tls_idle_conns, a.redis_requests = 50, 50_000
         a.targets = a.targets or "direct,apisix-stream"
         a.debug = a.debug or not a.bin
+        a.keys = a.keys or "ecdsa"
+        a.tls_versions = a.tls_versions or "1.3"
+        if not a.suite:
+            a.suite = ",".join(s for s in SMOKE_SUITES if all(have(t) for t in TOOLS[s]))
+    a.suite = a.suite or "l4"
+    a.keys = a.keys or ",".join(tls.KEYS)
+    a.tls_versions = a.tls_versions or ",".join(tls.VERSIONS)
     held_here = os.access(os.path.join(external.BENCHES, "held.sh"), os.X_OK)
     if a.suite == "all":
         suites = [s for s in SUITES if s != "held" or held_here]
@@ -175,6 +186,7 @@ class Context:
         self.tls_clients, self.tls_streams = a.tls_clients, a.tls_streams
         self.tls_keys, self.tls_versions = a.keys, a.tls_versions
         self.tls_idle_conns, self.redis_requests = a.tls_idle_conns, a.redis_requests
+        self.smoke = a.smoke
         self.work, self.folder = work, folder
         self.raw = os.path.join(folder, "raw")
         self.binary = binary_path
@@ -365,7 +377,8 @@ def run(a):
     if ctx.busy_rounds:
         say(f"warning: {len(ctx.busy_rounds)} round(s) ran on a busy machine (see summary.md)")
     if a.smoke:
-        bad = report.check(os.path.join(folder, "results.json"), a.suites, l4.METRICS)
+        bad = report.check(os.path.join(folder, "results.json"), a.suites, l4.METRICS,
+                           tls.SMOKE_ROWS + redis.SMOKE_ROWS)
         for b in bad:
             say(f"smoke: {b}")
         if bad:

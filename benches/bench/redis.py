@@ -39,6 +39,9 @@ METRICS = [
     Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),
 ]
 PAIRS = [(SUBJECT_ROUTE, "apisix-stream")]
+# what `run.sh --smoke` must have written
+SMOKE_ROWS = [("redis", k, t) for t in ("direct", "apisix-stream")
+              for k in ("p16_get_rps", "p16_set_rps", "p1_get_rps", "p1_set_rps")]
 
 
 def targets_of(targets):

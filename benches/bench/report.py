@@ -223,9 +223,10 @@ def write(doc, folder, json_copy=None):
         f.write(markdown(doc, charts))
 
 
-def check(path, suites, l4_metrics):
+def check(path, suites, l4_metrics, rows=()):
     """Problems with a results.json: missing keys, or the subject without a
-    figure on a row it should have. Figures themselves are not judged."""
+    figure on a row it should have (every l4 row; `rows`: (suite, metric,
+    target) of the other suites). Figures themselves are not judged."""
     with open(path) as f:
         doc = json.load(f)
     bad = [f"missing top-level key {k}" for k in TOP_KEYS if k not in doc]
@@ -245,6 +246,17 @@ def check(path, suites, l4_metrics):
         for c in ("w5_idle_kib_per_conn", "w7_used_kib_per_conn"):
             if not l4.get("curves", {}).get(c, {}).get(SUBJECT):
                 bad.append(f"curve {c}: no points for {SUBJECT}")
+    for name, key, target in rows:
+        s = doc.get("suites", {}).get(name)
+        if s is None or target not in s.get("targets", []):
+            continue
+        e = s.get("metrics", {}).get(key)
+        if e is None:
+            bad.append(f"{name}: missing metric {key}")
+            continue
+        bad += [f"{name} {key}: missing {k}" for k in METRIC_KEYS if k not in e]
+        if e.get("median", {}).get(target) is None:
+            bad.append(f"{name} {key}: no figure for {target}")
     folder = os.path.dirname(path)
     for p in doc.get("charts", []) + ["summary.md"]:
         if not os.path.exists(os.path.join(folder, p)):
