@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One entry point for apisix-stream's benchmarks: the plain TCP/UDP suite
 # next to `direct`, nginx `stream`, HAProxy `mode tcp` and dnsdist, and the
-# tls, routes and held suites (--suite). Install the tools once with
+# tls, redis, routes and held suites (--suite). Install the tools once with
 # benches/install.sh; everything else is in benches/bench/ (python3, standard
 # library only).
 #
 #   benches/run.sh                      # release build, l4 suite, 3 rounds
 #   benches/run.sh --suite all          # every suite
+#   benches/run.sh --suite tls --key rsa  # TLS with RSA-2048 certificates only
 #   benches/run.sh --smoke              # one quick round with the debug build
 #   benches/run.sh --help
 set -euo pipefail

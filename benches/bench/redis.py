@@ -119,7 +119,10 @@ class Run:
             return None, p.b_redis
         if t == "nginx":
             return start_nginx(self.ctx.procs, self.ctx.work, "nginx-redis", f"""stream {{
-  server {{ listen 127.0.0.1:{p.f_redis} reuseport backlog=4096; proxy_pass 127.0.0.1:{p.b_redis}; }}
+  server {{
+    listen 127.0.0.1:{p.f_redis} reuseport backlog=4096;
+    proxy_pass 127.0.0.1:{p.b_redis};
+  }}
 }}""", tcp=[p.f_redis], modules=nginx_stream_module()), p.f_redis
         if t == "haproxy":
             cfg = os.path.join(self.ctx.work, "haproxy-redis.cfg")
