@@ -206,6 +206,11 @@ pub fn stats_report(state: &ControlState) -> Value {
     for r in snap.routes() {
         let mut report = RouteReport::new(&r.id, &r.stats, r.summary());
         report.limit_bandwidth = r.chain.bandwidth().map(|b| b.report());
+        if let Some(p) = &r.protocol {
+            report.protocol = Some(p.name.clone());
+            report.requests = Some(r.stats.requests.load(Ordering::Relaxed));
+            report.protocol_errors = Some(r.stats.protocol_errors.load(Ordering::Relaxed));
+        }
         routes.push(report);
         if let Ok(up) = &r.upstream {
             let checker = up.health();

@@ -48,6 +48,8 @@
 //!   [`timefmt`] prints UTC times.
 //! - [`fsutil`]: crash-safe file writes (atomic replace, owner-only files, directory fsync).
 //! - [`cli`]: the command line.
+//! - [`xrpc`]: protocol-aware routes (Redis): requests decoded per
+//!   command for faults, metrics, logs and subordinate routes.
 //! - [`top`]: the `top` dashboard, a Control API client drawn with ratatui.
 //!
 //! Control path: an Admin API write is validated, made durable by the store,
@@ -86,3 +88,4 @@ pub mod store;
 pub mod timefmt;
 pub mod tls;
 pub mod top;
+pub mod xrpc;

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::control::{checkers, ControlState};
 use crate::proxy::ListenerInfo;
+use crate::stats::{CommandStats, LATENCY_BUCKETS};
 
 /// A metric family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +368,22 @@ pub fn families(state: &ControlState, prefix: &str) -> Vec<Family> {
                 .collect(),
         ));
     }
+    out.push(family(
+        "redis_commands_total",
+        "Total number of requests for a specific Redis command",
+        MetricType::Counter,
+        redis_routes(state)
+            .iter()
+            .flat_map(|(id, cmds)| {
+                cmds.iter().map(|(cmd, c)| {
+                    (
+                        vec![("route", id.clone()), ("command", cmd.clone())],
+                        count(c.count),
+                    )
+                })
+            })
+            .collect(),
+    ));
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -387,7 +404,74 @@ pub fn families(state: &ControlState, prefix: &str) -> Vec<Family> {
 
 /// The exposition of the current counters in `format`.
 pub fn metrics_text(state: &ControlState, prefix: &str, format: Format) -> String {
-    encode(families(state, prefix), format)
+    let mut text = encode(families(state, prefix), format);
+    let latency = redis_latency(&redis_routes(state), prefix);
+    if !latency.is_empty() {
+        match text.strip_suffix("# EOF\n") {
+            Some(body) => text = format!("{body}{latency}# EOF\n"),
+            None => text.push_str(&latency),
+        }
+    }
+    text
+}
+
+/// Per-command counters of the Redis protocol routes that enable metrics.
+fn redis_routes(state: &ControlState) -> Vec<(String, Vec<(String, CommandStats)>)> {
+    state
+        .snapshot
+        .load()
+        .routes()
+        .iter()
+        .filter(|r| {
+            r.protocol
+                .as_ref()
+                .is_some_and(|p| p.metrics && p.name == "redis")
+        })
+        .map(|r| (r.id.clone(), r.stats.command_stats()))
+        .collect()
+}
+
+/// The `redis_commands_latency_seconds` histogram (APISIX's buckets, 1 ms
+/// to 1 s), written the same in both formats.
+fn redis_latency(routes: &[(String, Vec<(String, CommandStats)>)], prefix: &str) -> String {
+    let name = format!("{prefix}redis_commands_latency_seconds");
+    let mut out = String::new();
+    for (route, cmds) in routes {
+        for (cmd, c) in cmds {
+            let mut labels = String::from("route=\"");
+            escape_label(route, &mut labels);
+            labels.push_str("\",command=\"");
+            escape_label(cmd, &mut labels);
+            labels.push('"');
+            let mut cumulative = 0;
+            for (b, n) in LATENCY_BUCKETS.iter().zip(c.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                    fmt_le(*b)
+                );
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", c.count);
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", c.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", c.count);
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "# HELP {name} Latency of requests for a specific Redis command\n# TYPE {name} histogram\n{out}"
+    )
+}
+
+/// A bucket bound as Prometheus clients write it (`0.005`, `1.0`).
+fn fmt_le(b: f64) -> String {
+    if b.fract() == 0.0 {
+        format!("{b:.1}")
+    } else {
+        format!("{b}")
+    }
 }
 
 /// The Prometheus export server: `GET <export_uri>` only.

@@ -45,6 +45,55 @@ pub struct RouteStats {
     pub connect_failures: AtomicU64,
     /// Sessions that reached a node only after retrying.
     pub retries: AtomicU64,
+    /// Requests decoded on a protocol (xRPC) route.
+    pub requests: AtomicU64,
+    /// Protocol sessions closed because the client sent malformed bytes.
+    pub protocol_errors: AtomicU64,
+    /// Per-command counts and latencies of a protocol route that enables
+    /// its metrics.
+    pub commands: Mutex<HashMap<String, CommandStats>>,
+}
+
+/// Upper bounds (seconds) of the command latency histogram: 1 ms to 1 s.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// Count and latency histogram of one command on one route.
+#[derive(Debug, Default, Clone)]
+pub struct CommandStats {
+    /// Requests finished.
+    pub count: u64,
+    /// Requests at or under each of [`LATENCY_BUCKETS`] (not cumulative).
+    pub buckets: [u64; 10],
+    /// Sum of the latencies in seconds.
+    pub sum: f64,
+}
+
+impl RouteStats {
+    /// Count one finished request of `command` that took `secs`.
+    pub fn observe_command(&self, command: &str, secs: f64) {
+        let Ok(mut m) = self.commands.lock() else {
+            return;
+        };
+        let c = match m.get_mut(command) {
+            Some(c) => c,
+            None => m.entry(command.to_string()).or_default(),
+        };
+        c.count += 1;
+        c.sum += secs;
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            c.buckets[i] += 1;
+        }
+    }
+
+    /// Every command's counters, by name.
+    pub fn command_stats(&self) -> Vec<(String, CommandStats)> {
+        let mut v: Vec<_> = self.commands.lock().map_or_else(
+            |_| Vec::new(),
+            |m| m.iter().map(|(k, c)| (k.clone(), c.clone())).collect(),
+        );
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 /// Counters of one node as used by one route.
@@ -333,6 +382,15 @@ pub struct RouteReport {
     pub retries: u64,
     /// The route's filters in one line.
     pub summary: String,
+    /// Requests decoded, on a protocol (xRPC) route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Sessions closed for malformed client bytes, on a protocol route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_errors: Option<u64>,
+    /// The protocol of a protocol (xRPC) route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// limit-bandwidth's rates and whether it throttles now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_bandwidth: Option<serde_json::Value>,
@@ -354,6 +412,9 @@ impl RouteReport {
             connect_failures: r(&s.connect_failures),
             retries: r(&s.retries),
             summary,
+            requests: None,
+            protocol_errors: None,
+            protocol: None,
             limit_bandwidth: None,
         }
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite. The tests start real programs on loopback (etcd
-# and etcdctl, dnsmasq, tmux); any that is missing is installed first with
+# and etcdctl, dnsmasq, tmux, redis-server, redis-cli); any that is missing is installed first with
 # apt-get (through sudo when not root). Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ find_program etcd || missing+=(etcd-server)
 find_program etcdctl || missing+=(etcd-client)
 find_program dnsmasq || missing+=(dnsmasq-base)
 find_program tmux || missing+=(tmux)
+find_program redis-server || missing+=(redis-server)
+find_program redis-cli || missing+=(redis-tools)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2

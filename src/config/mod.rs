@@ -162,6 +162,8 @@ pub struct Config {
     pub nginx_config: NginxConfig,
     /// top-level `stream_plugins`; default APISIX's (ip-restriction, limit-conn, mqtt-proxy, syslog, traffic-split) and limit-bandwidth
     pub stream_plugins: Vec<String>,
+    /// `xrpc.protocols[].name`: the xRPC protocols stream routes may name.
+    pub xrpc_protocols: Vec<String>,
     /// `discovery:` and the resolver of node host names.
     pub discovery: discovery::DiscoveryConf,
 }
@@ -174,6 +176,7 @@ impl Default for Config {
             plugin_attr: PluginAttr::default(),
             nginx_config: NginxConfig::default(),
             stream_plugins: default_stream_plugins(),
+            xrpc_protocols: Vec::new(),
             discovery: discovery::DiscoveryConf::default(),
         }
     }

@@ -422,6 +422,7 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
         top.string_list("stream_plugins")?
             .unwrap_or_else(default_stream_plugins)
     };
+    let xrpc_protocols = read_xrpc(&top.section("xrpc")?)?;
     let discovery = super::discovery::read(
         root_map.and_then(|m| m.get("discovery")),
         root_map.and_then(|m| m.get("apisix")),
@@ -432,10 +433,44 @@ fn build(root: &Value) -> Result<Config, ConfigError> {
         plugin_attr,
         nginx_config,
         stream_plugins,
+        xrpc_protocols,
         discovery,
     };
     validate::validate(&config)?;
     Ok(config)
+}
+
+/// `xrpc.protocols`: `[{name: redis}, ...]`, each a protocol this build
+/// implements.
+fn read_xrpc(sec: &Section<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut names = Vec::new();
+    for (i, item) in sec
+        .list("protocols")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("protocols[{i}]");
+        let name = match item {
+            Value::Mapping(m) => m.get("name").and_then(Value::as_str),
+            _ => None,
+        };
+        let Some(name) = name else {
+            return Err(sec.invalid(&key, item, "expected a table with a name"));
+        };
+        if !crate::model::xrpc::IMPLEMENTED.contains(&name) {
+            return Err(sec.invalid(
+                &key,
+                item,
+                format!(
+                    "unknown protocol [{name}] (this build implements {})",
+                    crate::model::xrpc::IMPLEMENTED.join(", ")
+                ),
+            ));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 fn build_apisix(top: &Section<'_>) -> Result<Apisix, ConfigError> {

@@ -18,7 +18,7 @@ pub const DEFAULT_ENABLED: [&str; 6] = crate::config::DEFAULT_STREAM_PLUGINS;
 
 /// The stream plugins this instance enables; cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnabledPlugins(Arc<[String]>);
+pub struct EnabledPlugins(Arc<[String]>, Arc<[String]>);
 
 impl Default for EnabledPlugins {
     fn default() -> Self {
@@ -29,12 +29,29 @@ impl Default for EnabledPlugins {
 impl EnabledPlugins {
     /// Exactly these plugins.
     pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> EnabledPlugins {
-        EnabledPlugins(names.into_iter().map(|n| n.as_ref().to_string()).collect())
+        EnabledPlugins(
+            names.into_iter().map(|n| n.as_ref().to_string()).collect(),
+            Arc::new([]),
+        )
     }
 
-    /// The plugins config.yaml's `stream_plugins` enables.
+    /// The same plugins, with these xRPC protocols enabled.
+    pub fn with_protocols<S: AsRef<str>>(self, names: impl IntoIterator<Item = S>) -> Self {
+        EnabledPlugins(
+            self.0,
+            names.into_iter().map(|n| n.as_ref().to_string()).collect(),
+        )
+    }
+
+    /// The plugins config.yaml's `stream_plugins` enables, and the xRPC
+    /// protocols its `xrpc.protocols` lists.
     pub fn of(config: &Config) -> EnabledPlugins {
-        EnabledPlugins::new(&config.stream_plugins)
+        EnabledPlugins::new(&config.stream_plugins).with_protocols(&config.xrpc_protocols)
+    }
+
+    /// Whether config.yaml's `xrpc.protocols` enables protocol `name`.
+    pub fn protocol(&self, name: &str) -> bool {
+        self.1.iter().any(|p| p == name)
     }
 
     /// Whether `name` is enabled.

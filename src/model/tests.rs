@@ -14,6 +14,7 @@ fn plugins() -> EnabledPlugins {
         "traffic-split",
         "prometheus",
     ])
+    .with_protocols(["redis"])
 }
 
 fn route(v: Value) -> Result<(), String> {

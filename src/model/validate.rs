@@ -19,9 +19,6 @@ use super::defs;
 use super::plugins::{self, EnabledPlugins, NotEnabled};
 use super::schema::{as_int, quote};
 
-/// Known xRPC protocol names.
-const XRPC_PROTOCOLS: &[&str] = &["redis", "dubbo", "pingpong"];
-
 /// Stream route checks (schema, plugins, addresses, protocol).
 pub(crate) fn stream_route(
     v: &Value,
@@ -44,14 +41,8 @@ pub(crate) fn stream_route(
             }
         }
     }
-    if let Some(name) = v
-        .get("protocol")
-        .and_then(|p| p.get("name"))
-        .and_then(Value::as_str)
-    {
-        if !XRPC_PROTOCOLS.contains(&name) {
-            return Err(format!("unknown protocol [{name}]"));
-        }
+    if let Some(p) = v.get("protocol") {
+        super::xrpc::check(p, enabled)?;
     }
     Ok(())
 }

@@ -153,6 +153,12 @@ impl Shared {
         }
     }
 
+    /// A syslog sender for a validated `conf` outside a plugin chain (a
+    /// protocol route's logger), sharing the senders of the plugin.
+    pub fn syslog_logger(&self, conf: &Value) -> Result<syslog::Syslog, String> {
+        syslog::Syslog::build(&resolve_env(conf), &self.syslog, Arc::clone(&self.metadata))
+    }
+
     /// The plugin names config enables.
     pub fn enabled(&self) -> EnabledPlugins {
         self.enabled

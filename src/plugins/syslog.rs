@@ -182,6 +182,12 @@ impl Syslog {
 
     /// The JSON entry of a session, `None` without a `log_format`.
     pub fn entry(&self, vars: &Vars<'_>) -> Option<Map<String, Value>> {
+        self.entry_with(&|name| vars.get(name))
+    }
+
+    /// The JSON entry with variables read from `get`, `None` without a
+    /// `log_format`.
+    pub fn entry_with(&self, get: &dyn Fn(&str) -> Option<String>) -> Option<Map<String, Value>> {
         let from_metadata;
         let format = match &self.log_format {
             Some(f) => f,
@@ -194,7 +200,7 @@ impl Syslog {
         for (k, v) in format {
             match v.as_str().and_then(|s| s.strip_prefix('$')) {
                 Some(name) => {
-                    if let Some(val) = vars.get(name) {
+                    if let Some(val) = get(name) {
                         entry.insert(k.clone(), Value::String(val));
                     }
                 }
@@ -203,10 +209,10 @@ impl Syslog {
                 }
             }
         }
-        if let Some(id) = vars.get("route_id") {
+        if let Some(id) = get("route_id") {
             entry.insert("route_id".into(), Value::String(id));
         }
-        if let Some(id) = vars.get("service_id") {
+        if let Some(id) = get("service_id") {
             entry.insert("service_id".into(), Value::String(id));
         }
         Some(entry)
@@ -214,7 +220,13 @@ impl Syslog {
 
     /// Log phase: queue the session's line.
     pub fn log(&self, vars: &Vars<'_>) {
-        let Some(entry) = self.entry(vars) else {
+        self.log_with(&|name| vars.get(name));
+    }
+
+    /// Queue one line with variables read from `get` (a request of a
+    /// protocol route).
+    pub fn log_with(&self, get: &dyn Fn(&str) -> Option<String>) {
+        let Some(entry) = self.entry_with(get) else {
             // Once per compiled conf: a standing misconfiguration, not per session news.
             if !self.format_warned.swap(true, Ordering::Relaxed) {
                 tracing::error!("syslog's log_format is not set");

@@ -223,7 +223,10 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
             }),
             sni: facts.conn.and_then(|c| c.sni.as_deref()),
             connect_time: facts.connect_time,
-            protocol_name: None,
+            protocol_name: facts
+                .route
+                .and_then(|r| r.protocol.as_deref())
+                .map(|p| p.name.as_str()),
             protocol: facts.protocol.as_str(),
             status,
             listener: &facts.listener.label,

@@ -389,13 +389,20 @@ impl<'a> Tcp<'a> {
             drain: &self.ctx.draining,
             pace: plugins.bandwidth.as_ref(),
         };
-        let end = match (client, upstream) {
-            (Side::Plain(mut c), Side::Plain(mut u)) => {
+        let end = match (client, upstream, route.protocol.as_deref()) {
+            // Protocol routes decode requests: their own relay (never splice).
+            (c, u, Some(protocol)) => {
+                let subordinates = self.ctx.snapshot.load().subordinates(&route.id);
+                let session =
+                    crate::xrpc::Session::new(route, protocol, &self.conn, subordinates, up, down);
+                Box::pin(crate::xrpc::relay(session, stops, c.into_io(), u.into_io())).await
+            }
+            (Side::Plain(mut c), Side::Plain(mut u), None) => {
                 let end = copy::relay_tcp(&mut c, &mut u, up, down, stops).await;
                 pass_reset(&end, &c, &u);
                 end
             }
-            (c, u) => {
+            (c, u, None) => {
                 let (mut c, mut u) = (c.into_io(), u.into_io());
                 let end = Box::pin(copy::relay_io(&mut c, &mut u, up, down, stops)).await;
                 pass_reset(&end, c.tcp(), u.tcp());

@@ -148,6 +148,7 @@ fn refusing_route(
         chain: plugins::Chain::default(),
         stats: carry.stats.route(&e.id),
         node_stats: Vec::new(),
+        protocol: None,
         source,
     })
 }
@@ -308,6 +309,7 @@ pub(super) fn apply(
         ssl_failed: prev.ssl_failed,
         checkers_changed: false,
         services: service::Services::default(),
+        subordinates: OrdMap::new(),
     };
     next.services.generation = prev.services.generation;
     let mut todo: BTreeMap<String, Todo> = BTreeMap::new();
@@ -570,7 +572,63 @@ pub(super) fn apply(
             }
         }
     }
+    next.subordinates = subordinates(&next, carry, &|o, v, c| compile(o, None, v, c));
     next
+}
+
+/// Every xRPC subordinate route (left out of matching) compiled, by the id
+/// of its superior; one that cannot be compiled is logged and skipped.
+fn subordinates(
+    next: &Snapshot,
+    carry: &Carry,
+    compile: &CompileInline<'_>,
+) -> OrdMap<String, Arc<[Arc<crate::xrpc::Subordinate>]>> {
+    let mut by_superior: BTreeMap<String, Vec<Arc<crate::xrpc::Subordinate>>> = BTreeMap::new();
+    for (id, source) in &next.left_out {
+        let v = &source.value;
+        let Some(p) = v.get("protocol") else { continue };
+        let Some(superior) = p.get("superior_id").and_then(crate::model::id_string) else {
+            continue;
+        };
+        if source.problem.is_some() {
+            continue;
+        }
+        let protocol = match guarded(|| crate::xrpc::RouteProtocol::compile(p, &carry.plugins)) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!(route_id = %id, error = %err, "subordinate stream route skipped");
+                continue;
+            }
+        };
+        let upstream = match (
+            v.get("upstream_id").and_then(crate::model::id_string),
+            v.get("upstream"),
+        ) {
+            (Some(uid), _) => next
+                .upstreams
+                .get(&uid)
+                .cloned()
+                .ok_or_else(|| format!("upstream [{uid}] not found")),
+            (None, Some(_)) => compile(
+                format!("stream_routes/{id}"),
+                UpstreamSource::Inline(Arc::clone(v)),
+                false,
+            ),
+            (None, None) => Err("missing upstream configuration in Route or Service".into()),
+        };
+        by_superior
+            .entry(superior)
+            .or_default()
+            .push(Arc::new(crate::xrpc::Subordinate {
+                id: id.clone(),
+                protocol,
+                upstream,
+            }));
+    }
+    by_superior
+        .into_iter()
+        .map(|(k, v)| (k, Arc::from(v)))
+        .collect()
 }
 
 /// Compiles an upstream: (origin, JSON, whether it may get a checker).
@@ -636,6 +694,11 @@ fn compile_route(
             .collect(),
         Err(_) => Vec::new(),
     };
+    let protocol = e
+        .value
+        .get("protocol")
+        .map(|p| crate::xrpc::RouteProtocol::compile(p, &carry.plugins).map(Arc::new))
+        .transpose()?;
     Ok(RouteRt {
         id: e.id.clone(),
         remote_addr: r.remote_addr,
@@ -646,6 +709,7 @@ fn compile_route(
         chain,
         stats: stats.route(&e.id),
         node_stats,
+        protocol,
         source,
     })
 }

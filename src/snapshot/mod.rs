@@ -66,6 +66,8 @@ pub struct RouteRt {
     pub stats: Arc<RouteStats>,
     /// Counters of each node of the upstream (same order as its backends).
     pub node_stats: Vec<Arc<NodeStats>>,
+    /// Its xRPC `protocol`, when it is a protocol route.
+    pub protocol: Option<Arc<crate::xrpc::RouteProtocol>>,
     /// What it was compiled from, to reuse it while that is unchanged.
     source: build::RouteSource,
 }
@@ -154,6 +156,8 @@ pub struct Snapshot {
     checkers_changed: bool,
     /// Routes merged with their service, and the plugin generation.
     services: service::Services,
+    /// xRPC subordinate routes by the id of their superior.
+    subordinates: OrdMap<String, Arc<[Arc<crate::xrpc::Subordinate>]>>,
 }
 
 impl Snapshot {
@@ -284,6 +288,14 @@ impl Snapshot {
     /// The route a connection takes, by the precedence of INTERFACE.md.
     pub fn match_route(&self, conn: &ConnInfo) -> Option<&Arc<RouteRt>> {
         self.index.find(conn)
+    }
+
+    /// The xRPC subordinate routes of route `superior`, in id order.
+    pub fn subordinates(&self, superior: &str) -> Arc<[Arc<crate::xrpc::Subordinate>]> {
+        self.subordinates
+            .get(superior)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([]))
     }
 
     /// Every route considered for `conn` with the reason it lost, the winner

@@ -35,3 +35,4 @@ mod top;
 mod trust;
 mod udp;
 mod upgrade;
+mod xrpc_redis;

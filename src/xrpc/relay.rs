@@ -1,0 +1,521 @@
+//! The relay of a protocol route's connection.
+//!
+//! One task owns the session: it reads the client, decodes whole requests,
+//! holds a request a fault delays (and those behind it, so order is kept),
+//! and writes each request to the upstream of the route that takes it (the
+//! route's own, or a subordinate's, connected on first use). Each upstream
+//! connection has a reader task handing its bytes over a channel; the
+//! session task finds the frames, matches each to the request it answers,
+//! and passes replies to the client writer task strictly in request
+//! order. Frames that answer no request (pub/sub messages, pushes) go out
+//! right after the replies that came before them on the same connection.
+//!
+//! A client sending bytes that are not the protocol ends its session: the
+//! reason is logged at warn and counted in the route's `protocol_errors`;
+//! no other connection is touched.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::bytes::{Bytes, BytesMut};
+
+use super::{Answer, Codec, Done, ReplyDecoder, ReplyStep, Request, RouteProtocol, Subordinate};
+use crate::proxy::copy::{Counters, End, Stops};
+use crate::proxy::tcp::Io;
+use crate::snapshot::{ConnInfo, UpstreamRt};
+use crate::stats::RouteStats;
+
+/// Requests in flight above which the client is not read.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Size of one read.
+const READ_SIZE: usize = 64 * 1024;
+
+/// What the relay of one connection needs to know.
+pub struct Session<'a> {
+    /// The route matched (the superior of any subordinate).
+    pub route_id: &'a str,
+    /// Its counters.
+    pub stats: &'a RouteStats,
+    /// Its compiled `protocol`.
+    pub protocol: &'a RouteProtocol,
+    /// Its subordinate routes.
+    pub subordinates: Arc<[Arc<Subordinate>]>,
+    /// The connection's variables.
+    pub conn: &'a ConnInfo,
+    /// Counters of client bytes.
+    pub up: Counters<'a>,
+    /// Counters of bytes to the client.
+    pub down: Counters<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// The session of a connection matched to route `route`, whose
+    /// compiled `protocol` this is.
+    pub fn new(
+        route: &'a crate::snapshot::RouteRt,
+        protocol: &'a RouteProtocol,
+        conn: &'a ConnInfo,
+        subordinates: Arc<[Arc<Subordinate>]>,
+        up: Counters<'a>,
+        down: Counters<'a>,
+    ) -> Session<'a> {
+        Session {
+            route_id: &route.id,
+            stats: &route.stats,
+            protocol,
+            subordinates,
+            conn,
+            up,
+            down,
+        }
+    }
+}
+
+/// A request sent and not yet delivered.
+struct Pending {
+    req: Request,
+    started: Instant,
+    reply: Option<BytesMut>,
+    /// Frames answering nothing that arrived after this reply.
+    trailer: Vec<BytesMut>,
+}
+
+/// One upstream connection.
+struct Up {
+    w: WriteHalf<Box<dyn Io>>,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    /// Bytes of `rbuf` consumed by the decoder (a frame not yet complete).
+    scanned: usize,
+    dec: Box<dyn ReplyDecoder>,
+    /// Sequence numbers of the requests it has to answer, oldest first.
+    outstanding: VecDeque<u64>,
+    /// The last request it answered.
+    last: Option<u64>,
+    reader: JoinHandle<()>,
+}
+
+/// Messages of the upstream reader tasks: the upstream's index and bytes
+/// read (`None` at EOF).
+type UpMsg = (usize, io::Result<Option<Bytes>>);
+
+fn spawn_reader(
+    idx: usize,
+    mut r: ReadHalf<Box<dyn Io>>,
+    tx: mpsc::Sender<UpMsg>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut buf = BytesMut::with_capacity(READ_SIZE);
+            let msg = match r.read_buf(&mut buf).await {
+                Ok(0) => Ok(None),
+                Ok(_) => Ok(Some(buf.freeze())),
+                Err(e) => Err(e),
+            };
+            let last = !matches!(msg, Ok(Some(_)));
+            if tx.send((idx, msg)).await.is_err() || last {
+                return;
+            }
+        }
+    })
+}
+
+fn spawn_writer(
+    mut w: WriteHalf<Box<dyn Io>>,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> JoinHandle<io::Result<()>> {
+    tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            w.write_all(&b).await?;
+            w.flush().await?;
+        }
+        w.shutdown().await
+    })
+}
+
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// The session task's state.
+struct Relay<'s, 'a> {
+    s: &'s Session<'a>,
+    codec: Box<dyn Codec>,
+    ups: Vec<Option<Up>>,
+    tx: mpsc::Sender<UpMsg>,
+    order: VecDeque<Pending>,
+    /// Sequence number of `order[0]`.
+    base: u64,
+    /// The target of the last request sent.
+    last_target: usize,
+    /// A faulted request waiting: its target and when it may go.
+    held: Option<(Request, usize, Instant, tokio::time::Instant)>,
+    out: BytesMut,
+}
+
+/// Relay `client` and `upstream` (the route's own node) for a protocol
+/// route until the session ends.
+pub async fn relay(
+    s: Session<'_>,
+    stops: Stops<'_>,
+    client: Box<dyn Io>,
+    upstream: Box<dyn Io>,
+) -> End {
+    let (mut cr, cw) = tokio::io::split(client);
+    let (cw_tx, cw_rx) = mpsc::channel::<Bytes>(64);
+    let writer = spawn_writer(cw, cw_rx);
+    let (tx, mut rx) = mpsc::channel::<UpMsg>(64);
+    let (ur, uw) = tokio::io::split(upstream);
+    let codec = Arc::clone(&s.protocol.proto).codec();
+    let main = Up {
+        w: uw,
+        wbuf: BytesMut::new(),
+        rbuf: BytesMut::new(),
+        scanned: 0,
+        dec: codec.reply_decoder(),
+        outstanding: VecDeque::new(),
+        last: None,
+        reader: spawn_reader(0, ur, tx.clone()),
+    };
+    let mut ups = vec![Some(main)];
+    ups.resize_with(1 + s.subordinates.len(), || None);
+    let mut r = Relay {
+        s: &s,
+        codec,
+        ups,
+        tx,
+        order: VecDeque::new(),
+        base: 0,
+        last_target: 0,
+        held: None,
+        out: BytesMut::new(),
+    };
+    let Stops {
+        idle,
+        closed,
+        drain,
+        ..
+    } = stops;
+    let mut cbuf = BytesMut::with_capacity(READ_SIZE);
+    let mut client_eof = false;
+    let mut draining = false;
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let end = loop {
+        if let Err(end) = r.pump(&mut cbuf).await {
+            break end;
+        }
+        if !r.out.is_empty() {
+            let n = r.out.len();
+            if cw_tx.send(r.out.split().freeze()).await.is_err() {
+                break End::Client(io::Error::new(io::ErrorKind::BrokenPipe, "client gone"));
+            }
+            for c in s.down.0 {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        let idle_now = r.order.is_empty() && r.held.is_none();
+        if client_eof && idle_now {
+            break End::Clean;
+        }
+        if draining && idle_now {
+            break End::Drained;
+        }
+        let held_until = r.held.as_ref().map(|h| h.3);
+        let can_read = !client_eof && r.held.is_none() && r.order.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            res = cr.read_buf(&mut cbuf), if can_read => match res {
+                Ok(0) => client_eof = true,
+                Ok(n) => {
+                    for c in s.up.0 {
+                        c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    deadline = tokio::time::Instant::now() + idle;
+                }
+                Err(e) => break End::Client(e),
+            },
+            msg = rx.recv() => {
+                let Some((i, res)) = msg else { break End::Clean };
+                deadline = tokio::time::Instant::now() + idle;
+                match res {
+                    Ok(Some(bytes)) => {
+                        if let Err(e) = r.on_upstream(i, &bytes) {
+                            break End::Upstream(e);
+                        }
+                    }
+                    Ok(None) => {
+                        let waiting = r.ups[i].as_ref().is_some_and(|u| !u.outstanding.is_empty());
+                        if i == 0 || waiting {
+                            break End::Clean;
+                        }
+                        // An idle subordinate connection closed: reconnect on demand.
+                        r.ups[i] = None;
+                    }
+                    Err(e) => break End::Upstream(e),
+                }
+            },
+            _ = tokio::time::sleep_until(held_until.unwrap_or(deadline)), if held_until.is_some() => {
+                if let Some((req, target, started, _)) = r.held.take() {
+                    if let Err(end) = r.send(&mut cbuf, req, target, started).await {
+                        break end;
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => break End::IdleTimeout,
+            _ = &mut *closed => break End::Closed,
+            _ = drain.cancelled(), if !draining => draining = true,
+        }
+    };
+    // Requests never answered still count and log, as unfinished.
+    for p in r.order.drain(..) {
+        finish(&s, &p);
+    }
+    if !r.out.is_empty() {
+        let _ = cw_tx.send(r.out.split().freeze()).await;
+    }
+    drop(cw_tx);
+    for u in r.ups.iter().flatten() {
+        u.reader.abort();
+    }
+    let _ = tokio::time::timeout(idle, writer).await;
+    end
+}
+
+fn finish(s: &Session<'_>, p: &Pending) {
+    let done = Done {
+        req: &p.req,
+        rpc_time: p.started.elapsed(),
+    };
+    s.protocol.finish(s.stats, s.route_id, s.conn, &done);
+}
+
+impl Relay<'_, '_> {
+    /// Decode and send what the client buffer holds, unless a fault holds
+    /// a request.
+    async fn pump(&mut self, cbuf: &mut BytesMut) -> Result<(), End> {
+        let want_line = self.s.protocol.wants_line();
+        while self.held.is_none() {
+            let req = match self.codec.decode_request(cbuf, want_line) {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(why) => {
+                    self.s.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        route_id = %self.s.route_id,
+                        client = %self.s.conn.remote_addr,
+                        reason = %why,
+                        "malformed request; connection closed"
+                    );
+                    self.flush_upstreams().await?;
+                    return Err(End::Client(invalid(why)));
+                }
+            };
+            let started = Instant::now();
+            let target = self.target(&req);
+            if let Some(delay) = req.delay {
+                let until = tokio::time::Instant::now() + delay;
+                self.held = Some((req, target, started, until));
+                break;
+            }
+            self.queue(cbuf, req, target, started).await?;
+        }
+        self.flush_upstreams().await
+    }
+
+    /// Which upstream takes `req`: 0 for the route's, 1 + k for subordinate k.
+    fn target(&self, req: &Request) -> usize {
+        if req.pinned {
+            return self.last_target;
+        }
+        self.s
+            .subordinates
+            .iter()
+            .position(|sub| sub.protocol.proto.takes(req))
+            .map_or(0, |k| k + 1)
+    }
+
+    /// Send a held request now, and go on with those behind it.
+    async fn send(
+        &mut self,
+        cbuf: &mut BytesMut,
+        req: Request,
+        target: usize,
+        started: Instant,
+    ) -> Result<(), End> {
+        self.queue(cbuf, req, target, started).await?;
+        self.flush_upstreams().await
+    }
+
+    /// Queue a complete request (the first `req.len` bytes of `cbuf`) to
+    /// its upstream, connecting a subordinate's on first use.
+    async fn queue(
+        &mut self,
+        cbuf: &mut BytesMut,
+        req: Request,
+        target: usize,
+        started: Instant,
+    ) -> Result<(), End> {
+        if self.ups[target].is_none() {
+            self.flush_upstreams().await?;
+            let up = self.connect(target).await.map_err(End::Upstream)?;
+            self.ups[target] = Some(up);
+        }
+        let bytes = cbuf.split_to(req.len);
+        let seq = self.base + self.order.len() as u64;
+        let Some(up) = self.ups[target].as_mut() else {
+            return Err(End::Upstream(invalid("upstream missing".into())));
+        };
+        up.wbuf.extend_from_slice(&bytes);
+        up.dec.sent(&req);
+        up.outstanding.push_back(seq);
+        self.last_target = target;
+        self.order.push_back(Pending {
+            req,
+            started,
+            reply: None,
+            trailer: Vec::new(),
+        });
+        Ok(())
+    }
+
+    async fn flush_upstreams(&mut self) -> Result<(), End> {
+        for up in self.ups.iter_mut().flatten() {
+            if !up.wbuf.is_empty() {
+                let res = up.w.write_all(&up.wbuf).await;
+                let res = match res {
+                    Ok(()) => up.w.flush().await,
+                    Err(e) => Err(e),
+                };
+                res.map_err(End::Upstream)?;
+                up.wbuf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Connect subordinate `target - 1`'s upstream.
+    async fn connect(&mut self, target: usize) -> io::Result<Up> {
+        let sub = &self.s.subordinates[target - 1];
+        let upstream = sub
+            .upstream
+            .as_ref()
+            .map_err(|why| io::Error::other(format!("subordinate route [{}]: {why}", sub.id)))?;
+        let io = connect_upstream(upstream, self.s.conn, self.s.stats).await?;
+        let (r, w) = tokio::io::split(io);
+        Ok(Up {
+            w,
+            wbuf: BytesMut::new(),
+            rbuf: BytesMut::new(),
+            scanned: 0,
+            dec: self.codec.reply_decoder(),
+            outstanding: VecDeque::new(),
+            last: None,
+            reader: spawn_reader(target, r, self.tx.clone()),
+        })
+    }
+
+    /// Bytes from upstream `i`: match its complete frames to requests and
+    /// deliver what is due.
+    fn on_upstream(&mut self, i: usize, bytes: &[u8]) -> io::Result<()> {
+        let Some(up) = self.ups[i].as_mut() else {
+            return Ok(());
+        };
+        up.rbuf.extend_from_slice(bytes);
+        loop {
+            let step = up.dec.decode(&up.rbuf[up.scanned..]).map_err(invalid)?;
+            match step {
+                ReplyStep::More(n) => {
+                    up.scanned += n;
+                    break;
+                }
+                ReplyStep::Frame(n, answer) => {
+                    let frame = up.rbuf.split_to(up.scanned + n);
+                    up.scanned = 0;
+                    let seq = match (&answer, up.outstanding.front()) {
+                        (_, None) => None,
+                        (Answer::Oldest, Some(_)) => up.outstanding.pop_front(),
+                        (Answer::IfCommand(c), Some(&seq)) => {
+                            let idx = (seq - self.base) as usize;
+                            let same = self.order.get(idx).is_some_and(|p| p.req.command == *c);
+                            if same {
+                                up.outstanding.pop_front()
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    match seq {
+                        Some(seq) => {
+                            up.last = Some(seq);
+                            if let Some(p) = self.order.get_mut((seq - self.base) as usize) {
+                                p.reply = Some(frame);
+                            }
+                        }
+                        None => {
+                            let after = up
+                                .last
+                                .filter(|l| *l >= self.base)
+                                .and_then(|l| self.order.get_mut((l - self.base) as usize));
+                            match after {
+                                Some(p) => p.trailer.push(frame),
+                                None => self.out.extend_from_slice(&frame),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.deliver();
+        Ok(())
+    }
+
+    /// Pass the replies due, in request order.
+    fn deliver(&mut self) {
+        while self.order.front().is_some_and(|p| p.reply.is_some()) {
+            let Some(p) = self.order.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            if let Some(reply) = &p.reply {
+                self.out.extend_from_slice(reply);
+            }
+            for t in &p.trailer {
+                self.out.extend_from_slice(t);
+            }
+            finish(self.s, &p);
+        }
+    }
+}
+
+/// Connect to a node of `upstream` (TLS when it asks).
+async fn connect_upstream(
+    upstream: &UpstreamRt,
+    conn: &ConnInfo,
+    stats: &RouteStats,
+) -> io::Result<Box<dyn Io>> {
+    let connected = crate::proxy::connect::connect_tcp(upstream, conn, stats, &[])
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let stream = connected.stream;
+    let _ = stream.set_nodelay(true);
+    match &upstream.tls {
+        None => Ok(Box::new(stream)),
+        Some(Err(why)) => Err(io::Error::other(why.clone())),
+        Some(Ok(config)) => {
+            let sni = conn
+                .sni
+                .as_deref()
+                .unwrap_or(crate::tls::DEFAULT_UPSTREAM_SNI);
+            let tls =
+                crate::tls::connect_upstream(stream, config.clone(), sni, upstream.connect_timeout)
+                    .await
+                    .map_err(io::Error::other)?;
+            Ok(Box::new(tls))
+        }
+    }
+}
