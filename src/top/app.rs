@@ -57,6 +57,8 @@ pub struct RouteStats {
     pub summary: Option<String>,
     /// The route's limit-bandwidth state, when it has the plugin.
     pub limit_bandwidth: Option<Bandwidth>,
+    /// Requests decoded, on a protocol (xRPC) route.
+    pub requests: Option<u64>,
 }
 
 /// A route's limit-bandwidth rates (bytes/s, 0: unlimited) and whether it
@@ -189,6 +191,8 @@ pub struct Rates {
     pub bytes_in: Rate,
     /// Bytes per second to clients.
     pub bytes_out: Rate,
+    /// Requests per second (protocol routes).
+    pub requests: Rate,
 }
 
 impl Rates {
@@ -385,6 +389,9 @@ impl App {
         for r in &stats.routes {
             let mut rates = self.route_rates.remove(&r.id).unwrap_or_default();
             rates.update(r.total, r.bytes_in, r.bytes_out, at, restarted);
+            rates
+                .requests
+                .update(r.requests.unwrap_or(0), at, restarted);
             rate_in += rates.bytes_in.per_sec();
             rate_out += rates.bytes_out.per_sec();
             route_rates.insert(r.id.clone(), rates);

@@ -410,3 +410,23 @@ fn tiny_and_empty_screens_do_not_panic() {
         render(&app, w, h);
     }
 }
+
+#[test]
+fn protocol_routes_show_requests_per_second() {
+    let t0 = Instant::now();
+    let mut app = App::new("x");
+    let mut s = stats();
+    s.routes[1].requests = Some(100);
+    app.ingest(sample(t0, s.clone()));
+    s.uptime_s += 2.0;
+    s.routes[1].requests = Some(1100);
+    app.ingest(sample(t0 + Duration::from_secs(2), s));
+    assert_eq!(app.route_rates("10").requests.per_sec(), 500.0);
+    let screen = render(&app, 120, 40);
+    assert!(screen.contains("REQ/S"), "{screen}");
+    assert!(line_with(&screen, "server_port=9100").contains(" - "));
+    assert!(
+        line_with(&screen, "500.0").starts_with(['│', ' ', '>']),
+        "{screen}"
+    );
+}

@@ -156,43 +156,58 @@ fn draw_routes(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .max()
         .unwrap_or(2)
         .clamp(2, 20) as u16;
+    // The requests/s column shows when a protocol route is listed.
+    let protocol = routes.iter().any(|r| r.requests.is_some());
     let rows: Vec<Row<'_>> = routes
         .iter()
         .map(|r| {
             let rates = app.route_rates(&r.id);
-            Row::new(vec![
+            let mut cells = vec![
                 Cell::from(r.id.clone()),
                 Cell::from(r.summary.clone().unwrap_or_else(|| "-".into())),
                 Cell::from(r.active.to_string()),
                 Cell::from(r.total.to_string()),
                 Cell::from(format!("{:.1}", rates.conns.per_sec())),
+            ];
+            if protocol {
+                cells.push(Cell::from(match r.requests {
+                    Some(_) => format!("{:.1}", rates.requests.per_sec()),
+                    None => "-".into(),
+                }));
+            }
+            cells.extend([
                 Cell::from(bytes(rates.bytes_in.per_sec())),
                 Cell::from(bytes(rates.bytes_out.per_sec())),
                 Cell::from(r.connect_failures.to_string()),
                 Cell::from(limit(r.limit_bandwidth.as_ref())),
-            ])
+            ]);
+            Row::new(cells)
         })
         .collect();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(id_width),
-            Constraint::Fill(1),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(5),
-            Constraint::Length(8),
-        ],
-    )
-    .header(header_row(&[
-        "ID", "MATCH", "ACTIVE", "TOTAL", "CONN/S", "IN/S", "OUT/S", "FAIL", "LIMIT",
-    ]))
-    .row_highlight_style(highlight(app, Pane::Routes))
-    .highlight_symbol("> ")
-    .highlight_spacing(HighlightSpacing::Always);
+    let mut widths = vec![
+        Constraint::Length(id_width),
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(6),
+    ];
+    let mut header = vec!["ID", "MATCH", "ACTIVE", "TOTAL", "CONN/S"];
+    if protocol {
+        widths.push(Constraint::Length(8));
+        header.push("REQ/S");
+    }
+    widths.extend([
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(8),
+    ]);
+    header.extend(["IN/S", "OUT/S", "FAIL", "LIMIT"]);
+    let table = Table::new(rows, widths)
+        .header(header_row(&header))
+        .row_highlight_style(highlight(app, Pane::Routes))
+        .highlight_symbol("> ")
+        .highlight_spacing(HighlightSpacing::Always);
     let title = format!("routes ({})", routes.len());
     let mut state = TableState::new().with_selected(app.route_index());
     frame.render_stateful_widget(

@@ -530,3 +530,52 @@ async fn a_route_naming_an_unlisted_protocol_is_refused() {
         (400, Some("unknown protocol [dubbo]"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_protocol_in_apisix_yaml_refuses_its_clients() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apisix.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "stream_routes:\n  - id: r\n    protocol: {{name: redis}}\n    \
+             upstream: {{nodes: {{\"{}\": 1}}}}\n#END\n",
+            redis.addr
+        ),
+    )
+    .expect("write");
+    let path = file.clone();
+    let s = TestServer::start_full(
+        dir,
+        |y| y.replace("config_provider: local", "config_provider: yaml"),
+        move |c| {
+            c.deployment.standalone_file = path;
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
+            }
+        },
+    )
+    .await;
+    let url = format!("http://{}/v1/stream/skipped", s.control());
+    let skipped: Value = within(5, async {
+        reqwest::get(url)
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    })
+    .await;
+    assert_eq!(
+        skipped["skipped"],
+        json!([{"type": "stream_routes", "id": "r", "reason": "unknown protocol [redis]"}]),
+        "{skipped}"
+    );
+    // Not proxied as plain TCP: the client is refused.
+    let mut c = connect(s.tcp[0]).await;
+    c.write_all(&cmd(&["PING"])).await.expect("write");
+    let mut rest = Vec::new();
+    let _ = within(5, c.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}

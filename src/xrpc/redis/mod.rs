@@ -9,7 +9,7 @@
 pub mod keys;
 pub mod resp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,27 +169,52 @@ impl Codec for RedisCodec {
     }
 }
 
-/// One upstream connection's frame finder.
+/// A pub/sub command's name as its confirmations spell it; `None` for any
+/// other command.
+fn pubsub_kind(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "subscribe" => "subscribe",
+        "psubscribe" => "psubscribe",
+        "ssubscribe" => "ssubscribe",
+        "unsubscribe" => "unsubscribe",
+        "punsubscribe" => "punsubscribe",
+        "sunsubscribe" => "sunsubscribe",
+        _ => return None,
+    })
+}
+
+/// One upstream connection's frame finder. It keeps the commands sent and
+/// not answered, so the RESP2 subscribed mode starts with the reply to the
+/// first `SUBSCRIBE`, not before: replies to the commands pipelined ahead
+/// of it stay replies.
 #[derive(Default)]
 struct RedisReplies {
     dec: resp::ReplyDecoder,
+    /// For each command sent and not answered: its pub/sub kind, if any.
+    waiting: VecDeque<Option<&'static str>>,
 }
 
 impl ReplyDecoder for RedisReplies {
     fn sent(&mut self, req: &Request) {
-        if matches!(
-            req.command.as_str(),
-            "subscribe" | "psubscribe" | "ssubscribe"
-        ) {
-            self.dec.subscribed = true;
-        }
+        self.waiting.push_back(pubsub_kind(&req.command));
     }
 
     fn decode(&mut self, buf: &[u8]) -> Result<ReplyStep, String> {
+        if self.dec.at_frame_start() {
+            if let Some(Some("subscribe" | "psubscribe" | "ssubscribe")) = self.waiting.front() {
+                self.dec.subscribed = true;
+            }
+        }
         Ok(match self.dec.decode(buf)? {
             Step::More(n) => ReplyStep::More(n),
-            Step::Frame(n, FrameInfo::Value) => ReplyStep::Frame(n, Answer::Oldest),
+            Step::Frame(n, FrameInfo::Value) => {
+                self.waiting.pop_front();
+                ReplyStep::Frame(n, Answer::Oldest)
+            }
             Step::Frame(n, FrameInfo::PubSub { kind, .. }) => {
+                if self.waiting.front().copied().flatten() == Some(kind.as_str()) {
+                    self.waiting.pop_front();
+                }
                 ReplyStep::Frame(n, Answer::IfCommand(kind))
             }
         })
@@ -245,6 +270,38 @@ mod tests {
         assert_eq!(req.command, "set");
         assert_eq!(req.line[1], long, "a key is kept whole");
         assert_eq!(req.line[2], format!("{}...(200 bytes)", "v".repeat(128)));
+    }
+
+    #[test]
+    fn replies_pipelined_before_subscribe_stay_replies() {
+        let r = Arc::new(Redis::default());
+        let codec = Arc::clone(&r).codec();
+        let mut replies = codec.reply_decoder();
+        for args in [&["LRANGE", "l", "0", "-1"][..], &["SUBSCRIBE", "c"]] {
+            replies.sent(&decode(&r, args));
+        }
+        let bytes = b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n\
+            *3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n\
+            *3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n";
+        let mut pos = 0;
+        let mut answers = Vec::new();
+        while pos < bytes.len() {
+            match replies.decode(&bytes[pos..]).unwrap() {
+                ReplyStep::Frame(n, a) => {
+                    pos += n;
+                    answers.push(a);
+                }
+                ReplyStep::More(n) => panic!("incomplete at {}", pos + n),
+            }
+        }
+        assert_eq!(
+            answers,
+            [
+                Answer::Oldest,
+                Answer::IfCommand("subscribe".into()),
+                Answer::IfCommand("message".into())
+            ]
+        );
     }
 
     #[test]

@@ -322,6 +322,11 @@ impl ReplyDecoder {
         }
     }
 
+    /// Whether no frame is partly read.
+    pub fn at_frame_start(&self) -> bool {
+        self.stack.is_empty() && self.skip == 0 && !self.crlf && !self.after_attribute
+    }
+
     /// Whether the element starting now is a watched frame's first one.
     fn wants_kind(&self) -> bool {
         matches!(self.stack.as_slice(), [o] if o.watch && o.next == 0)
@@ -355,7 +360,10 @@ impl ReplyDecoder {
         match (watched, kind) {
             (true, Some(kind)) => {
                 if self.subscribed
-                    && matches!(kind.as_str(), "unsubscribe" | "punsubscribe")
+                    && matches!(
+                        kind.as_str(),
+                        "unsubscribe" | "punsubscribe" | "sunsubscribe"
+                    )
                     && count == Some(0)
                 {
                     self.subscribed = false;
