@@ -463,7 +463,7 @@ fn read_xrpc(sec: &Section<'_>) -> Result<Vec<String>, ConfigError> {
                 &key,
                 item,
                 format!(
-                    "unknown protocol [{name}] (this build implements {})",
+                    "unknown protocol [{name}]; this build implements {}",
                     crate::model::xrpc::IMPLEMENTED.join(", ")
                 ),
             ));

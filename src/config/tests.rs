@@ -674,3 +674,15 @@ fn log_keys_as_apisix_writes_them() {
     assert_eq!(s.access_log_format, "$remote_addr $status");
     assert_eq!(s.access_log_format_escape, crate::access_log::Escape::Json);
 }
+
+#[test]
+fn xrpc_protocols() {
+    assert!(parse("").unwrap().xrpc_protocols.is_empty());
+    let c = parse("xrpc:\n  protocols:\n    - name: redis\n").unwrap();
+    assert_eq!(c.xrpc_protocols, ["redis"]);
+    assert_eq!(
+        err("xrpc: {protocols: [{name: dubbo}]}"),
+        "invalid xrpc.protocols[0]: {\"name\":\"dubbo\"} (unknown protocol [dubbo]; this build implements redis)"
+    );
+    assert!(err("xrpc: {protocols: [redis]}").contains("expected a table with a name"));
+}

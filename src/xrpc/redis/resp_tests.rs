@@ -1,3 +1,6 @@
+//! RESP framing tests: every split of the input, nested and RESP3 types,
+//! malformed and oversized input.
+
 use super::*;
 
 fn cmd(args: &[&str]) -> Vec<u8> {
