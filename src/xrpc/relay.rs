@@ -23,7 +23,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::bytes::{Buf, Bytes, BytesMut};
 
 use super::{Answer, Codec, Done, ReplyDecoder, ReplyStep, Request, RouteProtocol, Subordinate};
 use crate::proxy::copy::{Counters, End, Stops};
@@ -98,7 +98,9 @@ struct Up {
     outstanding: VecDeque<u64>,
     /// The last request it answered.
     last: Option<u64>,
-    reader: JoinHandle<()>,
+    /// The task reading it (subordinates; the route's own upstream is read
+    /// by the session task).
+    reader: Option<JoinHandle<()>>,
 }
 
 /// Messages of the upstream reader tasks: the upstream's index and bytes
@@ -126,19 +128,6 @@ fn spawn_reader(
     })
 }
 
-fn spawn_writer(
-    mut w: WriteHalf<Box<dyn Io>>,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> JoinHandle<io::Result<()>> {
-    tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            w.write_all(&b).await?;
-            w.flush().await?;
-        }
-        w.shutdown().await
-    })
-}
-
 fn invalid(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
@@ -161,17 +150,19 @@ struct Relay<'s, 'a> {
 
 /// Relay `client` and `upstream` (the route's own node) for a protocol
 /// route until the session ends.
+///
+/// The client and the route's own upstream are read and written in this
+/// task (no hop through another task on the common path); subordinate
+/// upstreams, connected on demand, have reader tasks.
 pub async fn relay(
     s: Session<'_>,
     stops: Stops<'_>,
     client: Box<dyn Io>,
     upstream: Box<dyn Io>,
 ) -> End {
-    let (mut cr, cw) = tokio::io::split(client);
-    let (cw_tx, cw_rx) = mpsc::channel::<Bytes>(64);
-    let writer = spawn_writer(cw, cw_rx);
+    let (mut cr, mut cw) = tokio::io::split(client);
     let (tx, mut rx) = mpsc::channel::<UpMsg>(64);
-    let (ur, uw) = tokio::io::split(upstream);
+    let (mut main_r, uw) = tokio::io::split(upstream);
     let codec = Arc::clone(&s.protocol.proto).codec();
     let main = Up {
         w: uw,
@@ -181,7 +172,7 @@ pub async fn relay(
         dec: codec.reply_decoder(),
         outstanding: VecDeque::new(),
         last: None,
-        reader: spawn_reader(0, ur, tx.clone()),
+        reader: None,
     };
     let mut ups = vec![Some(main)];
     ups.resize_with(1 + s.subordinates.len(), || None);
@@ -203,6 +194,7 @@ pub async fn relay(
         ..
     } = stops;
     let mut cbuf = BytesMut::with_capacity(READ_SIZE);
+    let mut mbuf = BytesMut::with_capacity(READ_SIZE);
     let mut client_eof = false;
     let mut draining = false;
     let mut deadline = tokio::time::Instant::now() + idle;
@@ -210,16 +202,7 @@ pub async fn relay(
         if let Err(end) = r.pump(&mut cbuf).await {
             break end;
         }
-        if !r.out.is_empty() {
-            let n = r.out.len();
-            if cw_tx.send(r.out.split().freeze()).await.is_err() {
-                break End::Client(io::Error::new(io::ErrorKind::BrokenPipe, "client gone"));
-            }
-            for c in s.down.0 {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-        let idle_now = r.order.is_empty() && r.held.is_none();
+        let idle_now = r.order.is_empty() && r.held.is_none() && r.out.is_empty();
         if client_eof && idle_now {
             break End::Clean;
         }
@@ -228,7 +211,24 @@ pub async fn relay(
         }
         let held_until = r.held.as_ref().map(|h| h.3);
         let can_read = !client_eof && r.held.is_none() && r.order.len() < MAX_IN_FLIGHT;
+        if mbuf.capacity() < READ_SIZE / 4 {
+            mbuf.reserve(READ_SIZE);
+        }
         tokio::select! {
+            res = cw.write(&r.out), if !r.out.is_empty() => match res {
+                Ok(n) => {
+                    r.out.advance(n);
+                    for c in s.down.0 {
+                        c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    if r.out.is_empty() {
+                        if let Err(e) = cw.flush().await {
+                            break End::Client(e);
+                        }
+                    }
+                }
+                Err(e) => break End::Client(e),
+            },
             res = cr.read_buf(&mut cbuf), if can_read => match res {
                 Ok(0) => client_eof = true,
                 Ok(n) => {
@@ -239,18 +239,32 @@ pub async fn relay(
                 }
                 Err(e) => break End::Client(e),
             },
+            res = main_r.read_buf(&mut mbuf) => {
+                deadline = tokio::time::Instant::now() + idle;
+                match res {
+                    // The route's upstream closed: what it answered is delivered.
+                    Ok(0) => break End::Clean,
+                    Ok(_) => {
+                        if let Err(e) = r.on_upstream(0, &mut mbuf) {
+                            break End::Upstream(e);
+                        }
+                    }
+                    Err(e) => break End::Upstream(e),
+                }
+            },
             msg = rx.recv() => {
                 let Some((i, res)) = msg else { break End::Clean };
                 deadline = tokio::time::Instant::now() + idle;
                 match res {
                     Ok(Some(bytes)) => {
-                        if let Err(e) = r.on_upstream(i, &bytes) {
+                        let mut bytes = BytesMut::from(&bytes[..]);
+                        if let Err(e) = r.on_upstream(i, &mut bytes) {
                             break End::Upstream(e);
                         }
                     }
                     Ok(None) => {
                         let waiting = r.ups[i].as_ref().is_some_and(|u| !u.outstanding.is_empty());
-                        if i == 0 || waiting {
+                        if waiting {
                             break End::Clean;
                         }
                         // An idle subordinate connection closed: reconnect on demand.
@@ -275,14 +289,22 @@ pub async fn relay(
     for p in r.order.drain(..) {
         finish(&s, &p);
     }
-    if !r.out.is_empty() {
-        let _ = cw_tx.send(r.out.split().freeze()).await;
-    }
-    drop(cw_tx);
     for u in r.ups.iter().flatten() {
-        u.reader.abort();
+        if let Some(reader) = &u.reader {
+            reader.abort();
+        }
     }
-    let _ = tokio::time::timeout(idle, writer).await;
+    // What is due to the client goes out before the close.
+    let last = async {
+        if !r.out.is_empty() {
+            cw.write_all(&r.out).await?;
+            for c in s.down.0 {
+                c.fetch_add(r.out.len() as u64, Ordering::Relaxed);
+            }
+        }
+        cw.shutdown().await
+    };
+    let _ = tokio::time::timeout(idle, last).await;
     end
 }
 
@@ -415,17 +437,23 @@ impl Relay<'_, '_> {
             dec: self.codec.reply_decoder(),
             outstanding: VecDeque::new(),
             last: None,
-            reader: spawn_reader(target, r, self.tx.clone()),
+            reader: Some(spawn_reader(target, r, self.tx.clone())),
         })
     }
 
     /// Bytes from upstream `i`: match its complete frames to requests and
     /// deliver what is due.
-    fn on_upstream(&mut self, i: usize, bytes: &[u8]) -> io::Result<()> {
+    fn on_upstream(&mut self, i: usize, bytes: &mut BytesMut) -> io::Result<()> {
         let Some(up) = self.ups[i].as_mut() else {
             return Ok(());
         };
-        up.rbuf.extend_from_slice(bytes);
+        if up.rbuf.is_empty() {
+            // Nothing pending: take the read buffer as it is.
+            std::mem::swap(&mut up.rbuf, bytes);
+        } else {
+            up.rbuf.extend_from_slice(bytes);
+            bytes.clear();
+        }
         loop {
             let step = up.dec.decode(&up.rbuf[up.scanned..]).map_err(invalid)?;
             match step {
@@ -434,7 +462,7 @@ impl Relay<'_, '_> {
                     break;
                 }
                 ReplyStep::Frame(n, answer) => {
-                    let frame = up.rbuf.split_to(up.scanned + n);
+                    let len = up.scanned + n;
                     up.scanned = 0;
                     let seq = match (&answer, up.outstanding.front()) {
                         (_, None) => None,
@@ -450,8 +478,19 @@ impl Relay<'_, '_> {
                         }
                     };
                     match seq {
+                        // The oldest request's reply: straight to the client.
+                        Some(seq) if seq == self.base && !self.order.is_empty() => {
+                            up.last = Some(seq);
+                            self.out.extend_from_slice(&up.rbuf[..len]);
+                            up.rbuf.advance(len);
+                            if let Some(p) = self.order.pop_front() {
+                                self.base += 1;
+                                finish(self.s, &p);
+                            }
+                        }
                         Some(seq) => {
                             up.last = Some(seq);
+                            let frame = up.rbuf.split_to(len);
                             if let Some(p) = self.order.get_mut((seq - self.base) as usize) {
                                 p.reply = Some(frame);
                             }
@@ -462,8 +501,11 @@ impl Relay<'_, '_> {
                                 .filter(|l| *l >= self.base)
                                 .and_then(|l| self.order.get_mut((l - self.base) as usize));
                             match after {
-                                Some(p) => p.trailer.push(frame),
-                                None => self.out.extend_from_slice(&frame),
+                                Some(p) => p.trailer.push(up.rbuf.split_to(len)),
+                                None => {
+                                    self.out.extend_from_slice(&up.rbuf[..len]);
+                                    up.rbuf.advance(len);
+                                }
                             }
                         }
                     }
