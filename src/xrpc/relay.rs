@@ -3,12 +3,14 @@
 //! One task owns the session: it reads the client, decodes whole requests,
 //! holds a request a fault delays (and those behind it, so order is kept),
 //! and writes each request to the upstream of the route that takes it (the
-//! route's own, or a subordinate's, connected on first use). Each upstream
-//! connection has a reader task handing its bytes over a channel; the
-//! session task finds the frames, matches each to the request it answers,
-//! and passes replies to the client writer task strictly in request
-//! order. Frames that answer no request (pub/sub messages, pushes) go out
-//! right after the replies that came before them on the same connection.
+//! route's own, or a subordinate's, connected on first use). It reads the
+//! route's own upstream itself; a subordinate's connection has a reader
+//! task handing its bytes over a channel. The session task finds the
+//! frames, matches each to the request it answers, and writes replies to
+//! the client strictly in request order (a reply to the oldest request
+//! goes straight out; one that overtook an older request waits for it).
+//! Frames that answer no request (pub/sub messages, pushes) go out right
+//! after the replies that came before them on the same connection.
 //!
 //! A client sending bytes that are not the protocol ends its session: the
 //! reason is logged at warn and counted in the route's `protocol_errors`;
@@ -23,7 +25,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::bytes::{Buf, Bytes, BytesMut};
+use tokio_util::bytes::{Buf, BytesMut};
 
 use super::{Answer, Codec, Done, ReplyDecoder, ReplyStep, Request, RouteProtocol, Subordinate};
 use crate::proxy::copy::{Counters, End, Stops};
@@ -105,7 +107,7 @@ struct Up {
 
 /// Messages of the upstream reader tasks: the upstream's index and bytes
 /// read (`None` at EOF).
-type UpMsg = (usize, io::Result<Option<Bytes>>);
+type UpMsg = (usize, io::Result<Option<BytesMut>>);
 
 fn spawn_reader(
     idx: usize,
@@ -117,7 +119,7 @@ fn spawn_reader(
             let mut buf = BytesMut::with_capacity(READ_SIZE);
             let msg = match r.read_buf(&mut buf).await {
                 Ok(0) => Ok(None),
-                Ok(_) => Ok(Some(buf.freeze())),
+                Ok(_) => Ok(Some(buf)),
                 Err(e) => Err(e),
             };
             let last = !matches!(msg, Ok(Some(_)));
@@ -256,8 +258,7 @@ pub async fn relay(
                 let Some((i, res)) = msg else { break End::Clean };
                 deadline = tokio::time::Instant::now() + idle;
                 match res {
-                    Ok(Some(bytes)) => {
-                        let mut bytes = BytesMut::from(&bytes[..]);
+                    Ok(Some(mut bytes)) => {
                         if let Err(e) = r.on_upstream(i, &mut bytes) {
                             break End::Upstream(e);
                         }
@@ -286,8 +287,9 @@ pub async fn relay(
         }
     };
     // Requests never answered still count and log, as unfinished.
+    let now = Instant::now();
     for p in r.order.drain(..) {
-        finish(&s, &p);
+        finish(&s, &p, now);
     }
     for u in r.ups.iter().flatten() {
         if let Some(reader) = &u.reader {
@@ -308,10 +310,11 @@ pub async fn relay(
     end
 }
 
-fn finish(s: &Session<'_>, p: &Pending) {
+/// The end of request `p` at `now`.
+fn finish(s: &Session<'_>, p: &Pending, now: Instant) {
     let done = Done {
         req: &p.req,
-        rpc_time: p.started.elapsed(),
+        rpc_time: now.saturating_duration_since(p.started),
     };
     s.protocol.finish(s.stats, s.route_id, s.conn, &done);
 }
@@ -321,6 +324,7 @@ impl Relay<'_, '_> {
     /// a request.
     async fn pump(&mut self, cbuf: &mut BytesMut) -> Result<(), End> {
         let want_line = self.s.protocol.wants_line();
+        let mut now: Option<Instant> = None;
         while self.held.is_none() {
             let req = match self.codec.decode_request(cbuf, want_line) {
                 Ok(Some(req)) => req,
@@ -337,7 +341,8 @@ impl Relay<'_, '_> {
                     return Err(End::Client(invalid(why)));
                 }
             };
-            let started = Instant::now();
+            // One clock read for the requests of one read.
+            let started = *now.get_or_insert_with(Instant::now);
             let target = self.target(&req);
             if let Some(delay) = req.delay {
                 let until = tokio::time::Instant::now() + delay;
@@ -444,6 +449,8 @@ impl Relay<'_, '_> {
     /// Bytes from upstream `i`: match its complete frames to requests and
     /// deliver what is due.
     fn on_upstream(&mut self, i: usize, bytes: &mut BytesMut) -> io::Result<()> {
+        // One clock read for the replies of one read.
+        let mut now: Option<Instant> = None;
         let Some(up) = self.ups[i].as_mut() else {
             return Ok(());
         };
@@ -485,7 +492,7 @@ impl Relay<'_, '_> {
                             up.rbuf.advance(len);
                             if let Some(p) = self.order.pop_front() {
                                 self.base += 1;
-                                finish(self.s, &p);
+                                finish(self.s, &p, *now.get_or_insert_with(Instant::now));
                             }
                         }
                         Some(seq) => {
@@ -512,12 +519,12 @@ impl Relay<'_, '_> {
                 }
             }
         }
-        self.deliver();
+        self.deliver(now);
         Ok(())
     }
 
     /// Pass the replies due, in request order.
-    fn deliver(&mut self) {
+    fn deliver(&mut self, mut now: Option<Instant>) {
         while self.order.front().is_some_and(|p| p.reply.is_some()) {
             let Some(p) = self.order.pop_front() else {
                 break;
@@ -529,7 +536,7 @@ impl Relay<'_, '_> {
             for t in &p.trailer {
                 self.out.extend_from_slice(t);
             }
-            finish(self.s, &p);
+            finish(self.s, &p, *now.get_or_insert_with(Instant::now));
         }
     }
 }
