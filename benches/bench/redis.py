@@ -26,14 +26,14 @@ PIPELINES = [16, 1]
 XRPC = "xrpc:\n  protocols:\n    - name: redis\n"
 
 METRICS = [
-    Metric("p16_get_rps", "GET, 16 pipelined (redis-benchmark -P 16)", "req/s", "higher"),
-    Metric("p16_set_rps", "SET, 16 pipelined", "req/s", "higher"),
-    Metric("p16_cpu_us_per_req", "proxy CPU per request, -P 16", "us", "lower", True),
-    Metric("p1_get_rps", "GET, not pipelined (-P 1)", "req/s", "higher"),
-    Metric("p1_set_rps", "SET, not pipelined", "req/s", "higher"),
-    Metric("p1_get_p50_ms", "GET p50 latency, -P 1", "ms", "lower"),
-    Metric("p1_get_p99_ms", "GET p99 latency, -P 1", "ms", "lower"),
-    Metric("p1_cpu_us_per_req", "proxy CPU per request, -P 1", "us", "lower", True),
+    Metric("p16_get_rps", "Redis GET, 16 pipelined (redis-benchmark -P 16)", "req/s", "higher"),
+    Metric("p16_set_rps", "Redis SET, 16 pipelined", "req/s", "higher"),
+    Metric("p16_cpu_us_per_req", "Redis proxy CPU per request, -P 16", "us", "lower", True),
+    Metric("p1_get_rps", "Redis GET, not pipelined (-P 1)", "req/s", "higher"),
+    Metric("p1_set_rps", "Redis SET, not pipelined", "req/s", "higher"),
+    Metric("p1_get_p50_ms", "Redis GET p50 latency, -P 1", "ms", "lower"),
+    Metric("p1_get_p99_ms", "Redis GET p99 latency, -P 1", "ms", "lower"),
+    Metric("p1_cpu_us_per_req", "Redis proxy CPU per request, -P 1", "us", "lower", True),
     Metric("background_busy_pct", "CPU busy just before the target", "%", "info"),
     Metric("others_cpu_pct", "CPU used by other processes during the target", "%", "info"),
     Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),

@@ -88,8 +88,9 @@ class Canvas:
 def hbars(title, rows, reference=1.0, axis_label="", note=""):
     """Horizontal bars, one per row (label, value, text, good), with a line
     at `reference`; good bars are green, others orange."""
-    left, right, top, bar = 330, 90, 50, 22
-    width = 900
+    longest = max([0] + [len(label) for label, *_ in rows])
+    left, right, top, bar = max(330, 20 + int(6.8 * longest)), 90, 50, 22
+    width = left + 570
     height = top + len(rows) * (bar + 8) + 70
     c = Canvas(width, height, title)
     top_v = max([reference * 1.25] + [v for _, v, _, _ in rows if v is not None])

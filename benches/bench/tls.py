@@ -57,7 +57,7 @@ def metrics(keys, versions):
     for v in versions:
         out += [
             Metric(f"t4_{vkey(v)}_resumed_per_s",
-                   f"T4 resumed handshakes (a new connection each), TLS {v}", "per s", "higher"),
+                   f"T4 resumed handshakes, TLS {v}", "per s", "higher"),
             Metric(f"t4_{vkey(v)}_cpu_us_per_handshake",
                    f"T4 proxy CPU per resumed handshake, TLS {v}", "us", "lower", True),
             Metric(f"t4_{vkey(v)}_resumed_pct", f"T4 handshakes resumed (client's count), TLS {v}",
