@@ -19,6 +19,12 @@
 //! neither, even after traffic; with no pipe free, a burst is copied in user
 //! space.
 //!
+//! A relay with TLS on either side copies in user space (the bytes must be
+//! encrypted or decrypted there) in large steps: each read takes up to
+//! [`pool::BIG`] bytes, several TLS records, which leave in one write (one
+//! `writev` of the records on the TLS side), and the TLS side is flushed
+//! before the next read.
+//!
 //! A session paced by `limit-bandwidth` asks its [`Pacer`] before each read
 //! how many bytes it may move and reads (or splices) no more than that;
 //! sessions without it skip this with one `Option` check per chunk.
@@ -30,7 +36,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -137,40 +143,6 @@ enum PumpError {
 #[cfg(target_os = "linux")]
 fn splice_flags() -> rustix::pipe::SpliceFlags {
     rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK
-}
-
-/// Move one read's worth of bytes from `src` to `dst`; 0 at EOF.
-async fn copy_chunk<R, W>(
-    src: &mut R,
-    dst: &mut W,
-    buf: &mut [u8],
-    counters: Counters<'_>,
-    act: &Activity,
-    pace: Option<Pacer<'_>>,
-) -> Result<usize, PumpError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
-{
-    let buf = match pace {
-        None => buf,
-        Some(p) => {
-            let cap = p.grant(buf.len()).await;
-            &mut buf[..cap]
-        }
-    };
-    let n = match src.read(buf).await {
-        Ok(0) => return Ok(0),
-        Ok(n) => n,
-        Err(e) => return Err(PumpError::Read(e)),
-    };
-    dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
-    counters.add(n);
-    act.touch();
-    if let Some(p) = pace {
-        p.spent(n);
-    }
-    Ok(n)
 }
 
 /// One read from `src` into a buffer from the worker's pool: the buffer
@@ -307,7 +279,37 @@ async fn splice_chunk(
     Ok(Some(total))
 }
 
+/// One read from any byte stream (TLS) into a large buffer from the
+/// worker's pool, taken only while the read is tried (as [`read_pooled`]).
+async fn read_pooled_io<R>(src: &mut R, cap: usize) -> io::Result<(pool::Buffer, usize)>
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        let mut buf = pool::big_buffer();
+        let cap = cap.min(buf.len());
+        let mut rb = ReadBuf::new(&mut buf[..cap]);
+        let polled = Pin::new(&mut *src).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok((buf, n))),
+        }
+    })
+    .await
+}
+
 /// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
+///
+/// Each read takes up to [`pool::BIG`] bytes: from a TLS source, every
+/// record it has decrypted by then (up to four), sent on in one write; to a
+/// TLS destination, up to four records encrypted and sent in one `writev`.
+/// The bytes are flushed before the next read, so no record stays queued
+/// in the TLS layer while the source is quiet. The buffer comes from the worker's pool only while a read is
+/// tried or its bytes are written, so an idle direction holds none. A
+/// paced direction moves at most [`pool::BUF`] bytes per read, as the
+/// plain relay does.
 async fn pump_io<R, W>(
     src: &mut R,
     dst: &mut W,
@@ -319,8 +321,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = pool::buffer();
-    while copy_chunk(src, dst, &mut buf, counters, act, pace).await? > 0 {}
+    loop {
+        let cap = match pace {
+            None => pool::BIG,
+            Some(p) => p.grant(pool::BUF).await,
+        };
+        let (buf, n) = read_pooled_io(src, cap).await.map_err(PumpError::Read)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
+        drop(buf);
+        counters.add(n);
+        act.touch();
+        if let Some(p) = pace {
+            p.spent(n);
+        }
+        dst.flush().await.map_err(PumpError::Write)?;
+    }
     let _ = dst.shutdown().await;
     Ok(())
 }
@@ -469,4 +487,85 @@ where
         stops,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    /// A server and a client TLS configuration that trust one self-signed
+    /// certificate for `relay.test`.
+    fn tls_pair() -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
+        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).expect("rcgen");
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server).into(), Arc::new(client).into())
+    }
+
+    #[tokio::test]
+    async fn records_queued_while_the_client_is_full_arrive_when_the_upstream_goes_quiet() {
+        let (acceptor, connector) = tls_pair();
+        // The client's side holds 16 KiB, so most of a 48 KiB reply waits
+        // encrypted in the proxy's TLS layer while the client is not reading.
+        let (client_end, proxy_end) = tokio::io::duplex(16 * 1024);
+        let (mut backend, mut upstream) = tokio::io::duplex(256 * 1024);
+        let name = ServerName::try_from("relay.test").expect("name");
+        let (server, client) = tokio::join!(
+            acceptor.accept(proxy_end),
+            connector.connect(name, client_end)
+        );
+        let (mut server, mut client) = (server.expect("accept"), client.expect("connect"));
+        let reply: Vec<u8> = (0..48 * 1024u32).map(|i| (i % 251) as u8).collect();
+        // The upstream sends its reply and then waits (keeps its side open).
+        backend.write_all(&reply).await.expect("backend write");
+        let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (up, down) = ([&up_bytes], [&down_bytes]);
+        let (_close, mut closed) = oneshot::channel::<()>();
+        let drain = CancellationToken::new();
+        let stops = Stops {
+            idle: Duration::from_secs(30),
+            closed: &mut closed,
+            drain: &drain,
+            pace: None,
+        };
+        let relay = relay_io(
+            &mut server,
+            &mut upstream,
+            Counters(&up),
+            Counters(&down),
+            stops,
+        );
+        let client_reads = async {
+            // A slow client: it reads only once the relay has taken the
+            // whole reply from the upstream and waits for more.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut got = vec![0u8; reply.len()];
+            tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+                .await
+                .expect("the whole reply arrives")
+                .expect("read");
+            assert_eq!(got, reply);
+        };
+        tokio::select! {
+            end = relay => panic!("the relay ended early: {end:?}"),
+            () = client_reads => {}
+        }
+    }
 }

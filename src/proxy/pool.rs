@@ -3,7 +3,9 @@
 //!
 //! A direction takes a buffer when its socket is readable and gives it back
 //! once the bytes are written out; a buffer is allocated (zeroed) once and
-//! reused as it is, never cleared again. A bulk direction borrows a pipe for
+//! reused as it is, never cleared again. TLS relays use larger buffers
+//! ([`big_buffer`], a pool of their own) so that one read or write carries
+//! several TLS records. A bulk direction borrows a pipe for
 //! one burst (read from the socket into the pipe, written out until the pipe
 //! is empty) and gives it back empty. Both pools are bounded: at most
 //! [`BUFFERS_KEPT`] idle buffers stay allocated per worker (more may be in
@@ -23,6 +25,10 @@ use std::time::{Duration, Instant};
 pub const BUF: usize = 16 * 1024;
 /// Idle buffers a worker keeps for reuse.
 pub const BUFFERS_KEPT: usize = 64;
+/// Size of one large relay buffer: four full TLS records.
+pub const BIG: usize = 64 * 1024;
+/// Idle large buffers a worker keeps for reuse.
+pub const BIG_KEPT: usize = 16;
 /// Splice pipes a worker may hold at once (two descriptors each).
 pub const PIPES_PER_WORKER: usize = 16;
 /// How long a worker stays in user space after it failed to open a pipe
@@ -31,6 +37,7 @@ const PIPE_RETRY: Duration = Duration::from_secs(1);
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static BIG_BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     static PIPES: RefCell<Pipes> = const {
         RefCell::new(Pipes { free: Vec::new(), open: 0, failed_at: None })
     };
@@ -39,14 +46,25 @@ thread_local! {
 /// A relay buffer from this worker's pool; goes back when dropped.
 pub struct Buffer(Option<Box<[u8]>>);
 
+type Pool = std::thread::LocalKey<RefCell<Vec<Box<[u8]>>>>;
+
 /// Take a buffer: a reused one as it was left, or a new zeroed one.
 pub fn buffer() -> Buffer {
-    let reused = BUFFERS
+    take(&BUFFERS, BUF)
+}
+
+/// Take a large ([`BIG`]) buffer, reused or new.
+pub fn big_buffer() -> Buffer {
+    take(&BIG_BUFFERS, BIG)
+}
+
+fn take(pool: &'static Pool, size: usize) -> Buffer {
+    let reused = pool
         .try_with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.pop()))
         .ok()
         .flatten();
     Buffer(Some(
-        reused.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice()),
+        reused.unwrap_or_else(|| vec![0u8; size].into_boxed_slice()),
     ))
 }
 
@@ -66,9 +84,14 @@ impl DerefMut for Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if let Some(b) = self.0.take() {
-            let _ = BUFFERS.try_with(|pool| {
+            let (pool, kept) = if b.len() == BIG {
+                (&BIG_BUFFERS, BIG_KEPT)
+            } else {
+                (&BUFFERS, BUFFERS_KEPT)
+            };
+            let _ = pool.try_with(|pool| {
                 if let Ok(mut pool) = pool.try_borrow_mut() {
-                    if pool.len() < BUFFERS_KEPT {
+                    if pool.len() < kept {
                         pool.push(b);
                     }
                 }
@@ -79,8 +102,16 @@ impl Drop for Buffer {
 
 /// Idle buffers this worker keeps now.
 pub fn buffers_kept() -> usize {
-    BUFFERS
-        .try_with(|b| b.try_borrow().map_or(0, |b| b.len()))
+    kept(&BUFFERS)
+}
+
+/// Idle large buffers this worker keeps now.
+pub fn big_buffers_kept() -> usize {
+    kept(&BIG_BUFFERS)
+}
+
+fn kept(pool: &'static Pool) -> usize {
+    pool.try_with(|b| b.try_borrow().map_or(0, |b| b.len()))
         .unwrap_or(0)
 }
 
@@ -225,6 +256,11 @@ mod tests {
             let many: Vec<Buffer> = (0..BUFFERS_KEPT + 10).map(|_| buffer()).collect();
             drop(many);
             assert_eq!(buffers_kept(), BUFFERS_KEPT, "extra buffers are freed");
+            let big = big_buffer();
+            assert_eq!(big.len(), BIG);
+            drop(big);
+            assert_eq!(big_buffers_kept(), 1, "a large buffer goes to its own pool");
+            assert_eq!(buffers_kept(), BUFFERS_KEPT);
         })
         .join()
         .expect("thread");
