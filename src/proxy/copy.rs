@@ -20,10 +20,12 @@
 //! space.
 //!
 //! A relay with TLS on either side copies in user space (the bytes must be
-//! encrypted or decrypted there) in large steps: each read takes up to
-//! [`pool::BIG`] bytes, several TLS records, which leave in one write (one
-//! `writev` of the records on the TLS side), and the TLS side is flushed
-//! before the next read.
+//! encrypted or decrypted there), in [`Steps`]: a direction whose
+//! destination speaks TLS reads up to [`pool::BIG`] bytes at once, which
+//! leave as up to four records in one `writev`; a direction from TLS to
+//! plain moves one record's worth ([`pool::BUF`]) per step, which measured
+//! cheaper than gathering several. The TLS side is flushed before the next
+//! read.
 //!
 //! A session paced by `limit-bandwidth` asks its [`Pacer`] before each read
 //! how many bytes it may move and reads (or splices) no more than that;
@@ -279,14 +281,19 @@ async fn splice_chunk(
     Ok(Some(total))
 }
 
-/// One read from any byte stream (TLS) into a large buffer from the
-/// worker's pool, taken only while the read is tried (as [`read_pooled`]).
+/// One read of at most `cap` bytes from any byte stream (TLS) into a
+/// buffer from the worker's pool (a large one past [`pool::BUF`]), taken
+/// only while the read is tried (as [`read_pooled`]).
 async fn read_pooled_io<R>(src: &mut R, cap: usize) -> io::Result<(pool::Buffer, usize)>
 where
     R: AsyncRead + Unpin,
 {
     std::future::poll_fn(|cx| {
-        let mut buf = pool::big_buffer();
+        let mut buf = if cap > pool::BUF {
+            pool::big_buffer()
+        } else {
+            pool::buffer()
+        };
         let cap = cap.min(buf.len());
         let mut rb = ReadBuf::new(&mut buf[..cap]);
         let polled = Pin::new(&mut *src).poll_read(cx, &mut rb);
@@ -302,17 +309,16 @@ where
 
 /// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
 ///
-/// Each read takes up to [`pool::BIG`] bytes: from a TLS source, every
-/// record it has decrypted by then (up to four), sent on in one write; to a
-/// TLS destination, up to four records encrypted and sent in one `writev`.
-/// The bytes are flushed before the next read, so no record stays queued
-/// in the TLS layer while the source is quiet. The buffer comes from the worker's pool only while a read is
-/// tried or its bytes are written, so an idle direction holds none. A
-/// paced direction moves at most [`pool::BUF`] bytes per read, as the
-/// plain relay does.
+/// Each read takes up to `step` bytes (see [`Steps`]). The bytes are
+/// flushed before the next read, so no record stays queued in the TLS
+/// layer while the source is quiet. The buffer comes from the worker's
+/// pool only while a read is tried or its bytes are written, so an idle
+/// direction holds none. A paced direction moves at most [`pool::BUF`]
+/// bytes per read, as the plain relay does.
 async fn pump_io<R, W>(
     src: &mut R,
     dst: &mut W,
+    step: usize,
     counters: Counters<'_>,
     act: &Activity,
     pace: Option<Pacer<'_>>,
@@ -323,8 +329,8 @@ where
 {
     loop {
         let cap = match pace {
-            None => pool::BIG,
-            Some(p) => p.grant(pool::BUF).await,
+            None => step,
+            Some(p) => p.grant(pool::BUF.min(step)).await,
         };
         let (buf, n) = read_pooled_io(src, cap).await.map_err(PumpError::Read)?;
         if n == 0 {
@@ -452,13 +458,37 @@ pub async fn relay_tcp(
     .await
 }
 
-/// Relay between any two byte streams (TLS on either side).
+/// Bytes one read of a TLS relay takes, per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// Client to upstream.
+    pub up: usize,
+    /// Upstream to client.
+    pub down: usize,
+}
+
+impl Steps {
+    /// Steps for a relay whose client and/or upstream side speaks TLS:
+    /// [`pool::BIG`] towards a TLS side (records encrypted in a batch),
+    /// [`pool::BUF`] towards a plain one.
+    pub fn tls(client_tls: bool, upstream_tls: bool) -> Steps {
+        let step = |dst_tls: bool| if dst_tls { pool::BIG } else { pool::BUF };
+        Steps {
+            up: step(upstream_tls),
+            down: step(client_tls),
+        }
+    }
+}
+
+/// Relay between any two byte streams (TLS on either side), reading at
+/// most `steps` bytes at once per direction.
 pub async fn relay_io<C, U>(
     client: &mut C,
     upstream: &mut U,
     up: Counters<'_>,
     down: Counters<'_>,
     stops: Stops<'_>,
+    steps: Steps,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -472,6 +502,7 @@ where
         pump_io(
             &mut client_r,
             &mut up_w,
+            steps.up,
             up,
             &act,
             pace.map(|p| p.pacer(Dir::Up)),
@@ -479,6 +510,7 @@ where
         pump_io(
             &mut up_r,
             &mut client_w,
+            steps.down,
             down,
             &act,
             pace.map(|p| p.pacer(Dir::Down)),
@@ -519,6 +551,16 @@ mod tests {
         (Arc::new(server).into(), Arc::new(client).into())
     }
 
+    #[test]
+    fn steps_are_large_towards_tls_and_one_record_towards_plain() {
+        let terminated = Steps::tls(true, false);
+        assert_eq!((terminated.up, terminated.down), (pool::BUF, pool::BIG));
+        let originated = Steps::tls(false, true);
+        assert_eq!((originated.up, originated.down), (pool::BIG, pool::BUF));
+        let both = Steps::tls(true, true);
+        assert_eq!((both.up, both.down), (pool::BIG, pool::BIG));
+    }
+
     #[tokio::test]
     async fn records_queued_while_the_client_is_full_arrive_when_the_upstream_goes_quiet() {
         let (acceptor, connector) = tls_pair();
@@ -551,6 +593,7 @@ mod tests {
             Counters(&up),
             Counters(&down),
             stops,
+            Steps::tls(true, false),
         );
         let client_reads = async {
             // A slow client: it reads only once the relay has taken the

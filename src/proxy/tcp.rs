@@ -71,6 +71,10 @@ enum Side {
 }
 
 impl Side {
+    fn is_tls(&self) -> bool {
+        matches!(self, Side::Tls(_))
+    }
+
     fn into_io(self) -> Box<dyn Io> {
         match self {
             Side::Plain(s) => Box::new(s),
@@ -403,8 +407,9 @@ impl<'a> Tcp<'a> {
                 end
             }
             (c, u, None) => {
+                let steps = copy::Steps::tls(c.is_tls(), u.is_tls());
                 let (mut c, mut u) = (c.into_io(), u.into_io());
-                let end = Box::pin(copy::relay_io(&mut c, &mut u, up, down, stops)).await;
+                let end = Box::pin(copy::relay_io(&mut c, &mut u, up, down, stops, steps)).await;
                 pass_reset(&end, c.tcp(), u.tcp());
                 end
             }
