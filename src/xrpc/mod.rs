@@ -22,6 +22,7 @@ pub mod logger;
 pub mod redis;
 mod relay;
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,8 +41,9 @@ pub use relay::{relay, Session};
 pub struct Request {
     /// Its length in bytes (it is forwarded whole, unchanged).
     pub len: usize,
-    /// The command (lower case), for metrics and subordinate routes.
-    pub command: String,
+    /// The command (lower case), for metrics and subordinate routes; a
+    /// known name is borrowed, not allocated.
+    pub command: Cow<'static, str>,
     /// Its words for logs (long values cut), when loggers asked for them.
     pub line: Vec<String>,
     /// How long a fault holds it before it is forwarded.

@@ -91,7 +91,6 @@ struct Pending {
 /// One upstream connection.
 struct Up {
     w: WriteHalf<Box<dyn Io>>,
-    wbuf: BytesMut,
     rbuf: BytesMut,
     /// Bytes of `rbuf` consumed by the decoder (a frame not yet complete).
     scanned: usize,
@@ -148,6 +147,10 @@ struct Relay<'s, 'a> {
     /// A faulted request waiting: its target and when it may go.
     held: Option<(Request, usize, Instant, tokio::time::Instant)>,
     out: BytesMut,
+    /// Client bytes decoded and queued, not yet written.
+    decoded: usize,
+    /// The queued runs of requests: target and length, in order.
+    fwd: Vec<(usize, usize)>,
 }
 
 /// Relay `client` and `upstream` (the route's own node) for a protocol
@@ -168,7 +171,6 @@ pub async fn relay(
     let codec = Arc::clone(&s.protocol.proto).codec();
     let main = Up {
         w: uw,
-        wbuf: BytesMut::new(),
         rbuf: BytesMut::new(),
         scanned: 0,
         dec: codec.reply_decoder(),
@@ -188,6 +190,8 @@ pub async fn relay(
         last_target: 0,
         held: None,
         out: BytesMut::new(),
+        decoded: 0,
+        fwd: Vec::new(),
     };
     let Stops {
         idle,
@@ -326,7 +330,7 @@ impl Relay<'_, '_> {
         let want_line = self.s.protocol.wants_line();
         let mut now: Option<Instant> = None;
         while self.held.is_none() {
-            let req = match self.codec.decode_request(cbuf, want_line) {
+            let req = match self.codec.decode_request(&cbuf[self.decoded..], want_line) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(why) => {
@@ -337,7 +341,7 @@ impl Relay<'_, '_> {
                         reason = %why,
                         "malformed request; connection closed"
                     );
-                    self.flush_upstreams().await?;
+                    self.flush_upstreams(cbuf).await?;
                     return Err(End::Client(invalid(why)));
                 }
             };
@@ -349,9 +353,9 @@ impl Relay<'_, '_> {
                 self.held = Some((req, target, started, until));
                 break;
             }
-            self.queue(cbuf, req, target, started).await?;
+            self.queue(req, target, started).await?;
         }
-        self.flush_upstreams().await
+        self.flush_upstreams(cbuf).await
     }
 
     /// Which upstream takes `req`: 0 for the route's, 1 + k for subordinate k.
@@ -374,30 +378,27 @@ impl Relay<'_, '_> {
         target: usize,
         started: Instant,
     ) -> Result<(), End> {
-        self.queue(cbuf, req, target, started).await?;
-        self.flush_upstreams().await
+        self.queue(req, target, started).await?;
+        self.flush_upstreams(cbuf).await
     }
 
-    /// Queue a complete request (the first `req.len` bytes of `cbuf`) to
-    /// its upstream, connecting a subordinate's on first use.
-    async fn queue(
-        &mut self,
-        cbuf: &mut BytesMut,
-        req: Request,
-        target: usize,
-        started: Instant,
-    ) -> Result<(), End> {
+    /// Queue a complete request (the `req.len` client bytes after those
+    /// queued already) to its upstream, connecting a subordinate's on
+    /// first use.
+    async fn queue(&mut self, req: Request, target: usize, started: Instant) -> Result<(), End> {
         if self.ups[target].is_none() {
-            self.flush_upstreams().await?;
             let up = self.connect(target).await.map_err(End::Upstream)?;
             self.ups[target] = Some(up);
         }
-        let bytes = cbuf.split_to(req.len);
         let seq = self.base + self.order.len() as u64;
         let Some(up) = self.ups[target].as_mut() else {
             return Err(End::Upstream(invalid("upstream missing".into())));
         };
-        up.wbuf.extend_from_slice(&bytes);
+        self.decoded += req.len;
+        match self.fwd.last_mut() {
+            Some((t, len)) if *t == target => *len += req.len,
+            _ => self.fwd.push((target, req.len)),
+        }
         up.dec.sent(&req);
         up.outstanding.push_back(seq);
         self.last_target = target;
@@ -410,18 +411,20 @@ impl Relay<'_, '_> {
         Ok(())
     }
 
-    async fn flush_upstreams(&mut self) -> Result<(), End> {
-        for up in self.ups.iter_mut().flatten() {
-            if !up.wbuf.is_empty() {
-                let res = up.w.write_all(&up.wbuf).await;
-                let res = match res {
-                    Ok(()) => up.w.flush().await,
-                    Err(e) => Err(e),
-                };
-                res.map_err(End::Upstream)?;
-                up.wbuf.clear();
+    /// Write the queued requests, straight from the client buffer, each
+    /// run to its upstream in order.
+    async fn flush_upstreams(&mut self, cbuf: &mut BytesMut) -> Result<(), End> {
+        let mut fwd = std::mem::take(&mut self.fwd);
+        for &(t, len) in &fwd {
+            if let Some(up) = self.ups[t].as_mut() {
+                up.w.write_all(&cbuf[..len]).await.map_err(End::Upstream)?;
+                up.w.flush().await.map_err(End::Upstream)?;
             }
+            cbuf.advance(len);
         }
+        self.decoded = 0;
+        fwd.clear();
+        self.fwd = fwd;
         Ok(())
     }
 
@@ -436,7 +439,6 @@ impl Relay<'_, '_> {
         let (r, w) = tokio::io::split(io);
         Ok(Up {
             w,
-            wbuf: BytesMut::new(),
             rbuf: BytesMut::new(),
             scanned: 0,
             dec: self.codec.reply_decoder(),
@@ -461,22 +463,30 @@ impl Relay<'_, '_> {
             up.rbuf.extend_from_slice(bytes);
             bytes.clear();
         }
+        // Complete frames are handled in place: `pos` is where the next one
+        // starts; `emit` is a run of them due to the client, not yet in `out`.
+        let mut pos = 0;
+        let mut emit = 0..0;
         loop {
-            let step = up.dec.decode(&up.rbuf[up.scanned..]).map_err(invalid)?;
+            let step = up
+                .dec
+                .decode(&up.rbuf[pos + up.scanned..])
+                .map_err(invalid)?;
             match step {
                 ReplyStep::More(n) => {
                     up.scanned += n;
                     break;
                 }
                 ReplyStep::Frame(n, answer) => {
-                    let len = up.scanned + n;
+                    let frame = pos..pos + up.scanned + n;
+                    pos = frame.end;
                     up.scanned = 0;
                     let seq = match (&answer, up.outstanding.front()) {
                         (_, None) => None,
                         (Answer::Oldest, Some(_)) => up.outstanding.pop_front(),
                         (Answer::IfCommand(c), Some(&seq)) => {
                             let idx = (seq - self.base) as usize;
-                            let same = self.order.get(idx).is_some_and(|p| p.req.command == *c);
+                            let same = self.order.get(idx).is_some_and(|p| *p.req.command == **c);
                             if same {
                                 up.outstanding.pop_front()
                             } else {
@@ -484,41 +494,52 @@ impl Relay<'_, '_> {
                             }
                         }
                     };
-                    match seq {
+                    let direct = match seq {
                         // The oldest request's reply: straight to the client.
                         Some(seq) if seq == self.base && !self.order.is_empty() => {
                             up.last = Some(seq);
-                            self.out.extend_from_slice(&up.rbuf[..len]);
-                            up.rbuf.advance(len);
                             if let Some(p) = self.order.pop_front() {
                                 self.base += 1;
                                 finish(self.s, &p, *now.get_or_insert_with(Instant::now));
                             }
+                            true
                         }
+                        // It overtook an older request: it waits.
                         Some(seq) => {
                             up.last = Some(seq);
-                            let frame = up.rbuf.split_to(len);
                             if let Some(p) = self.order.get_mut((seq - self.base) as usize) {
-                                p.reply = Some(frame);
+                                p.reply = Some(BytesMut::from(&up.rbuf[frame.clone()]));
                             }
+                            false
                         }
+                        // No request's: after the last reply of this upstream.
                         None => {
                             let after = up
                                 .last
                                 .filter(|l| *l >= self.base)
                                 .and_then(|l| self.order.get_mut((l - self.base) as usize));
                             match after {
-                                Some(p) => p.trailer.push(up.rbuf.split_to(len)),
-                                None => {
-                                    self.out.extend_from_slice(&up.rbuf[..len]);
-                                    up.rbuf.advance(len);
+                                Some(p) => {
+                                    p.trailer.push(BytesMut::from(&up.rbuf[frame.clone()]));
+                                    false
                                 }
+                                None => true,
                             }
+                        }
+                    };
+                    if direct {
+                        if emit.end == frame.start {
+                            emit.end = frame.end;
+                        } else {
+                            self.out.extend_from_slice(&up.rbuf[emit]);
+                            emit = frame;
                         }
                     }
                 }
             }
         }
+        self.out.extend_from_slice(&up.rbuf[emit]);
+        up.rbuf.advance(pos);
         self.deliver(now);
         Ok(())
     }

@@ -7,8 +7,10 @@
 //! same upstream, up to its `EXEC` or `DISCARD`.
 
 pub mod keys;
+pub mod names;
 pub mod resp;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +101,7 @@ impl Protocol for Redis {
     }
 
     fn takes(&self, req: &Request) -> bool {
-        self.commands.contains(&req.command)
+        self.commands.iter().any(|c| **c == *req.command)
     }
 
     fn line_var(&self) -> &'static str {
@@ -121,10 +123,10 @@ impl Codec for RedisCodec {
         };
         let req = &buf[..len];
         let args = self.dec.args();
-        let command = String::from_utf8_lossy(&req[args[0].clone()]).to_ascii_lowercase();
+        let command = command_name(&req[args[0].clone()]);
         let narg = args.len();
         let mut delay = None;
-        if let Some(f) = self.conf.faults.get(&command) {
+        if let Some(f) = self.conf.faults.get(&*command) {
             let keys = f.keys.unwrap_or(Keys::First);
             let hit = (2..=narg)
                 .filter(|&i| keys.is_key(i, narg))
@@ -135,7 +137,7 @@ impl Codec for RedisCodec {
         if want_line {
             let keys = Keys::of(&command);
             line.reserve(narg.min(64));
-            line.push(command.clone());
+            line.push(command.to_string());
             for (i, r) in args.iter().enumerate().skip(1) {
                 let v = &req[r.clone()];
                 if v.len() > MAX_VALUE_LEN && !keys.is_key(i + 1, narg) {
@@ -150,7 +152,7 @@ impl Codec for RedisCodec {
             }
         }
         let pinned = self.in_multi;
-        match command.as_str() {
+        match &*command {
             "multi" => self.in_multi = true,
             "exec" | "discard" => self.in_multi = false,
             _ => {}
@@ -167,6 +169,20 @@ impl Codec for RedisCodec {
     fn reply_decoder(&self) -> Box<dyn ReplyDecoder> {
         Box::new(RedisReplies::default())
     }
+}
+
+/// A command's name in lower case: a known one without an allocation.
+fn command_name(raw: &[u8]) -> Cow<'static, str> {
+    let mut buf = [0u8; 32];
+    if raw.len() <= buf.len() {
+        let lower = &mut buf[..raw.len()];
+        lower.copy_from_slice(raw);
+        lower.make_ascii_lowercase();
+        if let Some(name) = std::str::from_utf8(lower).ok().and_then(names::known) {
+            return Cow::Borrowed(name);
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(raw).to_ascii_lowercase())
 }
 
 /// A pub/sub command's name as its confirmations spell it; `None` for any
