@@ -183,6 +183,12 @@ async fn redis_commands_round_trip_unchanged() {
         .await
         .expect("write");
     assert_eq!(frames(&mut c, &mut d, 2).await, ["+OK\r\n", ":300000\r\n"]);
+    c.write_all(&[cmd(&["GET", "big"]), cmd(&["PING"])].concat())
+        .await
+        .expect("write");
+    let got = frames(&mut c, &mut d, 2).await;
+    assert_eq!(got[0], format!("$300000\r\n{big}\r\n"));
+    assert_eq!(got[1], "+PONG\r\n");
     // MULTI/EXEC.
     let tx: Vec<u8> = [
         cmd(&["MULTI"]),
@@ -286,10 +292,10 @@ async fn redis_commands_round_trip_unchanged() {
         .expect("redis-cli -3");
     // A RESP3 map, as redis-cli prints one.
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "f v");
-    // Requests counted: 9 + 2 + 4 + (subscribe, unsubscribe, ping) + 1
+    // Requests counted: 9 + 2 + 2 + 4 + (subscribe, unsubscribe, ping) + 1
     // publish + (hello, hgetall, smembers, subscribe, ping) + 1 publish +
     // redis-cli's (get; hello, hgetall); the two messages are not requests.
-    let want = 9 + 2 + 4 + 3 + 1 + 5 + 1 + 3;
+    let want = 9 + 2 + 2 + 4 + 3 + 1 + 5 + 1 + 3;
     let stats = s.stream_stats().await;
     let r = route_stats(&stats, "1");
     assert_eq!(r["protocol"], "redis", "{r}");

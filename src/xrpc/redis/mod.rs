@@ -95,6 +95,7 @@ impl Protocol for Redis {
     fn codec(self: Arc<Self>) -> Box<dyn Codec> {
         Box::new(RedisCodec {
             conf: self,
+            last: None,
             dec: RequestDecoder::default(),
             in_multi: false,
         })
@@ -112,6 +113,8 @@ impl Protocol for Redis {
 /// One client connection's decoder.
 struct RedisCodec {
     conf: Arc<Redis>,
+    /// The last command name found among the known ones.
+    last: Option<&'static str>,
     dec: RequestDecoder,
     in_multi: bool,
 }
@@ -123,7 +126,15 @@ impl Codec for RedisCodec {
         };
         let req = &buf[..len];
         let args = self.dec.args();
-        let command = command_name(&req[args[0].clone()]);
+        let raw = &req[args[0].clone()];
+        // Pipelines repeat commands: the last known name is tried first.
+        let command = match self.last {
+            Some(last) if raw.eq_ignore_ascii_case(last.as_bytes()) => Cow::Borrowed(last),
+            _ => command_name(raw),
+        };
+        if let Cow::Borrowed(name) = command {
+            self.last = Some(name);
+        }
         let narg = args.len();
         let mut delay = None;
         if let Some(f) = self.conf.faults.get(&*command) {
@@ -284,6 +295,17 @@ mod tests {
         let long = "v".repeat(200);
         let req = decode(&r, &["SET", &long, &long]);
         assert_eq!(req.command, "set");
+        assert!(matches!(req.command, Cow::Borrowed("set")), "no allocation");
+        let mut c = Arc::clone(&r).codec();
+        for (raw, want) in [
+            ("GeT", "get"),
+            ("get", "get"),
+            ("XYZ", "xyz"),
+            ("Get", "get"),
+        ] {
+            let req = c.decode_request(&cmd(&[raw, "k"]), false).unwrap().unwrap();
+            assert_eq!(req.command, want);
+        }
         assert_eq!(req.line[1], long, "a key is kept whole");
         assert_eq!(req.line[2], format!("{}...(200 bytes)", "v".repeat(128)));
     }
