@@ -38,20 +38,17 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pool;
+use super::pump::Pump;
 use crate::plugins::limit_bandwidth::{Dir, Pacer, Pacing};
 
-/// Most bytes one splice burst moves (a pipe's default capacity).
-const CHUNK: usize = 64 * 1024;
-/// Bytes a direction moves in user space before it switches to splice.
-pub const SPLICE_AFTER: u64 = 256 * 1024;
+pub use super::pump::SPLICE_AFTER;
 
 /// How a relayed session ended.
 #[derive(Debug)]
@@ -96,7 +93,7 @@ impl End {
 pub struct Counters<'a>(pub &'a [&'a AtomicU64]);
 
 impl Counters<'_> {
-    fn add(&self, n: usize) {
+    pub(super) fn add(&self, n: usize) {
         for c in self.0 {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -105,7 +102,7 @@ impl Counters<'_> {
 
 /// Time of the last byte moved and the directions finished, shared by
 /// both directions.
-struct Activity {
+pub(super) struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     finished: AtomicU8,
@@ -122,11 +119,11 @@ impl Activity {
 
     /// Count one direction finished; true when the other had finished
     /// already (the session ends now).
-    fn finish_one(&self) -> bool {
+    pub(super) fn finish_one(&self) -> bool {
         self.finished.fetch_add(1, Ordering::Relaxed) >= 1
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
@@ -137,153 +134,15 @@ impl Activity {
 }
 
 /// Which side a pump error came from.
-enum PumpError {
+pub(super) enum PumpError {
     Read(io::Error),
     Write(io::Error),
 }
 
-#[cfg(target_os = "linux")]
-fn splice_flags() -> rustix::pipe::SpliceFlags {
-    rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK
-}
-
-/// One read from `src` into a buffer from the worker's pool: the buffer
-/// and the bytes read (0 at EOF). The buffer is taken only when the read is
-/// tried and goes straight back when nothing is there, so a direction
-/// waiting for bytes holds none.
-async fn read_pooled(src: &mut ReadHalf<'_>, cap: usize) -> io::Result<(pool::Buffer, usize)> {
-    std::future::poll_fn(|cx| {
-        let mut buf = pool::buffer();
-        let cap = cap.min(buf.len());
-        let mut rb = ReadBuf::new(&mut buf[..cap]);
-        let polled = Pin::new(&mut *src).poll_read(cx, &mut rb);
-        let n = rb.filled().len();
-        match polled {
-            // Nothing there: the buffer goes back, the task waits.
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => Poll::Ready(Ok((buf, n))),
-        }
-    })
-    .await
-}
-
-/// Copy `src` to `dst` until EOF on `src`, then shut down `dst`'s write side.
-///
-/// A buffer (or, for a bulk direction, a pipe) is taken from the worker's
-/// pool only once `src` is readable and given back when its bytes are
-/// written out, so an idle direction holds neither. Reads go through
-/// tokio's `AsyncRead`, which treats a short read as "socket drained" and
-/// skips the extra read that would only return EAGAIN; nginx saves that
-/// syscall the same way.
-async fn pump_tcp(
-    src: &mut ReadHalf<'_>,
-    dst: &mut WriteHalf<'_>,
-    counters: Counters<'_>,
-    act: &Activity,
-    pace: Option<Pacer<'_>>,
-) -> Result<(), PumpError> {
-    let mut moved: u64 = 0;
-    loop {
-        #[cfg(target_os = "linux")]
-        if moved >= SPLICE_AFTER {
-            let s: &TcpStream = src.as_ref();
-            s.readable().await.map_err(PumpError::Read)?;
-            if let Some(pipe) = pool::pipe() {
-                match splice_chunk(s, dst.as_ref(), pipe, counters, act, pace).await? {
-                    Some(0) => break,
-                    Some(n) => moved += n as u64,
-                    None => {}
-                }
-                // A bulk direction whose socket is always readable still
-                // lets the worker's other connections run.
-                tokio::task::consume_budget().await;
-                continue;
-            }
-        }
-        let cap = match pace {
-            None => pool::BUF,
-            Some(p) => p.grant(pool::BUF).await,
-        };
-        let (buf, n) = read_pooled(src, cap).await.map_err(PumpError::Read)?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
-        drop(buf);
-        counters.add(n);
-        act.touch();
-        if let Some(p) = pace {
-            p.spent(n);
-        }
-        moved += n as u64;
-    }
-    // EOF: pass the half-close on; the other direction keeps going. When
-    // the other direction has finished already, the session ends now and
-    // closing the socket sends the FIN: no separate shutdown.
-    if !act.finish_one() {
-        let _ = dst.shutdown().await;
-    }
-    Ok(())
-}
-
-/// Move one pipe-load from `s` to `d` with `splice(2)` through a pipe
-/// borrowed for this burst: the bytes moved, 0 at EOF, `None` when `s` had
-/// nothing after all.
-#[cfg(target_os = "linux")]
-async fn splice_chunk(
-    s: &TcpStream,
-    d: &TcpStream,
-    pipe: pool::Pipe,
-    counters: Counters<'_>,
-    act: &Activity,
-    pace: Option<Pacer<'_>>,
-) -> Result<Option<usize>, PumpError> {
-    let Some(p) = pipe.fds() else { return Ok(None) };
-    let chunk = match pace {
-        None => CHUNK,
-        Some(p) => p.grant(CHUNK).await,
-    };
-    // The pipe is empty here, so WouldBlock can only mean the socket has
-    // nothing to read (try_io then clears readiness).
-    let got = s.try_io(Interest::READABLE, || {
-        rustix::pipe::splice(s, None, &p.w, None, chunk, splice_flags()).map_err(io::Error::from)
-    });
-    let total = match got {
-        Ok(0) => return Ok(Some(0)),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-        Err(e) => return Err(PumpError::Read(e)),
-    };
-    pipe.filled();
-    if let Some(pace) = pace {
-        pace.spent(total);
-    }
-    let mut left = total;
-    while left > 0 {
-        let out = d.try_io(Interest::WRITABLE, || {
-            rustix::pipe::splice(&p.r, None, d, None, left, splice_flags()).map_err(io::Error::from)
-        });
-        match out {
-            Ok(0) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
-            Ok(n) => {
-                left -= n;
-                counters.add(n);
-                act.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                d.writable().await.map_err(PumpError::Write)?;
-            }
-            Err(e) => return Err(PumpError::Write(e)),
-        }
-    }
-    pipe.emptied();
-    Ok(Some(total))
-}
-
 /// One read of at most `cap` bytes from any byte stream (TLS) into a
 /// buffer from the worker's pool (a large one past [`pool::BUF`]), taken
-/// only while the read is tried (as [`read_pooled`]).
+/// only while the read is tried: it goes straight back when nothing is
+/// there, so a direction waiting for bytes holds none.
 async fn read_pooled_io<R>(src: &mut R, cap: usize) -> io::Result<(pool::Buffer, usize)>
 where
     R: AsyncRead + Unpin,
@@ -305,6 +164,17 @@ where
         }
     })
     .await
+}
+
+/// How many of `want` bytes a direction may move now: all of them unless
+/// `limit-bandwidth` paces it. The pacer's wait (a timer) lives on the
+/// heap, only for paced sessions, so every other session's state stays
+/// small.
+async fn granted(pace: Option<Pacer<'_>>, want: usize) -> usize {
+    match pace {
+        None => want,
+        Some(p) => Box::pin(p.grant(want)).await,
+    }
 }
 
 /// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
@@ -330,7 +200,7 @@ where
     loop {
         let cap = match pace {
             None => step,
-            Some(p) => p.grant(pool::BUF.min(step)).await,
+            Some(_) => granted(pace, pool::BUF.min(step)).await,
         };
         let (buf, n) = read_pooled_io(src, cap).await.map_err(PumpError::Read)?;
         if n == 0 {
@@ -369,9 +239,12 @@ pub struct Stops<'a> {
 
 /// Run both directions until both finish, one fails, `idle` passes without
 /// a byte moving, or the server drains after the upstream has finished.
+///
+/// The two directions are pinned by the caller and borrowed here, so the
+/// session's state holds each of them once.
 async fn drive(
-    to_up: impl Future<Output = Result<(), PumpError>>,
-    to_down: impl Future<Output = Result<(), PumpError>>,
+    mut to_up: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
+    mut to_down: Pin<&mut impl Future<Output = Result<(), PumpError>>>,
     act: &Activity,
     stops: Stops<'_>,
 ) -> End {
@@ -381,7 +254,6 @@ async fn drive(
         drain,
         pace: _,
     } = stops;
-    tokio::pin!(to_up, to_down);
     let (mut up_done, mut down_done) = (false, false);
     let mut close_armed = true;
     let idle_timer = tokio::time::sleep(idle);
@@ -393,12 +265,12 @@ async fn drive(
     tokio::pin!(drained);
     loop {
         tokio::select! {
-            r = &mut to_up, if !up_done => match r {
+            r = to_up.as_mut(), if !up_done => match r {
                 Ok(()) => up_done = true,
                 Err(PumpError::Read(e)) => return End::Client(e),
                 Err(PumpError::Write(e)) => return End::Upstream(e),
             },
-            r = &mut to_down, if !down_done => match r {
+            r = to_down.as_mut(), if !down_done => match r {
                 Ok(()) => down_done = true,
                 Err(PumpError::Read(e)) => return End::Upstream(e),
                 Err(PumpError::Write(e)) => return End::Client(e),
@@ -435,27 +307,11 @@ pub async fn relay_tcp(
 ) -> End {
     let act = Activity::new();
     let pace = stops.pace;
-    let (mut client_r, mut client_w) = client.split();
-    let (mut up_r, mut up_w) = upstream.split();
-    drive(
-        pump_tcp(
-            &mut client_r,
-            &mut up_w,
-            up,
-            &act,
-            pace.map(|p| p.pacer(Dir::Up)),
-        ),
-        pump_tcp(
-            &mut up_r,
-            &mut client_w,
-            down,
-            &act,
-            pace.map(|p| p.pacer(Dir::Down)),
-        ),
-        &act,
-        stops,
-    )
-    .await
+    let (client_r, client_w) = client.split();
+    let (up_r, up_w) = upstream.split();
+    let mut to_up = Pump::new(client_r, up_w, up, &act, pace.map(|p| p.pacer(Dir::Up)));
+    let mut to_down = Pump::new(up_r, client_w, down, &act, pace.map(|p| p.pacer(Dir::Down)));
+    drive(Pin::new(&mut to_up), Pin::new(&mut to_down), &act, stops).await
 }
 
 /// Bytes one read of a TLS relay takes, per direction.
@@ -498,27 +354,24 @@ where
     let pace = stops.pace;
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    drive(
-        pump_io(
-            &mut client_r,
-            &mut up_w,
-            steps.up,
-            up,
-            &act,
-            pace.map(|p| p.pacer(Dir::Up)),
-        ),
-        pump_io(
-            &mut up_r,
-            &mut client_w,
-            steps.down,
-            down,
-            &act,
-            pace.map(|p| p.pacer(Dir::Down)),
-        ),
+    let to_up = pump_io(
+        &mut client_r,
+        &mut up_w,
+        steps.up,
+        up,
         &act,
-        stops,
-    )
-    .await
+        pace.map(|p| p.pacer(Dir::Up)),
+    );
+    let to_down = pump_io(
+        &mut up_r,
+        &mut client_w,
+        steps.down,
+        down,
+        &act,
+        pace.map(|p| p.pacer(Dir::Down)),
+    );
+    tokio::pin!(to_up, to_down);
+    drive(to_up, to_down, &act, stops).await
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod error;
 pub mod listeners;
 pub mod pool;
 pub mod proxy_protocol;
+mod pump;
 pub mod session;
 pub mod tcp;
 pub mod udp;

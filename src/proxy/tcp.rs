@@ -114,28 +114,36 @@ impl Side {
     }
 }
 
-/// Handle one accepted connection to its end.
-pub async fn handle(
+/// Handle one accepted connection to its end: the future a worker spawns.
+/// `slot` (the session's place under the session cap) is held until then.
+///
+/// Built as one `async move` block inside its span, so the task stores
+/// the session's state once (awaiting an inner future from an `async fn`
+/// would keep a second copy of it for the whole session).
+pub fn handle<S: Send + 'static>(
     ctx: Arc<ProxyCtx>,
     client: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerInfo>,
-) {
+    slot: S,
+) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!(
         "conn",
         client = %peer,
         listen = %listener.label,
         route = tracing::field::Empty
     );
-    let session = async {
-        let mut tcp = Tcp::new(&ctx, &listener, &span, peer);
+    let own = span.clone();
+    let session = async move {
+        let _slot = slot;
+        let mut tcp = Tcp::new(&ctx, &listener, &own, peer);
         let end = match tcp.run(client).await {
             Ok(end) => end,
             Err(e) => SessionEnd::Failed(e),
         };
         tcp.finish(&end);
     };
-    session.instrument(span.clone()).await;
+    session.instrument(span)
 }
 
 /// A connection's node once reached: the upstream side, the pick (held
@@ -266,9 +274,9 @@ impl<'a> Tcp<'a> {
     ) -> Result<plugins::Session, ProxyError> {
         let mut session = plugins::Session::default();
         if route.chain.has_preread() {
-            if let Err(r) = client
-                .preread(&route.chain, &mut session, &mut self.conn)
-                .await
+            // Boxed: only routes with preread plugins carry its state.
+            if let Err(r) =
+                Box::pin(client.preread(&route.chain, &mut session, &mut self.conn)).await
             {
                 self.bytes.0 = session.forward.len() as u64;
                 return Err(Kind::Refused(r).into());
@@ -379,7 +387,7 @@ impl<'a> Tcp<'a> {
         let (up, down) = (Counters(&up), Counters(&down));
         if !plugins.forward.is_empty() {
             let n = plugins.forward.len();
-            if let Err(e) = upstream.send_first(&plugins.forward, idle).await {
+            if let Err(e) = Box::pin(upstream.send_first(&plugins.forward, idle)).await {
                 self.bytes.0 = n as u64;
                 return Err(Kind::SendFirst(e).into());
             }

@@ -129,6 +129,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     serve_sockets(socks, &ctx);
+    tokio::spawn(timer_anchor());
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -148,6 +149,27 @@ async fn run(
         () = ctx.force_close.cancelled() => {}
     }
 }
+
+/// Keep a timer due within [`ANCHOR_TICK`] on this worker's timer wheel.
+///
+/// Arming a timer that is due before every other one makes tokio wake its
+/// own driver (an eventfd write and one more `epoll_wait`), so that the
+/// driver sleeps no longer than the new deadline. A connection arms such
+/// timers all the time (its connect timeout is usually the nearest
+/// deadline), which cost a wake-up on most new connections. With a tick
+/// always due within a second, any deadline a second or more away is never
+/// the nearest one, and arming it costs nothing but the wheel insert. The
+/// tick itself wakes the worker once a second.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(ANCHOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// Period of [`timer_anchor`].
+const ANCHOR_TICK: Duration = Duration::from_secs(1);
 
 /// Accept until `stop`, handing each connection to [`tcp::handle`].
 async fn accept_loop(
@@ -181,10 +203,8 @@ async fn accept_loop(
                 };
                 let info = info.clone();
                 let task_ctx = ctx.clone();
-                ctx.connections.spawn(async move {
-                    let _permit = permit;
-                    tcp::handle(task_ctx, stream, peer, info).await;
-                });
+                ctx.connections
+                    .spawn(tcp::handle(task_ctx, stream, peer, info, permit));
             }
             Err(e) if is_resource_error(&e) => {
                 // Out of descriptors or memory: retrying at once would spin.
