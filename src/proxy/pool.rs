@@ -31,6 +31,8 @@ pub const BIG: usize = 64 * 1024;
 pub const BIG_KEPT: usize = 16;
 /// Splice pipes a worker may hold at once (two descriptors each).
 pub const PIPES_PER_WORKER: usize = 16;
+/// Capacity asked for each splice pipe (the kernel default is 64 KiB).
+pub const PIPE_SIZE: usize = 256 * 1024;
 /// How long a worker stays in user space after it failed to open a pipe
 /// (out of descriptors), so it does not retry on every burst.
 const PIPE_RETRY: Duration = Duration::from_secs(1);
@@ -184,6 +186,9 @@ impl Drop for Pipe {
 fn open_pipe() -> std::io::Result<PipeFds> {
     use rustix::pipe::{pipe_with, PipeFlags};
     let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    // A larger pipe moves a bulk burst in fewer splices; where the system
+    // refuses (pipe-max-size, per-user pipe limits) the default is kept.
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
     Ok(PipeFds { r, w })
 }
 

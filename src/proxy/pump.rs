@@ -31,9 +31,10 @@ use super::copy::{Activity, Counters, PumpError};
 use super::pool;
 use crate::plugins::limit_bandwidth::Pacer;
 
-/// Most bytes one splice burst moves (a pipe's default capacity).
+/// Most bytes one splice burst moves (a pooled pipe's capacity; a pipe
+/// left at the default 64 KiB simply moves less per burst).
 #[cfg(target_os = "linux")]
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = pool::PIPE_SIZE;
 /// Bytes a direction moves in user space before it switches to splice.
 pub const SPLICE_AFTER: u64 = 256 * 1024;
 
