@@ -41,7 +41,7 @@ impl Drop for Dnsmasq {
 impl Dnsmasq {
     /// Start on a free port (again on another one if that port was taken).
     async fn start(hosts: &str, extra: &[String]) -> Dnsmasq {
-        for _ in 0..5 {
+        for _ in 0..20 {
             if let Some(d) = Self::start_once(hosts, extra).await {
                 return d;
             }
@@ -53,11 +53,15 @@ impl Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hosts");
         std::fs::write(&file, hosts).expect("hosts file");
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .expect("udp port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        // dnsmasq binds the port for UDP and TCP: take one free for both.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp port");
+        let port = udp.local_addr().expect("addr").port();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        drop(udp);
+        if tcp.is_err() {
+            return None;
+        }
+        drop(tcp);
         let child = Command::new("dnsmasq")
             .args([
                 "-k",
@@ -86,9 +90,19 @@ impl Dnsmasq {
             _dir: dir,
         };
         let r = d.resolver();
-        let up = eventually(10, async || r.query("ready.test", Qtype::A).await.is_ok()).await;
-        // Exited (port taken for TCP) or silent: the caller tries another port.
-        (up && matches!(d.child.try_wait(), Ok(None))).then_some(d)
+        // Answering, or exited (the port was taken after all): stop waiting
+        // as soon as either is known; the caller tries another port.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(d.child.try_wait(), Ok(None)) {
+                return None;
+            }
+            if r.query("ready.test", Qtype::A).await.is_ok() {
+                return Some(d);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     fn server(&self) -> String {
