@@ -37,10 +37,19 @@ pub type Malformed = String;
 /// there although `max` bytes are.
 fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
     let window = &buf[..buf.len().min(max)];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(i) => Ok(Some(i)),
-        None if buf.len() >= max => Err(format!("line longer than {} bytes", max - 2)),
-        None => Ok(None),
+    let mut from = 0;
+    while let Some(i) = window[from..].iter().position(|&b| b == b'\r') {
+        let at = from + i;
+        match window.get(at + 1) {
+            Some(b'\n') => return Ok(Some(at)),
+            Some(_) => from = at + 1,
+            None => break,
+        }
+    }
+    if buf.len() >= max {
+        Err(format!("line longer than {} bytes", max - 2))
+    } else {
+        Ok(None)
     }
 }
 

@@ -167,6 +167,7 @@ fn resp2_and_resp3_replies_split_at_every_byte_boundary() {
     let frames: &[&[u8]] = &[
         b"+OK\r\n",
         b"-ERR unknown command\r\n",
+        b"-ERR a lone \r inside\r\n",
         b":42\r\n",
         b"$5\r\nhello\r\n",
         b"$-1\r\n",
