@@ -16,6 +16,7 @@ pub mod plugins;
 pub(crate) mod schema;
 pub mod types;
 mod validate;
+pub(crate) use validate::PROTOCOL_AND_BANDWIDTH;
 pub mod xrpc;
 
 #[cfg(test)]

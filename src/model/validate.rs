@@ -43,9 +43,17 @@ pub(crate) fn stream_route(
     }
     if let Some(p) = v.get("protocol") {
         super::xrpc::check(p, enabled)?;
+        if v.pointer("/plugins/limit-bandwidth").is_some() {
+            return Err(PROTOCOL_AND_BANDWIDTH.into());
+        }
     }
     Ok(())
 }
+
+/// Why a protocol (xRPC) route cannot carry `limit-bandwidth`: it relays
+/// request by request, which the plugin's pacing does not cover.
+pub(crate) const PROTOCOL_AND_BANDWIDTH: &str =
+    "limit-bandwidth does not apply to protocol (xRPC) routes: remove the plugin or the protocol";
 
 /// Service checks, as apisix/admin/services.lua: schema, inline upstream,
 /// plugins (the stream plugins, since the service's plugins run on the

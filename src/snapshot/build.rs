@@ -699,6 +699,10 @@ fn compile_route(
         .get("protocol")
         .map(|p| crate::xrpc::RouteProtocol::compile(p, &carry.plugins).map(Arc::new))
         .transpose()?;
+    // Also through a service's plugins: refused rather than run unpaced.
+    if protocol.is_some() && chain.bandwidth().is_some() {
+        return Err(crate::model::PROTOCOL_AND_BANDWIDTH.into());
+    }
     Ok(RouteRt {
         id: e.id.clone(),
         remote_addr: r.remote_addr,

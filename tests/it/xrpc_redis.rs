@@ -537,6 +537,30 @@ async fn a_route_naming_an_unlisted_protocol_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn limit_bandwidth_on_a_protocol_route_is_refused_not_ignored() {
+    let yaml = "xrpc:\n  protocols:\n    - name: redis\nstream_plugins: [limit-bandwidth]\n";
+    let spec = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    let s = TestServer::with_tcp_specs(vec![spec], yaml).await;
+    let body = json!({"protocol": {"name": "redis"},
+                      "plugins": {"limit-bandwidth": {"download_rate": 1000}},
+                      "upstream": {"nodes": {"127.0.0.1:6379": 1}}})
+    .to_string();
+    let (st, v) = s
+        .call(Method::PUT, "/apisix/admin/stream_routes/1", Some(&body))
+        .await;
+    assert!(st.is_client_error(), "{st} {v}");
+    let msg = v["error_msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("limit-bandwidth does not apply to protocol"),
+        "{v}"
+    );
+    let (st, _) = s
+        .call(Method::GET, "/apisix/admin/stream_routes/1", None)
+        .await;
+    assert_eq!(st.as_u16(), 404, "nothing stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_protocol_in_apisix_yaml_refuses_its_clients() {
     let redis = Redis::start();
