@@ -315,6 +315,45 @@ impl TestServer {
         Self::start_full(tempfile::tempdir().expect("tempdir"), |y| y, adjust).await
     }
 
+    /// Start in standalone mode (`config_provider: yaml`) on the
+    /// `apisix.yaml` at `file` (inside `dir`), with the given TCP listeners.
+    pub async fn standalone_yaml(
+        dir: tempfile::TempDir,
+        file: &Path,
+        tcp: Vec<ListenSpec>,
+    ) -> TestServer {
+        let path = file.to_path_buf();
+        Self::start_full(
+            dir,
+            |y| y.replace("config_provider: local", "config_provider: yaml"),
+            move |c| {
+                c.deployment.standalone_file = path;
+                if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                    sp.tcp = tcp;
+                }
+            },
+        )
+        .await
+    }
+
+    /// The Prometheus endpoint's text.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self
+            .server
+            .as_ref()
+            .and_then(|x| x.metrics_addr())
+            .expect("metrics");
+        within(5, async {
+            reqwest::get(format!("http://{addr}/apisix/prometheus/metrics"))
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text")
+        })
+        .await
+    }
+
     /// Start with both the YAML text and the parsed config adjusted.
     pub async fn start_full(
         dir: tempfile::TempDir,

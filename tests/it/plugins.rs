@@ -56,28 +56,11 @@ async fn greeted_by(addr: SocketAddr, msg: &[u8]) -> String {
     name
 }
 
-async fn metrics(s: &TestServer) -> String {
-    let addr = s
-        .server
-        .as_ref()
-        .and_then(|x| x.metrics_addr())
-        .expect("metrics");
-    within(5, async {
-        reqwest::get(format!("http://{addr}/apisix/prometheus/metrics"))
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
-    .await
-}
-
 /// Poll the metrics until a line equals `want` (sessions are counted as they end).
 pub(crate) async fn metrics_until(s: &TestServer, want: &[&str]) -> String {
     let mut text = String::new();
     let shown = eventually(5, async || {
-        text = metrics(s).await;
+        text = s.metrics_text().await;
         want.iter().all(|w| text.lines().any(|l| l == *w))
     })
     .await;

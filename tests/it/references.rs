@@ -453,18 +453,7 @@ stream_routes:
     let mut tls = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
     tls.tls = true;
     let plain = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
-    let path = file.clone();
-    let s = TestServer::start_full(
-        dir,
-        |y| y.replace("config_provider: local", "config_provider: yaml"),
-        move |c| {
-            c.deployment.standalone_file = path;
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![plain, tls];
-            }
-        },
-    )
-    .await;
+    let s = TestServer::standalone_yaml(dir, &file, vec![plain, tls]).await;
     let (plain, tls) = (s.tcp[0], s.tcp[1]);
     // The certificate comes from Vault through the file's secrets object
     // (only the handshake is looked at).

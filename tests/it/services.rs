@@ -499,16 +499,10 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
         ),
     )
     .expect("write");
-    let path = file.clone();
-    let s = TestServer::start_full(
+    let s = TestServer::standalone_yaml(
         dir,
-        |y| y.replace("config_provider: local", "config_provider: yaml"),
-        move |c| {
-            c.deployment.standalone_file = path;
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
-            }
-        },
+        &file,
+        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
     let url = format!("http://{}/v1/stream/skipped", s.control());

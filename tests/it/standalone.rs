@@ -108,16 +108,10 @@ async fn traditional_yaml_serves_reloads_and_refuses_admin_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("apisix.yaml");
     write_file(&file, &yaml_route_to(&a.addr.to_string()));
-    let path = file.clone();
-    let mut s = TestServer::start_full(
+    let mut s = TestServer::standalone_yaml(
         dir,
-        |y| y.replace("config_provider: local", "config_provider: yaml"),
-        move |c| {
-            c.deployment.standalone_file = path;
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
-            }
-        },
+        &file,
+        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
     let proxy = s.tcp[0];
@@ -359,16 +353,10 @@ async fn unservable_route_in_file_refuses_its_clients_instead_of_falling_through
             wide.addr
         ),
     );
-    let path = file.clone();
-    let s = TestServer::start_full(
+    let s = TestServer::standalone_yaml(
         dir,
-        |y| y.replace("config_provider: local", "config_provider: yaml"),
-        move |c| {
-            c.deployment.standalone_file = path;
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
-            }
-        },
+        &file,
+        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
     let proxy = s.tcp[0];

@@ -120,23 +120,6 @@ fn route_stats(stats: &Value, id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-async fn metrics(s: &TestServer) -> String {
-    let addr = s
-        .server
-        .as_ref()
-        .and_then(|x| x.metrics_addr())
-        .expect("metrics");
-    within(5, async {
-        reqwest::get(format!("http://{addr}/apisix/prometheus/metrics"))
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_commands_round_trip_unchanged() {
     let redis = Redis::start();
@@ -367,7 +350,7 @@ async fn faults_metrics_and_loggers_per_command() {
         "only the slow command is logged"
     );
     // Counters and the latency histogram.
-    let text = metrics(&s).await;
+    let text = s.metrics_text().await;
     let has = |l: &str| text.lines().any(|x| x == l);
     for l in [
         "apisix_redis_commands_total{route=\"r1\",command=\"get\"} 2",
@@ -575,16 +558,10 @@ async fn an_unlisted_protocol_in_apisix_yaml_refuses_its_clients() {
         ),
     )
     .expect("write");
-    let path = file.clone();
-    let s = TestServer::start_full(
+    let s = TestServer::standalone_yaml(
         dir,
-        |y| y.replace("config_provider: local", "config_provider: yaml"),
-        move |c| {
-            c.deployment.standalone_file = path;
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
-            }
-        },
+        &file,
+        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
     let url = format!("http://{}/v1/stream/skipped", s.control());
