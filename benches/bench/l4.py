@@ -9,6 +9,7 @@ import time
 from . import loadgen, proc
 from .proc import Failed
 from .results import Metric
+from .rounds import run_rounds
 from .targets import L4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,27 +83,8 @@ class Run:
         self.backends = list(self.ctx.procs.running)
         if not loadgen.dns_answers(self.ctx.ports.b_dns):
             raise Failed("the dnsmasq backend does not answer bench.test")
-        failed = []
-        for rnd in range(1, self.ctx.rounds + 1):
-            order = list(self.suite.targets)
-            if rnd % 2 == 0:
-                order.reverse()  # alternate the order to even out drift
-            worst = (0.0, 0.0, "")
-            for t in order:
-                first = self.progress.step + 1
-                try:
-                    others, steal = self.target(rnd, t)
-                    if others + steal > worst[0] + worst[1]:
-                        worst = (others, steal, t)
-                except Failed as e:
-                    self.progress.say(f"  {t}: {e}; its cells in round {rnd} stay empty")
-                    self.suite.notes.append(f"round {rnd}, {t}: {e}")
-                    failed.append(t)
-                finally:
-                    self.ctx.procs.stop_all_but(self.backends)
-                self.progress.skip_to(first + len(self.steps(t)))
-            self.ctx.round_load(self.suite, rnd, worst)
-        return failed
+        return run_rounds(self.ctx, self.suite, self.progress, self.steps, self.target,
+                          self.backends)
 
     def target(self, rnd, t):
         """Every workload through target `t`; returns the other load seen."""

@@ -23,6 +23,7 @@ import time
 from . import proc, tlsclient
 from .proc import Failed
 from .results import Metric
+from .rounds import run_rounds
 from .targets import ApisixStream, nginx_stream_module, start_nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -263,26 +264,8 @@ class Run:
         self.make_certs()
         self.start_backends()
         backends = list(self.ctx.procs.running)
-        failed = []
-        for rnd in range(1, self.ctx.rounds + 1):
-            order = list(self.suite.targets)
-            if rnd % 2 == 0:
-                order.reverse()
-            worst = (0.0, 0.0, "")
-            for t in order:
-                first = self.progress.step + 1
-                try:
-                    others, steal = self.target(rnd, t, backends)
-                    if others + steal > worst[0] + worst[1]:
-                        worst = (others, steal, t)
-                except Failed as e:
-                    self.progress.say(f"  {t}: {e}; its cells in round {rnd} stay empty")
-                    self.suite.notes.append(f"round {rnd}, {t}: {e}")
-                    failed.append(t)
-                finally:
-                    self.ctx.procs.stop_all_but(backends)
-                self.progress.skip_to(first + len(self.steps(t)))
-            self.ctx.round_load(self.suite, rnd, worst)
+        failed = run_rounds(self.ctx, self.suite, self.progress, self.steps,
+                            lambda rnd, t: self.target(rnd, t, backends), backends)
         ciphers = ", ".join(f"TLS {v}: {c}" for v, c in sorted(self.negotiated.items()))
         self.suite.notes.append(f"every proxy pinned to one TLS version at a time; "
                                 f"negotiated: {ciphers or '?'}")
