@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::{Nodes, Registry, Runtime};
 use crate::config::discovery::ConsulConf;
-use crate::model::Node;
+use crate::model::{duration, Node};
 
 /// First delay after a failed request; it grows fourfold up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -73,7 +73,7 @@ impl ConsulRegistry {
         skip.push("consul".into());
         for (i, base) in conf.servers.iter().enumerate() {
             let client = match reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(conf.timeout.connect))
+                .connect_timeout(duration::millis(conf.timeout.connect))
                 .build()
             {
                 Ok(c) => c,
@@ -168,7 +168,7 @@ impl Server {
         if !self.conf.token.is_empty() {
             req = req.header("X-Consul-Token", &self.conf.token);
         }
-        req.timeout(Duration::from_millis(self.conf.timeout.read))
+        req.timeout(duration::millis(self.conf.timeout.read))
     }
 
     /// GET `path`: its JSON body and `X-Consul-Index`.
@@ -224,7 +224,10 @@ impl Server {
             let req = self
                 .get(path)
                 .query(&[("index", index.to_string()), ("wait", format!("{wait}s"))])
-                .timeout(Duration::from_secs(wait) + Duration::from_millis(self.conf.timeout.read));
+                .timeout(
+                    duration::whole_secs(wait)
+                        .saturating_add(duration::millis(self.conf.timeout.read)),
+                );
             let (_, now) = self.fetch(req).await?;
             if now == 0 {
                 // No index: this server cannot block; poll instead.

@@ -57,8 +57,9 @@ impl Redis {
             .flatten()
         {
             let secs = rule.get("delay").and_then(Value::as_f64).unwrap_or(0.0);
-            let delay = Duration::try_from_secs_f64(secs.max(0.0))
-                .map_err(|e| format!("invalid fault delay {secs}: {e}"))?;
+            // Clamped as every configured delay is (a year at most), so the
+            // relay's deadline can always be computed; zero or negative is none.
+            let delay = crate::model::duration::secs(secs).unwrap_or(Duration::ZERO);
             let key = rule.get("key").and_then(Value::as_str);
             for cmd in rule
                 .get("commands")
@@ -287,6 +288,23 @@ mod tests {
         );
         assert_eq!(d(&["SET", "x", "y"]), Some(2.0));
         assert_eq!(d(&["DEL", "bogus_key"]), None);
+    }
+
+    #[test]
+    fn a_huge_fault_delay_is_clamped_to_a_year() {
+        let r = Arc::new(
+            Redis::compile(Some(&json!({"faults": [
+                {"commands": ["get"], "delay": 1e18},
+                {"commands": ["set"], "delay": -3}
+            ]})))
+            .unwrap(),
+        );
+        let get = decode(&r, &["GET", "k"]).delay.expect("a delay");
+        assert_eq!(get, crate::model::duration::MAX);
+        // A deadline from it can be computed (no overflow).
+        let _ = tokio::time::Instant::now() + get;
+        let set = decode(&r, &["SET", "k", "v"]).delay;
+        assert!(set.is_none_or(|d| d.is_zero()), "{set:?}");
     }
 
     #[test]
