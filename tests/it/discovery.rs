@@ -127,6 +127,15 @@ impl Dnsmasq {
     }
 }
 
+/// Route 1 (no server_port filter) to the service `name` of registry `kind`.
+async fn route_by_discovery(srv: &mut TestServer, kind: &str, name: &str) {
+    srv.put_route(
+        "1",
+        &json!({"upstream": {"discovery_type": kind, "service_name": name, "type": "roundrobin"}}),
+    )
+    .await;
+}
+
 /// A server with one TCP listener, `apisix_extra` under `apisix:` and
 /// `top` appended at the top level.
 async fn server(apisix_extra: &str, top: &str) -> TestServer {
@@ -192,12 +201,7 @@ async fn dns_a_records_with_a_port_follow_dnsmasq_while_connections_run() {
     )
     .await;
     let proxy = srv.tcp[0];
-    srv.put_route(
-        "1",
-        &json!({"upstream": {"discovery_type": "dns", "service_name": format!("svc.test:{port}"),
-            "type": "roundrobin"}}),
-    )
-    .await;
+    route_by_discovery(&mut srv, "dns", &format!("svc.test:{port}")).await;
     let served = eventually(10, async || greeting(proxy).await.as_deref() == Some("one")).await;
     assert!(served, "the A record's address serves");
 
@@ -313,12 +317,7 @@ async fn dns_srv_records_give_ports_and_priorities() {
     )
     .await;
     let proxy = srv.tcp[0];
-    srv.put_route(
-        "1",
-        &json!({"upstream": {"discovery_type": "dns", "service_name": "_echo._tcp.svc.test",
-            "type": "roundrobin"}}),
-    )
-    .await;
+    route_by_discovery(&mut srv, "dns", "_echo._tcp.svc.test").await;
     let first = eventually(10, async || greeting(proxy).await.as_deref() == Some("a")).await;
     assert!(first, "the lowest SRV priority serves");
     assert!(
@@ -405,12 +404,7 @@ async fn unconfigured_registry_is_refused_and_empty_registry_closes_fast() {
     assert_eq!(st.as_u16(), 400, "{body}");
 
     let proxy = srv.tcp[0];
-    srv.put_route(
-        "1",
-        &json!({"upstream": {"discovery_type": "dns", "service_name": "nothing.test:4000",
-            "type": "roundrobin"}}),
-    )
-    .await;
+    route_by_discovery(&mut srv, "dns", "nothing.test:4000").await;
     for _ in 0..3 {
         let started = Instant::now();
         assert_eq!(greeting(proxy).await, None, "closed without data");
@@ -590,11 +584,7 @@ async fn consul_blocking_queries_bring_node_changes() {
     )
     .await;
     let proxy = srv.tcp[0];
-    srv.put_route(
-        "1",
-        &json!({"upstream": {"discovery_type": "consul", "service_name": "echo", "type": "roundrobin"}}),
-    )
-    .await;
+    route_by_discovery(&mut srv, "consul", "echo").await;
     let served = eventually(10, async || greeting(proxy).await.as_deref() == Some("c1")).await;
     assert!(served, "the consul service's node serves");
     let waiting = eventually(5, async || *blocked.lock().expect("count") > 0).await;
@@ -684,12 +674,7 @@ async fn kubernetes_endpoints_list_then_watch_events() {
     )
     .await;
     let proxy = srv.tcp[0];
-    srv.put_route(
-        "1",
-        &json!({"upstream": {"discovery_type": "kubernetes", "service_name": "default/echo:tcp",
-            "type": "roundrobin"}}),
-    )
-    .await;
+    route_by_discovery(&mut srv, "kubernetes", "default/echo:tcp").await;
     let served = eventually(10, async || greeting(proxy).await.as_deref() == Some("k1")).await;
     assert!(served, "the listed endpoints serve");
     let event = json!({"type": "MODIFIED", "object": endpoints(k2.addr.port())});
