@@ -93,15 +93,17 @@ async fn route_entry(s: &TestServer) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[tokio::test]
-async fn a_download_is_paced_to_the_rate() {
+/// A server with route 1 to a fresh bulk node under `limit-bandwidth` `conf`.
+async fn paced(conf: Value) -> (TestServer, BulkNode) {
     let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
     let node = BulkNode::start().await;
-    s.put_route(
-        "1",
-        &route(&node, json!({"download_rate": MIB, "burst": 64 * 1024})),
-    )
-    .await;
+    s.put_route("1", &route(&node, conf)).await;
+    (s, node)
+}
+
+#[tokio::test]
+async fn a_download_is_paced_to_the_rate() {
+    let (s, _node) = paced(json!({"download_rate": MIB, "burst": 64 * 1024})).await;
     let proxy = s.tcp[0];
     let started = Instant::now();
     let transfer = tokio::spawn(download(proxy, 4 * MIB));
@@ -138,13 +140,7 @@ async fn a_download_is_paced_to_the_rate() {
 
 #[tokio::test]
 async fn an_upload_is_paced_and_downloads_are_not() {
-    let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
-    let node = BulkNode::start().await;
-    s.put_route(
-        "1",
-        &route(&node, json!({"upload_rate": MIB, "burst": 64 * 1024})),
-    )
-    .await;
+    let (s, _node) = paced(json!({"upload_rate": MIB, "burst": 64 * 1024})).await;
     let proxy = s.tcp[0];
     let started = Instant::now();
     assert_eq!(download(proxy, 4 * MIB).await, 4 * MIB);
@@ -171,14 +167,8 @@ async fn an_upload_is_paced_and_downloads_are_not() {
 
 #[tokio::test]
 async fn sessions_with_the_same_key_share_one_budget() {
-    let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
-    let node = BulkNode::start().await;
-    s.put_route(
-        "1",
-        &route(
-            &node,
-            json!({"download_rate": MIB, "burst": 64 * 1024, "key_type": "var", "key": "remote_addr"}),
-        ),
+    let (s, _node) = paced(
+        json!({"download_rate": MIB, "burst": 64 * 1024, "key_type": "var", "key": "remote_addr"}),
     )
     .await;
     let proxy = s.tcp[0];
@@ -194,16 +184,7 @@ async fn sessions_with_the_same_key_share_one_budget() {
 
 #[tokio::test]
 async fn a_rate_change_reaches_a_running_session() {
-    let s = TestServer::with_tcp(&["127.0.0.1:0"]).await;
-    let node = BulkNode::start().await;
-    s.put_route(
-        "1",
-        &route(
-            &node,
-            json!({"download_rate": 256 * 1024, "burst": 64 * 1024}),
-        ),
-    )
-    .await;
+    let (s, node) = paced(json!({"download_rate": 256 * 1024, "burst": 64 * 1024})).await;
     let proxy = s.tcp[0];
     let started = Instant::now();
     // 16 MiB at 256 KiB/s would take a minute.
