@@ -334,8 +334,11 @@ def main():
             "put_p99<=20ms": r["put_p99_ms"] <= 20,
             "apply<=50ms": r["apply_max_ms"] <= 50,
             "load>=1000/s": r["load_put_per_s"] >= 1000,
-            "<=4KiB/route": r["kib_per_route"] <= 4,
         }
+        if n >= 100_000:
+            # The memory target is per route at 100,000 routes; smaller
+            # counts mostly show the server's fixed memory.
+            met["<=4KiB/route"] = r["kib_per_route"] <= 4
         print("  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
