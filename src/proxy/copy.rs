@@ -178,6 +178,7 @@ async fn granted(pace: Option<Pacer<'_>>, want: usize) -> usize {
 }
 
 /// Copy any byte stream (TLS) until EOF, then shut down `dst`'s write side.
+/// A TLS source ending without its close_notify alert ends as EOF too.
 ///
 /// Each read takes up to `step` bytes (see [`Steps`]). The bytes are
 /// flushed before the next read, so no record stays queued in the TLS
@@ -202,7 +203,13 @@ where
             None => step,
             Some(_) => granted(pace, pool::BUF.min(step)).await,
         };
-        let (buf, n) = read_pooled_io(src, cap).await.map_err(PumpError::Read)?;
+        let (buf, n) = match read_pooled_io(src, cap).await {
+            Ok(read) => read,
+            // A TLS peer that closes its socket without a close_notify
+            // alert (most clients do) has finished, as nginx reads it.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
         if n == 0 {
             break;
         }
@@ -412,6 +419,55 @@ mod tests {
         assert_eq!((originated.up, originated.down), (pool::BIG, pool::BUF));
         let both = Steps::tls(true, true);
         assert_eq!((both.up, both.down), (pool::BIG, pool::BIG));
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_closing_without_close_notify_ends_the_session_cleanly() {
+        let (acceptor, connector) = tls_pair();
+        let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
+        let (mut backend, mut upstream) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("relay.test").expect("name");
+        let (server, client) = tokio::join!(
+            acceptor.accept(proxy_end),
+            connector.connect(name, client_end)
+        );
+        let (mut server, mut client) = (server.expect("accept"), client.expect("connect"));
+        client.write_all(b"last words").await.expect("write");
+        client.flush().await.expect("flush");
+        // The client's socket closes with no close_notify sent.
+        drop(client.into_inner().0);
+        let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (up, down) = ([&up_bytes], [&down_bytes]);
+        let (_close, mut closed) = oneshot::channel::<()>();
+        let drain = CancellationToken::new();
+        let stops = Stops {
+            idle: Duration::from_secs(30),
+            closed: &mut closed,
+            drain: &drain,
+            pace: None,
+        };
+        let relay = relay_io(
+            &mut server,
+            &mut upstream,
+            Counters(&up),
+            Counters(&down),
+            stops,
+            Steps::tls(true, false),
+        );
+        let backend_side = async {
+            // The upstream gets the bytes, then a clean EOF, and finishes.
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.expect("clean EOF");
+            assert_eq!(got, b"last words");
+            drop(backend);
+        };
+        let (end, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(relay, backend_side)
+        })
+        .await
+        .expect("the relay ends");
+        assert!(matches!(end, End::Clean), "ended {end:?}");
+        assert_eq!(up_bytes.load(Ordering::Relaxed), 10);
     }
 
     #[tokio::test]
