@@ -421,6 +421,95 @@ mod tests {
         assert_eq!((both.up, both.down), (pool::BIG, pool::BIG));
     }
 
+    /// Connected pairs: (client, proxy's client side) and (proxy's
+    /// upstream side, backend).
+    async fn tcp_pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let a = TcpStream::connect(l.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (b, _) = l.accept().await.expect("accept");
+            (a, b)
+        }
+        let (client, proxy_client) = pair().await;
+        let (proxy_upstream, backend) = pair().await;
+        ((client, proxy_client), (proxy_upstream, backend))
+    }
+
+    /// Relay between the proxy's two sides until the session ends.
+    async fn relay_pair(mut c: TcpStream, mut u: TcpStream) -> End {
+        let (a, b, x, y) = (
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+        );
+        let (up, down) = ([&a, &b], [&x, &y]);
+        let (_close, mut closed) = oneshot::channel::<()>();
+        let drain = CancellationToken::new();
+        let stops = Stops {
+            idle: Duration::from_secs(30),
+            closed: &mut closed,
+            drain: &drain,
+            pace: None,
+        };
+        let end = relay_tcp(&mut c, &mut u, Counters(&up), Counters(&down), stops).await;
+        if let Some(ResetTarget::Client) = end.reset_target() {
+            set_reset_on_close(&c);
+        }
+        end
+    }
+
+    #[tokio::test]
+    async fn a_reply_and_its_fin_in_one_segment_arrive_whole_then_eof() {
+        let ((mut client, pc), (pu, mut backend)) = tcp_pairs().await;
+        let relay = tokio::spawn(relay_pair(pc, pu));
+        client.write_all(b"request").await.expect("request");
+        let mut req = [0u8; 7];
+        backend.read_exact(&mut req).await.expect("request arrives");
+        // The reply and the FIN leave together.
+        backend.write_all(b"the whole reply").await.expect("reply");
+        backend.shutdown().await.expect("fin");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("EOF reaches the client")
+            .expect("clean EOF");
+        assert_eq!(got, b"the whole reply");
+        drop(client);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("join");
+        assert!(matches!(end, End::Clean), "ended {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_followed_by_a_reset_reaches_the_client_as_a_reset() {
+        let ((mut client, pc), (pu, mut backend)) = tcp_pairs().await;
+        let relay = tokio::spawn(relay_pair(pc, pu));
+        client.write_all(b"request").await.expect("request");
+        let mut req = [0u8; 7];
+        backend.read_exact(&mut req).await.expect("request arrives");
+        backend.write_all(b"partial").await.expect("reply");
+        // The backend dies: its close sends a reset.
+        set_reset_on_close(&backend);
+        drop(backend);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("join");
+        assert!(matches!(end, End::Upstream(_)), "ended {end:?}");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("the client sees the end");
+        assert!(read.is_err(), "a reset, not a clean EOF (got {got:?})");
+    }
+
     #[tokio::test]
     async fn a_tls_client_closing_without_close_notify_ends_the_session_cleanly() {
         let (acceptor, connector) = tls_pair();

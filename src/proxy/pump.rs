@@ -17,7 +17,9 @@
 //! has finished (then closing the sockets ends the session). Reads and
 //! writes go through tokio's `poll_read`/`poll_write`, so a short read
 //! still counts as "socket drained" and no read is spent on `EAGAIN`, and
-//! tokio's cooperative budget still makes a busy direction yield.
+//! tokio's cooperative budget still makes a busy direction yield. A short
+//! read made after the peer's FIN was reported ends the direction once its
+//! bytes are out, without a last `recv` to read the EOF.
 
 use std::future::Future;
 use std::io;
@@ -70,6 +72,12 @@ pub(super) struct Pump<'a> {
     /// Bytes the pacer allowed for the next read.
     allowed: Option<usize>,
     moved: u64,
+    /// The last read drained the socket after the peer's FIN had been
+    /// reported: EOF follows once its bytes are written, without another
+    /// read to see it.
+    eof_seen: bool,
+    /// Running on a single-threaded runtime (see [`peer_finished`]).
+    single_thread: bool,
     step: Step<'a>,
 }
 
@@ -90,6 +98,9 @@ impl<'a> Pump<'a> {
             pace,
             allowed: None,
             moved: 0,
+            eof_seen: false,
+            single_thread: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread,
             step: Step::Read,
         }
     }
@@ -200,9 +211,29 @@ impl<'a> Pump<'a> {
             return Poll::Ready(Ok(false));
         }
         self.spent(n);
+        if n < cap && self.single_thread {
+            self.eof_seen = peer_finished(self.src.as_ref());
+        }
         self.step = Step::Write { buf, at: 0, end: n };
         Poll::Ready(Ok(true))
     }
+}
+
+/// Whether the I/O driver has reported the peer's FIN on `s` (and no
+/// error). Never waits: the readiness is polled once with a no-op waker.
+///
+/// Called right after a read that returned less than it asked for, it
+/// tells that the socket is at EOF without another `recv` returning 0:
+/// readiness changes only when the driver runs, which on a single-threaded
+/// runtime happens between task polls, never within one, so a FIN seen
+/// here had arrived before that read, and a short read took every byte
+/// before it. (On a multi-threaded runtime this does not hold, and the
+/// caller does not ask.)
+fn peer_finished(s: &tokio::net::TcpStream) -> bool {
+    use tokio::io::Interest;
+    let ready = std::pin::pin!(s.ready(Interest::READABLE | Interest::ERROR));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(ready.poll(&mut cx), Poll::Ready(Ok(r)) if r.is_read_closed() && !r.is_error())
 }
 
 #[cfg(target_os = "linux")]
@@ -248,6 +279,10 @@ impl Future for Pump<'_> {
                         this.step = Step::Read;
                     }
                     this.wrote(n);
+                    if drained && this.eof_seen {
+                        this.finish();
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 #[cfg(target_os = "linux")]
                 Step::Drain { pipe, left } => {
