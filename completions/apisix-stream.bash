@@ -1208,7 +1208,7 @@ _apisix__stream() {
             return 0
             ;;
         apisix__stream__subcmd__service__subcmd__add)
-            opts="-f -c -h --id --node --type --key --scheme --upstream-id --plugin --name --desc --file --config --admin-url --api-key --help"
+            opts="-f -o -c -h --id --node --type --key --scheme --upstream-id --plugin --name --desc --file --output --config --admin-url --api-key --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1256,6 +1256,14 @@ _apisix__stream() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --config)

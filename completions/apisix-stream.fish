@@ -199,6 +199,8 @@ complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l name -d 'Service name' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l desc -d 'Description' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s f -l file -d 'The whole service as JSON (- for stdin); the other flags override it' -r -F
+complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s o -l output -d 'What to print: a one-line confirmation (table) or the stored object (json)' -r -f -a "table\t'For people: an aligned table that fits 80 columns, or one line'
+json\t'JSON: the objects, each with its id'"
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -s c -l config -d 'config.yaml to use: `serve` runs it; client commands read the admin address and key from it, `top` the control address [default: conf/config.yaml (when it exists)]' -r -F
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l admin-url -d 'Admin API address [default: from the config, else http://127.0.0.1:9180]' -r
 complete -c apisix-stream -n "__fish_apisix_stream_using_subcommand service; and __fish_seen_subcommand_from add" -l api-key -d 'Admin API key (X-API-KEY) [default: the config\'s first admin key]' -r

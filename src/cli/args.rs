@@ -423,6 +423,9 @@ pub struct ServiceAddArgs {
     /// The whole service as JSON (- for stdin); the other flags override it.
     #[arg(short, long, value_name = "FILE|-")]
     pub file: Option<PathBuf>,
+    /// What to print: a one-line confirmation (table) or the stored object (json).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// Options of `ssl add`.

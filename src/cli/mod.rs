@@ -241,7 +241,7 @@ fn add(client: &AdminClient, kind: Kind, id: Option<String>, body: &Value) -> an
     emit(&output::json_text(&stored))
 }
 
-/// `route add` / `upstream add`: write, then one line for people
+/// `route add` / `upstream add` / `service add`: write, then one line for people
 /// (`created stream route 1 (server_port 9100 -> 127.0.0.1:3306)`), or the
 /// stored object with `-o json`.
 fn add_confirmed(
@@ -341,7 +341,7 @@ fn service(client: &AdminClient, cmd: ServiceCommand) -> anyhow::Result<()> {
     match cmd {
         ServiceCommand::Add(a) => {
             let (id, body) = resource::service_body(&a)?;
-            add(client, kind, id, &body)
+            add_confirmed(client, kind, id, &body, a.output, output::service_summary)
         }
         ServiceCommand::List(a) => print_list(client, kind, &a, output::services_table),
         ServiceCommand::Get(a) => print_get(client, kind, &a.id),

@@ -268,6 +268,19 @@ pub fn upstream_summary(up: &Value) -> String {
     format!("{ty} {}", nodes_text(up.get("nodes")))
 }
 
+/// What `service add` tells people: `upstream mysql, plugins ip-restriction`.
+pub fn service_summary(svc: &Value) -> String {
+    let plugins = svc
+        .get("plugins")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect::<Vec<_>>().join(","))
+        .filter(|p| !p.is_empty());
+    match plugins {
+        Some(p) => format!("{}, plugins {p}", route_upstream(svc)),
+        None => route_upstream(svc),
+    }
+}
+
 /// One route's filters, for `route test` lines.
 fn filters(route: &Value) -> String {
     let mut parts = Vec::new();

@@ -745,6 +745,19 @@ async fn service_commands_and_routes_under_them() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("created service db ({node}, plugins ip-restriction)\n")
+    );
+    let (code, out, err) = service_cli(
+        &s,
+        &[
+            "service", "add", "--id", "db", "--node", &node, "--plugin", plugin, "--name", "mysql",
+            "-o", "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["id"], "db");
     assert_eq!(
