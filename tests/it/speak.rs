@@ -188,3 +188,73 @@ async fn udp_checks_need_a_request_and_a_reply() {
         .await;
     assert!(st.is_success(), "{v}");
 }
+
+#[tokio::test]
+async fn udp_sessions_that_never_get_a_reply_take_their_node_out_passively() {
+    let s = TestServer::with_listeners(&[], &["127.0.0.1:0"]).await;
+    // A node that takes datagrams and never answers, next to one that does.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let good = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let good_addr = good.local_addr().expect("addr");
+    let task = udp_pong(good);
+    // Active probes far apart with thresholds out of reach: only the
+    // passive report can change the silent node's status.
+    let checks = json!({
+        "active": {"type": "udp", "timeout": 0.5, "send": "ping", "receive": "pong",
+            "healthy": {"interval": 3600, "successes": 254},
+            "unhealthy": {"interval": 3600, "tcp_failures": 254, "timeouts": 254}},
+        "passive": {"type": "tcp", "unhealthy": {"timeouts": 1}}});
+    s.put_route(
+        "1",
+        &json!({"server_port": s.udp[0].port(), "upstream": {
+            "type": "chash", "key": "remote_port",
+            "nodes": {silent_addr.to_string(): 1, good_addr.to_string(): 1},
+            "timeout": {"connect": 1, "send": 1, "read": 1},
+            "checks": checks}}),
+    )
+    .await;
+    status_becomes(&s, silent_addr, "healthy").await;
+    // Clients from different ports until one session lands on the silent
+    // node (it gets the datagram and sends nothing back).
+    let mut unanswered = Vec::new();
+    for _ in 0..40 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.send_to(b"ping", s.udp[0]).await.expect("send");
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(std::time::Duration::from_millis(300), c.recv_from(&mut buf))
+            .await
+        {
+            Ok(Ok((n, _))) => assert_eq!(&buf[..n], b"pong"),
+            _ => unanswered.push(c),
+        }
+        if !unanswered.is_empty() {
+            break;
+        }
+    }
+    assert!(!unanswered.is_empty(), "no session went to the silent node");
+    let mut got = [0u8; 16];
+    let (n, _) = within(1, silent.recv_from(&mut got)).await.expect("recv");
+    assert_eq!(&got[..n], b"ping", "the silent node got the datagram");
+    // The session ends idle (timeout 1 s) without a reply: a passive
+    // timeout, and with its threshold of 1 the node is out (the active
+    // probes' timeouts, 254 needed, cannot do that).
+    let report = status_becomes(&s, silent_addr, "unhealthy").await;
+    assert!(
+        node(&report, silent_addr)["counter"]["timeout_failure"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{report}"
+    );
+    assert_eq!(node(&report, good_addr)["status"], "healthy", "{report}");
+    // Every new session now goes to the node that answers.
+    for _ in 0..5 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        c.send_to(b"ping", s.udp[0]).await.expect("send");
+        let mut buf = [0u8; 16];
+        let (n, _) = within(2, c.recv_from(&mut buf)).await.expect("answered");
+        assert_eq!(&buf[..n], b"pong");
+    }
+    task.abort();
+}
