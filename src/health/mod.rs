@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Backend;
+use crate::tls;
 use conf::Checks;
 use probe::Outcome;
 
@@ -332,6 +333,18 @@ impl Checker {
         backends: &[Backend],
         prev: Option<&Checker>,
     ) -> Checker {
+        Checker::trusting(name, source, backends, prev, &tls::Trust::system())
+    }
+
+    /// [`Checker::new`] whose `https` probes verify node certificates (with
+    /// `https_verify_certificate`) against `trust`.
+    pub fn trusting(
+        name: &str,
+        source: &Value,
+        backends: &[Backend],
+        prev: Option<&Checker>,
+        trust: &tls::Trust,
+    ) -> Checker {
         let checks = Checks::from_value(source);
         let prev = prev.filter(|p| p.source == *source);
         let mut targets: Vec<Arc<Target>> = Vec::new();
@@ -353,7 +366,7 @@ impl Checker {
             };
             by_node.push(index);
         }
-        let tls = probe::tls_config(&checks.active);
+        let tls = probe::tls_config(&checks.active, trust);
         Checker {
             name: name.to_string(),
             checks,
@@ -374,9 +387,10 @@ impl Checker {
         source: &Value,
         backends: &[Backend],
         prev: Option<&Checker>,
+        trust: &tls::Trust,
     ) -> Option<Checker> {
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Checker::new(name, source, backends, prev)
+            Checker::trusting(name, source, backends, prev, trust)
         }));
         match built {
             Ok(c) => Some(c),

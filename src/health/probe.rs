@@ -36,16 +36,15 @@ pub enum Outcome {
 const MAX_STATUS_LINE: usize = 8 * 1024;
 
 /// The TLS client configuration `https` probes use (None for other types or
-/// when it cannot be built).
-pub fn tls_config(active: &Active) -> Option<Arc<ClientConfig>> {
+/// when it cannot be built): with `https_verify_certificate`, node
+/// certificates are checked against `trust` (`apisix.ssl.ssl_trusted_certificate`,
+/// as OpenResty's `lua_ssl_trusted_certificate` governs resty.healthcheck).
+pub fn tls_config(active: &Active, trust: &tls::Trust) -> Option<Arc<ClientConfig>> {
     if active.probe != ProbeType::Https {
         return None;
     }
-    if active.https_verify_certificate {
-        tls::system_roots_config()
-    } else {
-        tls::client_config(None, None).ok()
-    }
+    let verify = active.https_verify_certificate.then_some(trust);
+    tls::client_config(None, verify).ok()
 }
 
 /// The probe request, as resty.healthcheck sends it.

@@ -246,6 +246,10 @@ pub struct Resolver {
     stale: std::sync::atomic::AtomicBool,
     /// Wakes the publisher when `stale` was set.
     pub changed: tokio::sync::Notify,
+    /// What secret managers' certificates are checked against.
+    trust: crate::tls::Trust,
+    /// The HTTP client for secret managers, built on first use.
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -312,7 +316,7 @@ impl Resolver {
                 // Resolved as "no secret conf" when the object is compiled.
                 continue;
             };
-            let value = fetch(&r, &conf).await;
+            let value = self.fetch(&r, &conf).await;
             let old = lock(&self.fetched).insert(
                 text,
                 Fetched {
@@ -349,7 +353,7 @@ impl Resolver {
             let Some(Ok(r)) = Reference::parse(&text) else {
                 continue;
             };
-            let value = fetch(&r, &old.conf).await;
+            let value = self.fetch(&r, &old.conf).await;
             changed |= value != old.value;
             lock(&self.fetched).insert(
                 text,
@@ -421,21 +425,39 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// A resolver whose secret managers are reached over https with
+    /// certificates checked against `trust`.
+    pub fn trusting(trust: crate::tls::Trust) -> Resolver {
+        Resolver {
+            trust,
+            ..Resolver::default()
+        }
+    }
+
+    /// Read one `$secret://` reference through its `secrets` object.
+    async fn fetch(&self, r: &Reference, conf: &Value) -> Result<String, String> {
+        match r {
+            Reference::Secret { manager, key, .. } if manager == "vault" => {
+                let client = self
+                    .http
+                    .get_or_init(|| vault::client(&self.trust))
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                vault::get(client, conf, key).await
+            }
+            Reference::Secret { manager, .. } => Err(format!("no secret manager: {manager}")),
+            Reference::Env { name, key } => env_value(name, key.as_deref()),
+        }
+    }
+}
+
 /// A reference as text (the cache key).
 fn reference_text(r: &Reference) -> String {
     match r {
         Reference::Env { name, key: None } => format!("$env://{name}"),
         Reference::Env { name, key: Some(k) } => format!("$env://{name}/{k}"),
         Reference::Secret { manager, id, key } => format!("{SECRET_PREFIX}{manager}/{id}/{key}"),
-    }
-}
-
-/// Read one `$secret://` reference through its `secrets` object.
-async fn fetch(r: &Reference, conf: &Value) -> Result<String, String> {
-    match r {
-        Reference::Secret { manager, key, .. } if manager == "vault" => vault::get(conf, key).await,
-        Reference::Secret { manager, .. } => Err(format!("no secret manager: {manager}")),
-        Reference::Env { name, key } => env_value(name, key.as_deref()),
     }
 }
 

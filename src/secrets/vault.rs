@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::{env_value, Reference};
 use crate::model::schema::Schema;
+use crate::tls::Trust;
 
 /// How long one read from Vault may take (APISIX's default).
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,18 +39,14 @@ pub(crate) fn schema() -> &'static Schema {
     })
 }
 
-fn client() -> Option<&'static reqwest::Client> {
-    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .use_rustls_tls()
-                .no_proxy()
-                .timeout(TIMEOUT)
-                .build()
-                .ok()
-        })
-        .as_ref()
+/// The HTTP client Vault is read with: over https, the server's certificate
+/// is checked against `trust` (`apisix.ssl.ssl_trusted_certificate`).
+pub fn client(trust: &Trust) -> Result<reqwest::Client, String> {
+    trust
+        .http_client()?
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
 /// `/v1/{prefix}/{path}` with empty and `.` segments dropped and `..`
@@ -70,7 +67,7 @@ fn request_path(prefix: &str, path: &str) -> String {
 
 /// Read `path/key` (the part of the reference after `vault/ID/`) through
 /// the `secrets` object `conf`.
-pub async fn get(conf: &Value, key: &str) -> Result<String, String> {
+pub async fn get(client: &reqwest::Client, conf: &Value, key: &str) -> Result<String, String> {
     let (path, name) = key
         .rsplit_once('/')
         .ok_or_else(|| format!("error key format, key: {key}"))?;
@@ -91,7 +88,6 @@ pub async fn get(conf: &Value, key: &str) -> Result<String, String> {
         field("uri").trim_end_matches('/'),
         request_path(field("prefix"), path)
     );
-    let client = client().ok_or("cannot build an HTTP client")?;
     let mut req = client.get(&url).header("X-Vault-Token", token);
     if let Some(ns) = conf.get("namespace").and_then(Value::as_str) {
         req = req.header("X-Vault-Namespace", ns);

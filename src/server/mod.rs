@@ -306,6 +306,7 @@ pub async fn start(config: Config) -> Result<Server, ServerError> {
         crate::tls::Trust::from_setting(config.apisix.ssl.ssl_trusted_certificate.as_deref())
             .map_err(ServerError::Unsupported)?;
     let carry = Arc::new(Carry {
+        secrets: Arc::new(crate::secrets::Resolver::trusting(trust.clone())),
         trust,
         tls_policy,
         discovery: Arc::new(Discovery::start(&config.discovery, &cancel, &tasks)),

@@ -446,7 +446,7 @@ pub(super) fn apply(
             let up =
                 UpstreamRt::build_shared(origin, id, src, &certs, &carry.trust, &carry.discovery)?;
             Ok(Arc::new(if checked {
-                up.with_checker(old.and_then(|o| o.health()).map(|c| &**c))
+                up.with_checker(old.and_then(|o| o.health()).map(|c| &**c), &carry.trust)
             } else {
                 up
             }))

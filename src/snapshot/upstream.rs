@@ -205,10 +205,13 @@ impl UpstreamRt {
     /// Attach a health checker when the upstream has `checks`. Targets of
     /// `prev` (the checker of the upstream this one replaces) are shared,
     /// state and counters included, when its `checks` are the same.
-    pub fn with_checker(mut self, prev: Option<&Checker>) -> Self {
+    /// `https` probes verify node certificates against `trust`.
+    pub fn with_checker(mut self, prev: Option<&Checker>, trust: &tls::Trust) -> Self {
         self.checker = self
             .checks()
-            .and_then(|checks| Checker::build(&self.origin, checks, self.balancer.backends(), prev))
+            .and_then(|checks| {
+                Checker::build(&self.origin, checks, self.balancer.backends(), prev, trust)
+            })
             .map(Arc::new);
         self
     }

@@ -7,10 +7,10 @@
 //! to a CA of the [`Trust`] store and its certificate must name the SNI
 //! sent. An upstream may also ask for a client certificate (upstream
 //! mTLS). Health probes with `https_verify_certificate` verify against the
-//! system's CA bundle.
+//! same [`Trust`] store.
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -109,15 +109,6 @@ pub fn client_config(
         Some(k) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(k))),
     };
     Ok(Arc::new(config))
-}
-
-/// A client configuration that verifies certificates against the system CA
-/// bundle (as OpenResty's `lua_ssl_trusted_certificate system`), built once.
-pub fn system_roots_config() -> Option<Arc<ClientConfig>> {
-    static CONFIG: OnceLock<Option<Arc<ClientConfig>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| client_config(None, Some(&Trust::system())).ok())
-        .clone()
 }
 
 /// The TLS handshake over a connected `stream`, sending `sni`; no deadline

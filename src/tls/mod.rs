@@ -30,7 +30,7 @@ use rustls::crypto::CryptoProvider;
 
 pub use accept::{peek_sni, terminate, CertSource, HANDSHAKE_TIMEOUT};
 pub use certs::{certified_key, server_config, TlsCerts};
-pub use client::{client_config, connect_upstream, handshake, system_roots_config};
+pub use client::{client_config, connect_upstream, handshake};
 pub use trust::Trust;
 
 /// SNI sent to TLS upstreams when the client connection had none (APISIX).

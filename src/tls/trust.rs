@@ -131,6 +131,22 @@ impl Trust {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// An HTTP client builder (Vault, etcd) that trusts these roots: the
+    /// configured file's CAs only, or, for the system's roots, the client's
+    /// own defaults.
+    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, String> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls().no_proxy();
+        if !self.file_certs.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for c in self.file_certs.iter() {
+                let cert = reqwest::Certificate::from_der(c.as_ref())
+                    .map_err(|e| format!("{}: {e}", self.source))?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(builder)
+    }
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::harness::{
     bin, call, free_port, wait_listening_logged, within, ChildConfig, ChildGuard, TestServer, KEY,
 };
-use crate::trust::{hello_backend, tls_read, TestCa};
+use crate::trust::{acceptor, hello_backend, tls_read, TestCa};
 
 /// `GET` on the Control API.
 async fn control_get(control: SocketAddr, path: &str) -> Value {
@@ -206,21 +206,40 @@ type VaultData = Arc<Mutex<HashMap<String, Value>>>;
 /// `{"errors": ["permission denied"]}` for any other token and 404
 /// `{"errors": []}` for unknown paths.
 async fn fake_vault(token: &'static str, data: VaultData) -> (SocketAddr, JoinHandle<()>) {
+    fake_vault_over(token, data, None).await
+}
+
+/// [`fake_vault`], over https with `tls` when given.
+async fn fake_vault_over(
+    token: &'static str,
+    data: VaultData,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let data = data.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = answer_vault(tcp, token, &data).await;
+                let _ = match tls {
+                    None => answer_vault(tcp, token, &data).await,
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(s) => answer_vault(s, token, &data).await,
+                        Err(e) => Err(e),
+                    },
+                };
             });
         }
     });
     (addr, task)
 }
 
-async fn answer_vault(tcp: TcpStream, token: &str, data: &VaultData) -> std::io::Result<()> {
-    let mut reader = BufReader::new(tcp);
+async fn answer_vault<S>(stream: S, token: &str, data: &VaultData) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut reader = BufReader::new(stream);
     loop {
         let mut request = String::new();
         if reader.read_line(&mut request).await? == 0 {
@@ -397,6 +416,93 @@ async fn certificates_come_from_vault_through_a_secrets_object() {
     assert!(
         reason.contains("$secret://vault/1/apisix/tls/cert")
             && reason.contains("permission denied"),
+        "{reason}"
+    );
+    assert_eq!(tls_read(listener, "vault.test", &ca.pem()).await, "");
+}
+
+#[tokio::test]
+async fn vault_over_https_is_checked_against_the_trusted_certificate() {
+    let ca = TestCa::new("private vault ca");
+    let other_ca = TestCa::new("some other ca");
+    let leaf = ca.issue(&["vault.test"]);
+    let data: VaultData = Arc::default();
+    data.lock().expect("data").insert(
+        "secret/data/apisix/tls".into(),
+        json!({"cert": leaf.cert, "key": leaf.key}),
+    );
+    // Two Vaults with the same secrets over https: one with a certificate
+    // from the trusted CA, one from another CA.
+    let (trusted_vault, _t1) = fake_vault_over(
+        "s.token",
+        data.clone(),
+        Some(acceptor(&ca.issue(&["127.0.0.1"]))),
+    )
+    .await;
+    let (stranger_vault, _t2) = fake_vault_over(
+        "s.token",
+        data,
+        Some(acceptor(&other_ca.issue(&["127.0.0.1"]))),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("trusted.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let trusted = ca_file.display().to_string();
+    let mut tls = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    tls.tls = true;
+    let s = TestServer::start_full(
+        tempfile::tempdir().expect("tempdir"),
+        |y| y,
+        move |c| {
+            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![tls];
+            }
+        },
+    )
+    .await;
+    let listener = s.tcp[0];
+    let secret = |vault: SocketAddr| {
+        json!({"uri": format!("https://{vault}"), "prefix": "secret/data", "token": "s.token"})
+            .to_string()
+    };
+    let put = |path: &'static str, body: String| {
+        let s = &s;
+        async move { s.call(Method::PUT, path, Some(&body)).await }
+    };
+    let (st, v) = put("/apisix/admin/secrets/vault/1", secret(trusted_vault)).await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = put(
+        "/apisix/admin/ssls/1",
+        json!({"cert": "$secret://vault/1/apisix/tls/cert",
+            "key": "$secret://vault/1/apisix/tls/key", "snis": ["vault.test"]})
+        .to_string(),
+    )
+    .await;
+    assert!(st.is_success(), "{v}");
+    let (backend, _b) = hello_backend(&ca.issue(&["backend.test"])).await;
+    s.put_route(
+        "1",
+        &json!({"upstream": {"scheme": "tls", "nodes": {backend.to_string(): 1}}}),
+    )
+    .await;
+    assert_eq!(
+        tls_read(listener, "vault.test", &ca.pem()).await,
+        "hello vault.test",
+        "the certificate was read from the Vault whose CA is trusted"
+    );
+    // The same secrets from a Vault whose certificate the trusted CA did
+    // not issue: not read, the SSL object is left out with the reason.
+    let (st, v) = put("/apisix/admin/secrets/vault/1", secret(stranger_vault)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let reason = crate::harness::eventually_some(10, "ssl 1 skipped", async || {
+        skipped(s.control(), "ssls", "1").await
+    })
+    .await;
+    assert!(
+        reason.contains("$secret://vault/1/apisix/tls/cert")
+            && reason.contains("failed to retrieve data from vault"),
         "{reason}"
     );
     assert_eq!(tls_read(listener, "vault.test", &ca.pem()).await, "");

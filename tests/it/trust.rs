@@ -76,15 +76,20 @@ fn key_of(pem: &str) -> PrivateKeyDer<'static> {
         .expect("key")
 }
 
-/// A TLS server presenting `leaf` and answering `hello <SNI received>`.
-pub async fn hello_backend(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
+/// A TLS acceptor presenting `leaf`.
+pub fn acceptor(leaf: &Leaf) -> TlsAcceptor {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
         .with_single_cert(certs_of(&leaf.cert), key_of(&leaf.key))
         .expect("server cert");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TLS server presenting `leaf` and answering `hello <SNI received>`.
+pub async fn hello_backend(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
+    let acceptor = acceptor(leaf);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -283,4 +288,97 @@ async fn a_missing_trusted_certificate_file_stops_the_start() {
         err.contains("ssl_trusted_certificate") && err.contains("nope.pem"),
         "{err}"
     );
+}
+
+/// An HTTPS server presenting `leaf` that answers every request `200 OK`.
+async fn https_ok(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
+    let acceptor = acceptor(leaf);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn https_probes_verify_nodes_against_the_trusted_certificate() {
+    let ca = TestCa::new("private probe ca");
+    let other_ca = TestCa::new("some other ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("trusted.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let trusted = ca_file.display().to_string();
+    let s = TestServer::start_full(
+        tempfile::tempdir().expect("tempdir"),
+        |y| y,
+        move |c| {
+            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
+            }
+        },
+    )
+    .await;
+    // Probes verify the node's certificate for its address (the hostname
+    // sent), against the configured CA file.
+    let (good, _g) = https_ok(&ca.issue(&["127.0.0.1"])).await;
+    let (stranger, _t) = https_ok(&other_ca.issue(&["127.0.0.1"])).await;
+    s.put_route(
+        "1",
+        &json!({"upstream": {"nodes": {good.to_string(): 1, stranger.to_string(): 1},
+            "checks": {"active": {"type": "https", "https_verify_certificate": true,
+                "timeout": 1,
+                "healthy": {"interval": 1, "successes": 1},
+                "unhealthy": {"interval": 1, "http_failures": 1, "tcp_failures": 1,
+                    "timeouts": 1}}}}}),
+    )
+    .await;
+    let control = s.control();
+    let status = |report: &serde_json::Value, addr: SocketAddr| {
+        report["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["port"] == addr.port()))
+            .map(|n| n["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let report = async || -> Option<serde_json::Value> {
+        let url = format!("http://{control}/v1/healthcheck/stream_routes/1");
+        reqwest::get(&url).await.ok()?.json().await.ok()
+    };
+    crate::harness::eventually_some(15, "the stranger's probe failed", async || {
+        let r = report().await?;
+        (status(&r, stranger) == "unhealthy").then_some(())
+    })
+    .await;
+    // Two more probe rounds: the node whose CA is trusted passes every one
+    // of them (one failure would take it out).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let report = report().await.expect("health report");
+    let good_node = report["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["port"] == good.port()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(good_node["status"], "healthy", "{report}");
+    assert_eq!(good_node["counter"]["tcp_failure"], 0, "{report}");
+    assert_eq!(status(&report, stranger), "unhealthy", "{report}");
 }

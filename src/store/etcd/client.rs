@@ -185,23 +185,19 @@ pub(super) async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Ho
     let verifying = tls.is_none_or(|t| t.verify);
     let trusted = match conf.trusted_ca.as_deref() {
         Some(setting) if verifying => {
-            let trust = crate::tls::Trust::from_setting(Some(setting)).map_err(unavailable)?;
-            trust
-                .file_certs()
-                .iter()
-                .map(|c| reqwest::Certificate::from_der(c.as_ref()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| unavailable(format!("{}: {}", trust.source(), chain(&e))))?
+            Some(crate::tls::Trust::from_setting(Some(setting)).map_err(unavailable)?)
         }
-        _ => Vec::new(),
+        _ => None,
     };
     let mut hosts = Vec::new();
     for url in &conf.host {
         let bad = |why: String| unavailable(format!("invalid deployment.etcd.host {url}: {why}"));
         let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .no_proxy()
+        let base_builder = match (&trusted, parsed.scheme()) {
+            (Some(trust), "https") => trust.http_client().map_err(unavailable)?,
+            _ => reqwest::Client::builder().use_rustls_tls().no_proxy(),
+        };
+        let mut builder = base_builder
             .connect_timeout(timeout)
             .tcp_keepalive(Duration::from_secs(30));
         let mut base = url.trim_end_matches('/').to_string();
@@ -211,11 +207,6 @@ pub(super) async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Ho
             }
             if tls.is_some_and(|t| !t.verify) {
                 builder = builder.danger_accept_invalid_certs(true);
-            } else if !trusted.is_empty() {
-                builder = builder.tls_built_in_root_certs(false);
-                for c in &trusted {
-                    builder = builder.add_root_certificate(c.clone());
-                }
             }
             if let Some(sni) = tls.and_then(|t| t.sni.as_deref()) {
                 // Connect to the configured address but present (and verify) the SNI name.
