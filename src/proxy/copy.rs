@@ -421,6 +421,85 @@ mod tests {
         assert_eq!((both.up, both.down), (pool::BIG, pool::BIG));
     }
 
+    /// What a test relay stops on: 30 s idle, and an operator close and a
+    /// drain that never come.
+    struct Unstopped {
+        _close: oneshot::Sender<()>,
+        closed: oneshot::Receiver<()>,
+        drain: CancellationToken,
+    }
+
+    impl Unstopped {
+        fn new() -> Self {
+            let (_close, closed) = oneshot::channel();
+            Unstopped {
+                _close,
+                closed,
+                drain: CancellationToken::new(),
+            }
+        }
+
+        fn stops(&mut self) -> Stops<'_> {
+            Stops {
+                idle: Duration::from_secs(30),
+                closed: &mut self.closed,
+                drain: &self.drain,
+                pace: None,
+            }
+        }
+    }
+
+    /// A TLS session terminated over in-memory pipes: the proxy's TLS
+    /// side, the client, the backend and the proxy's side towards it; the
+    /// client's pipe holds `client_window` bytes, the backend's
+    /// `backend_window`.
+    async fn tls_session(
+        client_window: usize,
+        backend_window: usize,
+    ) -> (
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (acceptor, connector) = tls_pair();
+        let (client_end, proxy_end) = tokio::io::duplex(client_window);
+        let (backend, upstream) = tokio::io::duplex(backend_window);
+        let name = ServerName::try_from("relay.test").expect("name");
+        let (server, client) = tokio::join!(
+            acceptor.accept(proxy_end),
+            connector.connect(name, client_end)
+        );
+        (
+            server.expect("accept"),
+            client.expect("connect"),
+            backend,
+            upstream,
+        )
+    }
+
+    /// Relay a terminated TLS session (`server`) to a plain `upstream`
+    /// until it ends, counting client-to-upstream bytes into `up_bytes`.
+    async fn relay_terminated<S, U>(server: &mut S, upstream: &mut U, up_bytes: &AtomicU64) -> End
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let down_bytes = AtomicU64::new(0);
+        let (up, down) = ([up_bytes], [&down_bytes]);
+        let mut stops = Unstopped::new();
+        let steps = Steps::tls(true, false);
+        relay_io(
+            server,
+            upstream,
+            Counters(&up),
+            Counters(&down),
+            stops.stops(),
+            steps,
+        )
+        .await
+    }
+
     /// Connected pairs: (client, proxy's client side) and (proxy's
     /// upstream side, backend).
     async fn tcp_pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
@@ -448,28 +527,36 @@ mod tests {
             AtomicU64::new(0),
         );
         let (up, down) = ([&a, &b], [&x, &y]);
-        let (_close, mut closed) = oneshot::channel::<()>();
-        let drain = CancellationToken::new();
-        let stops = Stops {
-            idle: Duration::from_secs(30),
-            closed: &mut closed,
-            drain: &drain,
-            pace: None,
-        };
-        let end = relay_tcp(&mut c, &mut u, Counters(&up), Counters(&down), stops).await;
+        let mut stops = Unstopped::new();
+        let end = relay_tcp(
+            &mut c,
+            &mut u,
+            Counters(&up),
+            Counters(&down),
+            stops.stops(),
+        )
+        .await;
         if let Some(ResetTarget::Client) = end.reset_target() {
             set_reset_on_close(&c);
         }
         end
     }
 
-    #[tokio::test]
-    async fn a_reply_and_its_fin_in_one_segment_arrive_whole_then_eof() {
+    /// A relayed session whose client has sent `request` and whose backend
+    /// has read it: (client, backend, the running relay).
+    async fn relayed_request() -> (TcpStream, TcpStream, tokio::task::JoinHandle<End>) {
         let ((mut client, pc), (pu, mut backend)) = tcp_pairs().await;
         let relay = tokio::spawn(relay_pair(pc, pu));
         client.write_all(b"request").await.expect("request");
         let mut req = [0u8; 7];
         backend.read_exact(&mut req).await.expect("request arrives");
+        assert_eq!(&req, b"request");
+        (client, backend, relay)
+    }
+
+    #[tokio::test]
+    async fn a_reply_and_its_fin_in_one_segment_arrive_whole_then_eof() {
+        let (mut client, mut backend, relay) = relayed_request().await;
         // The reply and the FIN leave together.
         backend.write_all(b"the whole reply").await.expect("reply");
         backend.shutdown().await.expect("fin");
@@ -489,11 +576,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_followed_by_a_reset_reaches_the_client_as_a_reset() {
-        let ((mut client, pc), (pu, mut backend)) = tcp_pairs().await;
-        let relay = tokio::spawn(relay_pair(pc, pu));
-        client.write_all(b"request").await.expect("request");
-        let mut req = [0u8; 7];
-        backend.read_exact(&mut req).await.expect("request arrives");
+        let (mut client, mut backend, relay) = relayed_request().await;
         backend.write_all(b"partial").await.expect("reply");
         // The backend dies: its close sends a reset.
         set_reset_on_close(&backend);
@@ -512,37 +595,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_tls_client_closing_without_close_notify_ends_the_session_cleanly() {
-        let (acceptor, connector) = tls_pair();
-        let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
-        let (mut backend, mut upstream) = tokio::io::duplex(64 * 1024);
-        let name = ServerName::try_from("relay.test").expect("name");
-        let (server, client) = tokio::join!(
-            acceptor.accept(proxy_end),
-            connector.connect(name, client_end)
-        );
-        let (mut server, mut client) = (server.expect("accept"), client.expect("connect"));
+        let (mut server, mut client, mut backend, mut upstream) =
+            tls_session(64 * 1024, 64 * 1024).await;
         client.write_all(b"last words").await.expect("write");
         client.flush().await.expect("flush");
         // The client's socket closes with no close_notify sent.
         drop(client.into_inner().0);
-        let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-        let (up, down) = ([&up_bytes], [&down_bytes]);
-        let (_close, mut closed) = oneshot::channel::<()>();
-        let drain = CancellationToken::new();
-        let stops = Stops {
-            idle: Duration::from_secs(30),
-            closed: &mut closed,
-            drain: &drain,
-            pace: None,
-        };
-        let relay = relay_io(
-            &mut server,
-            &mut upstream,
-            Counters(&up),
-            Counters(&down),
-            stops,
-            Steps::tls(true, false),
-        );
+        let up_bytes = AtomicU64::new(0);
+        let relay = relay_terminated(&mut server, &mut upstream, &up_bytes);
         let backend_side = async {
             // The upstream gets the bytes, then a clean EOF, and finishes.
             let mut got = Vec::new();
@@ -561,38 +621,15 @@ mod tests {
 
     #[tokio::test]
     async fn records_queued_while_the_client_is_full_arrive_when_the_upstream_goes_quiet() {
-        let (acceptor, connector) = tls_pair();
         // The client's side holds 16 KiB, so most of a 48 KiB reply waits
         // encrypted in the proxy's TLS layer while the client is not reading.
-        let (client_end, proxy_end) = tokio::io::duplex(16 * 1024);
-        let (mut backend, mut upstream) = tokio::io::duplex(256 * 1024);
-        let name = ServerName::try_from("relay.test").expect("name");
-        let (server, client) = tokio::join!(
-            acceptor.accept(proxy_end),
-            connector.connect(name, client_end)
-        );
-        let (mut server, mut client) = (server.expect("accept"), client.expect("connect"));
+        let (mut server, mut client, mut backend, mut upstream) =
+            tls_session(16 * 1024, 256 * 1024).await;
         let reply: Vec<u8> = (0..48 * 1024u32).map(|i| (i % 251) as u8).collect();
         // The upstream sends its reply and then waits (keeps its side open).
         backend.write_all(&reply).await.expect("backend write");
-        let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-        let (up, down) = ([&up_bytes], [&down_bytes]);
-        let (_close, mut closed) = oneshot::channel::<()>();
-        let drain = CancellationToken::new();
-        let stops = Stops {
-            idle: Duration::from_secs(30),
-            closed: &mut closed,
-            drain: &drain,
-            pace: None,
-        };
-        let relay = relay_io(
-            &mut server,
-            &mut upstream,
-            Counters(&up),
-            Counters(&down),
-            stops,
-            Steps::tls(true, false),
-        );
+        let up_bytes = AtomicU64::new(0);
+        let relay = relay_terminated(&mut server, &mut upstream, &up_bytes);
         let client_reads = async {
             // A slow client: it reads only once the relay has taken the
             // whole reply from the upstream and waits for more.

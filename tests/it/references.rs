@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::harness::{
     bin, call, free_port, wait_listening_logged, within, ChildConfig, ChildGuard, TestServer, KEY,
 };
-use crate::trust::{acceptor, hello_backend, tls_read, TestCa};
+use crate::trust::{acceptor, hello_backend, server_trusting, tls_read, TestCa};
 
 /// `GET` on the Control API.
 async fn control_get(control: SocketAddr, path: &str) -> Value {
@@ -290,6 +290,28 @@ where
     }
 }
 
+/// SSL object 1 for `vault.test` with its certificate and key read through
+/// `secrets` object `vault/1`, and route 1 to `backend` over TLS.
+async fn serve_vault_certificate(s: &TestServer, backend: SocketAddr) {
+    let (st, v) = s
+        .call(
+            Method::PUT,
+            "/apisix/admin/ssls/1",
+            Some(
+                &json!({"cert": "$secret://vault/1/apisix/tls/cert",
+                    "key": "$secret://vault/1/apisix/tls/key", "snis": ["vault.test"]})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert!(st.is_success(), "{st} {v}");
+    s.put_route(
+        "1",
+        &json!({"upstream": {"scheme": "tls", "nodes": {backend.to_string(): 1}}}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn certificates_come_from_vault_through_a_secrets_object() {
     let ca = TestCa::new("vault ca");
@@ -356,23 +378,7 @@ async fn certificates_come_from_vault_through_a_secrets_object() {
         .await;
     assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
 
-    let (st, v) = s
-        .call(
-            Method::PUT,
-            "/apisix/admin/ssls/1",
-            Some(
-                &json!({"cert": "$secret://vault/1/apisix/tls/cert",
-                    "key": "$secret://vault/1/apisix/tls/key", "snis": ["vault.test"]})
-                .to_string(),
-            ),
-        )
-        .await;
-    assert!(st.is_success(), "{st} {v}");
-    s.put_route(
-        "1",
-        &json!({"upstream": {"scheme": "tls", "nodes": {backend.to_string(): 1}}}),
-    )
-    .await;
+    serve_vault_certificate(&s, backend).await;
     assert_eq!(
         tls_read(listener, "vault.test", &ca.pem()).await,
         "hello vault.test"
@@ -445,23 +451,9 @@ async fn vault_over_https_is_checked_against_the_trusted_certificate() {
         Some(acceptor(&other_ca.issue(&["127.0.0.1"]))),
     )
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = dir.path().join("trusted.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-    let trusted = ca_file.display().to_string();
     let mut tls = apisix_stream::config::ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
     tls.tls = true;
-    let s = TestServer::start_full(
-        tempfile::tempdir().expect("tempdir"),
-        |y| y,
-        move |c| {
-            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![tls];
-            }
-        },
-    )
-    .await;
+    let (s, _ca_dir) = server_trusting(&ca, vec![tls]).await;
     let listener = s.tcp[0];
     let secret = |vault: SocketAddr| {
         json!({"uri": format!("https://{vault}"), "prefix": "secret/data", "token": "s.token"})
@@ -473,20 +465,8 @@ async fn vault_over_https_is_checked_against_the_trusted_certificate() {
     };
     let (st, v) = put("/apisix/admin/secrets/vault/1", secret(trusted_vault)).await;
     assert!(st.is_success(), "{v}");
-    let (st, v) = put(
-        "/apisix/admin/ssls/1",
-        json!({"cert": "$secret://vault/1/apisix/tls/cert",
-            "key": "$secret://vault/1/apisix/tls/key", "snis": ["vault.test"]})
-        .to_string(),
-    )
-    .await;
-    assert!(st.is_success(), "{v}");
     let (backend, _b) = hello_backend(&ca.issue(&["backend.test"])).await;
-    s.put_route(
-        "1",
-        &json!({"upstream": {"scheme": "tls", "nodes": {backend.to_string(): 1}}}),
-    )
-    .await;
+    serve_vault_certificate(&s, backend).await;
     assert_eq!(
         tls_read(listener, "vault.test", &ca.pem()).await,
         "hello vault.test",

@@ -87,24 +87,59 @@ pub fn acceptor(leaf: &Leaf) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
-/// A TLS server presenting `leaf` and answering `hello <SNI received>`.
-pub async fn hello_backend(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
+/// A TLS server presenting `leaf`; each accepted session goes to `serve`.
+pub async fn tls_server<F, Fut>(leaf: &Leaf, serve: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let acceptor = acceptor(leaf);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let serve = Arc::new(serve);
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                if let Ok(mut s) = acceptor.accept(tcp).await {
-                    let sni = s.get_ref().1.server_name().unwrap_or("-").to_string();
-                    let _ = s.write_all(format!("hello {sni}\n").as_bytes()).await;
-                    let _ = s.shutdown().await;
+                if let Ok(s) = acceptor.accept(tcp).await {
+                    serve(s).await;
                 }
             });
         }
     });
     (addr, task)
+}
+
+/// A TLS server presenting `leaf` and answering `hello <SNI received>`.
+pub async fn hello_backend(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
+    tls_server(leaf, |mut s| async move {
+        let sni = s.get_ref().1.server_name().unwrap_or("-").to_string();
+        let _ = s.write_all(format!("hello {sni}\n").as_bytes()).await;
+        let _ = s.shutdown().await;
+    })
+    .await
+}
+
+/// A server started with `apisix.ssl.ssl_trusted_certificate` naming a
+/// file that holds `ca`, listening on `tcp`. The file lives as long as the
+/// returned directory.
+pub async fn server_trusting(ca: &TestCa, tcp: Vec<ListenSpec>) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("trusted.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let trusted = ca_file.display().to_string();
+    let s = TestServer::start_full(
+        tempfile::tempdir().expect("tempdir"),
+        |y| y,
+        move |c| {
+            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
+            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+                sp.tcp = tcp;
+            }
+        },
+    )
+    .await;
+    (s, dir)
 }
 
 /// What a client of a TLS listener reads with `sni` (the proxy's
@@ -168,25 +203,10 @@ async fn plain_read(addr: SocketAddr) -> String {
 async fn verified_upstreams_are_refused_for_a_wrong_name_or_ca_and_served_for_the_right_one() {
     let ca = TestCa::new("private upstream ca");
     let other_ca = TestCa::new("some other ca");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = dir.path().join("trusted.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-
     let mut tls = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
     tls.tls = true;
     let plain = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
-    let trusted = ca_file.display().to_string();
-    let s = TestServer::start_full(
-        tempfile::tempdir().expect("tempdir"),
-        |y| y,
-        move |c| {
-            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![plain, tls];
-            }
-        },
-    )
-    .await;
+    let (s, _ca_dir) = server_trusting(&ca, vec![plain, tls]).await;
     let (plain, tls) = (s.tcp[0], s.tcp[1]);
 
     // The proxy terminates TLS for two names.
@@ -292,52 +312,29 @@ async fn a_missing_trusted_certificate_file_stops_the_start() {
 
 /// An HTTPS server presenting `leaf` that answers every request `200 OK`.
 async fn https_ok(leaf: &Leaf) -> (SocketAddr, JoinHandle<()>) {
-    let acceptor = acceptor(leaf);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut s) = acceptor.accept(tcp).await {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
-                        .await;
-                    let _ = s.shutdown().await;
-                }
-            });
+    tls_server(leaf, |mut s| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
-    });
-    (addr, task)
+        let _ = s
+            .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test]
 async fn https_probes_verify_nodes_against_the_trusted_certificate() {
     let ca = TestCa::new("private probe ca");
     let other_ca = TestCa::new("some other ca");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = dir.path().join("trusted.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-    let trusted = ca_file.display().to_string();
-    let s = TestServer::start_full(
-        tempfile::tempdir().expect("tempdir"),
-        |y| y,
-        move |c| {
-            c.apisix.ssl.ssl_trusted_certificate = Some(trusted);
-            if let Some(sp) = c.apisix.stream_proxy.as_mut() {
-                sp.tcp = vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))];
-            }
-        },
-    )
-    .await;
+    let plain = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+    let (s, _ca_dir) = server_trusting(&ca, vec![plain]).await;
     // Probes verify the node's certificate for its address (the hostname
     // sent), against the configured CA file.
     let (good, _g) = https_ok(&ca.issue(&["127.0.0.1"])).await;
