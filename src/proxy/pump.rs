@@ -17,8 +17,9 @@
 //! has finished (then closing the sockets ends the session). Reads and
 //! writes go through tokio's `poll_read`/`poll_write`, so a short read
 //! still counts as "socket drained" and no read is spent on `EAGAIN`, and
-//! tokio's cooperative budget still makes a busy direction yield. A short
-//! read made after the peer's FIN was reported ends the direction once its
+//! tokio's cooperative budget still makes a busy direction yield. When a
+//! direction's first read is short and the peer's FIN was already reported
+//! (a peer that answers once and closes), the direction ends once those
 //! bytes are out, without a last `recv` to read the EOF.
 
 use std::future::Future;
@@ -76,8 +77,6 @@ pub(super) struct Pump<'a> {
     /// reported: EOF follows once its bytes are written, without another
     /// read to see it.
     eof_seen: bool,
-    /// Running on a single-threaded runtime (see [`peer_finished`]).
-    single_thread: bool,
     step: Step<'a>,
 }
 
@@ -99,8 +98,6 @@ impl<'a> Pump<'a> {
             allowed: None,
             moved: 0,
             eof_seen: false,
-            single_thread: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread,
             step: Step::Read,
         }
     }
@@ -211,7 +208,10 @@ impl<'a> Pump<'a> {
             return Poll::Ready(Ok(false));
         }
         self.spent(n);
-        if n < cap && self.single_thread {
+        // Only a direction's first read asks: that is where a peer that
+        // answers once and closes (HTTP/1.0, a banner, a one-shot reply)
+        // sends its FIN; a long session pays for one last read instead.
+        if self.moved == 0 && n < cap {
             self.eof_seen = peer_finished(self.src.as_ref());
         }
         self.step = Step::Write { buf, at: 0, end: n };
@@ -228,9 +228,15 @@ impl<'a> Pump<'a> {
 /// runtime happens between task polls, never within one, so a FIN seen
 /// here had arrived before that read, and a short read took every byte
 /// before it. (On a multi-threaded runtime this does not hold, and the
-/// caller does not ask.)
+/// answer is always false.)
 fn peer_finished(s: &tokio::net::TcpStream) -> bool {
     use tokio::io::Interest;
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let single =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    if !single {
+        return false;
+    }
     let ready = std::pin::pin!(s.ready(Interest::READABLE | Interest::ERROR));
     let mut cx = Context::from_waker(std::task::Waker::noop());
     matches!(ready.poll(&mut cx), Poll::Ready(Ok(r)) if r.is_read_closed() && !r.is_error())
