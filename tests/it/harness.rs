@@ -218,6 +218,31 @@ pub struct TestServer {
     pub client: reqwest::Client,
 }
 
+/// `GET` `url` (with `accept` when given) and its body as text.
+pub async fn get_text(url: &str, accept: Option<&str>) -> String {
+    within(5, async {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        req.send().await.expect("get").text().await.expect("text")
+    })
+    .await
+}
+
+/// `GET` `path` on the Control API at `control`, as JSON.
+pub async fn control_json(control: SocketAddr, path: &str) -> Value {
+    within(5, async {
+        reqwest::get(format!("http://{control}{path}"))
+            .await
+            .expect("control answers")
+            .json()
+            .await
+            .expect("json")
+    })
+    .await
+}
+
 /// A bounded wait on any future: tests never hang.
 pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
@@ -338,20 +363,17 @@ impl TestServer {
 
     /// The Prometheus endpoint's text.
     pub async fn metrics_text(&self) -> String {
+        self.metrics_text_accepting(None).await
+    }
+
+    /// The Prometheus endpoint's text, asked for with `accept`.
+    pub async fn metrics_text_accepting(&self, accept: Option<&str>) -> String {
         let addr = self
             .server
             .as_ref()
             .and_then(|x| x.metrics_addr())
             .expect("metrics");
-        within(5, async {
-            reqwest::get(format!("http://{addr}/apisix/prometheus/metrics"))
-                .await
-                .expect("get")
-                .text()
-                .await
-                .expect("text")
-        })
-        .await
+        get_text(&format!("http://{addr}/apisix/prometheus/metrics"), accept).await
     }
 
     /// Start with both the YAML text and the parsed config adjusted.
@@ -403,15 +425,19 @@ impl TestServer {
             .expect("control API enabled")
     }
 
+    /// `GET` on the Control API, as JSON.
+    pub async fn control_get(&self, path: &str) -> Value {
+        control_json(self.control(), path).await
+    }
+
     /// `GET /v1/stream/stats` of the Control API.
     pub async fn stream_stats(&self) -> Value {
-        let url = format!("http://{}/v1/stream/stats", self.control());
-        within(5, reqwest::get(url))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json")
+        self.control_get("/v1/stream/stats").await
+    }
+
+    /// `GET /v1/stream/skipped` of the Control API.
+    pub async fn skipped(&self) -> Value {
+        self.control_get("/v1/stream/skipped").await
     }
 
     /// Full URL of an admin path like `/apisix/admin/stream_routes/1`.

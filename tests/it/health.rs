@@ -404,33 +404,13 @@ async fn healthcheck_reports_and_errors() {
         (404, err("no checker for stream_routes[3]")),
         "a referenced upstream is reported under /upstreams"
     );
-    let html = within(5, async {
-        reqwest::Client::new()
-            .get(format!("http://{}/v1/healthcheck", s.control()))
-            .header("Accept", "text/html")
-            .send()
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
+    let html = crate::harness::get_text(
+        &format!("http://{}/v1/healthcheck", s.control()),
+        Some("text/html"),
+    )
     .await;
     assert!(html.contains("APISIX upstream check status"), "{html}");
-    let metrics_addr = s
-        .server
-        .as_ref()
-        .and_then(|x| x.metrics_addr())
-        .expect("metrics");
-    let text = within(5, async {
-        reqwest::get(format!("http://{metrics_addr}/apisix/prometheus/metrics"))
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
-    .await;
+    let text = s.metrics_text().await;
     let line = format!(
         "apisix_upstream_status{{name=\"/apisix/upstreams/u1\",ip=\"127.0.0.1\",port=\"{}\"}} 1",
         live.addr.port()

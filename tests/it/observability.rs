@@ -169,15 +169,7 @@ async fn prometheus_agrees_with_the_control_api() {
         .as_ref()
         .and_then(|x| x.metrics_addr())
         .expect("metrics");
-    let text = within(5, async {
-        reqwest::get(format!("http://{metrics_addr}/apisix/prometheus/metrics"))
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
-    .await;
+    let text = s.metrics_text().await;
     let listen = format!("listen_addr=\"{}\"", s.tcp[0]);
     let has = |needle: &str| text.lines().any(|l| l.contains(needle));
     // Counted only for routes with the prometheus plugin (tests/it/plugins.rs).

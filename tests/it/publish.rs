@@ -111,17 +111,6 @@ async fn a_write_the_data_plane_cannot_serve_is_not_acknowledged() {
     assert_eq!(read_line(&mut c).await, "good");
 }
 
-/// `GET /v1/stream/skipped` of the Control API.
-async fn skipped(s: &TestServer) -> Value {
-    let url = format!("http://{}/v1/stream/skipped", s.control());
-    crate::harness::within(5, reqwest::get(url))
-        .await
-        .expect("skipped")
-        .json()
-        .await
-        .expect("json")
-}
-
 async fn start_on(dir: tempfile::TempDir) -> TestServer {
     TestServer::start_full(
         dir,
@@ -172,7 +161,7 @@ async fn a_stored_route_that_does_not_compile_is_skipped_and_listed_while_others
             "{round}: the good route serves"
         );
         drop(c);
-        let list = skipped(&s).await;
+        let list = s.skipped().await;
         let items = list["skipped"].as_array().expect("skipped list");
         assert_eq!(items.len(), 1, "{round}: {list}");
         assert_eq!(items[0]["type"], "stream_routes");

@@ -18,21 +18,13 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::harness::{
-    bin, call, free_port, wait_listening_logged, within, ChildConfig, ChildGuard, TestServer, KEY,
+    bin, call, free_port, wait_listening_logged, ChildConfig, ChildGuard, TestServer, KEY,
 };
 use crate::trust::{acceptor, hello_backend, server_trusting, tls_read, TestCa};
 
-/// `GET` on the Control API.
-async fn control_get(control: SocketAddr, path: &str) -> Value {
-    let res = within(10, reqwest::get(format!("http://{control}{path}")))
-        .await
-        .expect("control answers");
-    within(10, res.json()).await.expect("json")
-}
-
 /// The `/v1/stream/skipped` entry of an object, if it is skipped.
 async fn skipped(control: SocketAddr, kind: &str, id: &str) -> Option<String> {
-    let v = control_get(control, "/v1/stream/skipped").await;
+    let v = crate::harness::control_json(control, "/v1/stream/skipped").await;
     v["skipped"].as_array().and_then(|l| {
         l.iter()
             .find(|s| s["type"] == kind && s["id"] == id)

@@ -505,13 +505,7 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
         vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
-    let url = format!("http://{}/v1/stream/skipped", s.control());
-    let skipped: Value = reqwest::get(url)
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let skipped = s.skipped().await;
     assert_eq!(
         skipped["skipped"],
         json!([{"type": "stream_routes", "id": "custom", "reason": "unknown plugin [x-auth]"},

@@ -56,12 +56,6 @@ fn udp_pong(sock: UdpSocket) -> JoinHandle<()> {
     })
 }
 
-async fn get(s: &TestServer, path: &str) -> Value {
-    let url = format!("http://{}{path}", s.control());
-    let res = within(5, reqwest::get(&url)).await.expect("GET");
-    within(5, res.json()).await.unwrap_or(Value::Null)
-}
-
 fn node(report: &Value, addr: SocketAddr) -> Value {
     report["nodes"]
         .as_array()
@@ -73,7 +67,7 @@ fn node(report: &Value, addr: SocketAddr) -> Value {
 async fn status_becomes(s: &TestServer, addr: SocketAddr, status: &str) -> Value {
     let path = "/v1/healthcheck/stream_routes/1";
     eventually_some(15, &format!("{addr} {status}"), async || {
-        let report = get(s, path).await;
+        let report = s.control_get(path).await;
         (node(&report, addr)["status"] == status).then_some(report)
     })
     .await

@@ -367,13 +367,7 @@ async fn unservable_route_in_file_refuses_its_clients_instead_of_falling_through
     let mut other = crate::backend::connect_from("127.0.0.2", proxy).await;
     assert_eq!(read_line(&mut other).await, "wide");
     // The Control API lists the narrow route as skipped, with its reason.
-    let url = format!("http://{}/v1/stream/skipped", s.control());
-    let listed: serde_json::Value = within(5, reqwest::get(url))
-        .await
-        .expect("skipped")
-        .json()
-        .await
-        .expect("json");
+    let listed = s.skipped().await;
     let text = listed.to_string();
     assert!(text.contains("narrow"), "{text}");
     assert!(!text.contains("\"wide\""), "{text}");

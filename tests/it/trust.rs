@@ -349,33 +349,24 @@ async fn https_probes_verify_nodes_against_the_trusted_certificate() {
                     "timeouts": 1}}}}}),
     )
     .await;
-    let control = s.control();
-    let status = |report: &serde_json::Value, addr: SocketAddr| {
+    let path = "/v1/healthcheck/stream_routes/1";
+    let node = |report: &serde_json::Value, addr: SocketAddr| {
         report["nodes"]
             .as_array()
             .and_then(|n| n.iter().find(|n| n["port"] == addr.port()))
-            .map(|n| n["status"].as_str().unwrap_or_default().to_string())
+            .cloned()
             .unwrap_or_default()
     };
-    let report = async || -> Option<serde_json::Value> {
-        let url = format!("http://{control}/v1/healthcheck/stream_routes/1");
-        reqwest::get(&url).await.ok()?.json().await.ok()
-    };
     crate::harness::eventually_some(15, "the stranger's probe failed", async || {
-        let r = report().await?;
-        (status(&r, stranger) == "unhealthy").then_some(())
+        let r = s.control_get(path).await;
+        (node(&r, stranger)["status"] == "unhealthy").then_some(())
     })
     .await;
     // Two more probe rounds: the node whose CA is trusted passes every one
     // of them (one failure would take it out).
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let report = report().await.expect("health report");
-    let good_node = report["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["port"] == good.port()))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(good_node["status"], "healthy", "{report}");
-    assert_eq!(good_node["counter"]["tcp_failure"], 0, "{report}");
-    assert_eq!(status(&report, stranger), "unhealthy", "{report}");
+    let report = s.control_get(path).await;
+    assert_eq!(node(&report, good)["status"], "healthy", "{report}");
+    assert_eq!(node(&report, good)["counter"]["tcp_failure"], 0, "{report}");
+    assert_eq!(node(&report, stranger)["status"], "unhealthy", "{report}");
 }

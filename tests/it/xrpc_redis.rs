@@ -373,19 +373,9 @@ async fn faults_metrics_and_loggers_per_command() {
         .unwrap_or(0.0);
     assert!(sum >= 0.5, "{text}");
     // The scrape still parses as OpenMetrics.
-    let om = within(5, async {
-        let addr = s.server.as_ref().and_then(|x| x.metrics_addr()).expect("m");
-        reqwest::Client::new()
-            .get(format!("http://{addr}/apisix/prometheus/metrics"))
-            .header("Accept", "application/openmetrics-text; version=1.0.0")
-            .send()
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text")
-    })
-    .await;
+    let om = s
+        .metrics_text_accepting(Some("application/openmetrics-text; version=1.0.0"))
+        .await;
     openmetrics_parser::openmetrics::parse_openmetrics(&om).expect("valid OpenMetrics");
 }
 
@@ -564,16 +554,7 @@ async fn an_unlisted_protocol_in_apisix_yaml_refuses_its_clients() {
         vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
     )
     .await;
-    let url = format!("http://{}/v1/stream/skipped", s.control());
-    let skipped: Value = within(5, async {
-        reqwest::get(url)
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json")
-    })
-    .await;
+    let skipped = s.skipped().await;
     assert_eq!(
         skipped["skipped"],
         json!([{"type": "stream_routes", "id": "r", "reason": "unknown protocol [redis]"}]),
