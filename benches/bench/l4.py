@@ -9,7 +9,7 @@ import time
 from . import loadgen, proc
 from .proc import Failed
 from .results import Metric
-from .rounds import run_rounds
+from .rounds import LOAD_METRICS, run_rounds
 from .targets import L4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,10 +35,7 @@ METRICS = [
     Metric("w6_1mib_download_mbps", "W6 1 MiB downloads", "MB/s", "higher"),
     Metric("w6_cpu_ms_per_gb", "W6 proxy CPU per GB", "ms", "lower", True),
     Metric("errors", "socket errors / non-2xx (W2, W3, W6)", "count", "lower"),
-    Metric("background_busy_pct", "CPU busy just before the target", "%", "info"),
-    Metric("others_cpu_pct", "CPU used by other processes during the target", "%", "info"),
-    Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),
-]
+] + LOAD_METRICS
 CURVES = ["w5_idle_kib_per_conn", "w7_used_kib_per_conn"]
 
 

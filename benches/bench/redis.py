@@ -19,7 +19,7 @@ import time
 from . import proc
 from .proc import Failed
 from .results import Metric
-from .rounds import run_rounds
+from .rounds import LOAD_METRICS, run_rounds
 from .targets import ApisixStream, nginx_stream_module, start_nginx
 
 SUBJECT_ROUTE = "redis-route"
@@ -35,10 +35,7 @@ METRICS = [
     Metric("p1_get_p50_ms", "Redis GET p50 latency, -P 1", "ms", "lower"),
     Metric("p1_get_p99_ms", "Redis GET p99 latency, -P 1", "ms", "lower"),
     Metric("p1_cpu_us_per_req", "Redis proxy CPU per request, -P 1", "us", "lower", True),
-    Metric("background_busy_pct", "CPU busy just before the target", "%", "info"),
-    Metric("others_cpu_pct", "CPU used by other processes during the target", "%", "info"),
-    Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),
-]
+] + LOAD_METRICS
 PAIRS = [(SUBJECT_ROUTE, "apisix-stream")]
 # what `run.sh --smoke` must have written
 SMOKE_ROWS = [("redis", k, t) for t in ("direct", "apisix-stream")

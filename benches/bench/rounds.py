@@ -4,6 +4,14 @@ kept to its own cells, and the load seen by the busiest target reported
 per round."""
 
 from .proc import Failed
+from .results import Metric
+
+# The load rows every suite records for each target and round.
+LOAD_METRICS = [
+    Metric("background_busy_pct", "CPU busy just before the target", "%", "info"),
+    Metric("others_cpu_pct", "CPU used by other processes during the target", "%", "info"),
+    Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),
+]
 
 
 def run_rounds(ctx, suite, progress, steps, target, backends):

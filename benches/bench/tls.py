@@ -23,7 +23,7 @@ import time
 from . import proc, tlsclient
 from .proc import Failed
 from .results import Metric
-from .rounds import run_rounds
+from .rounds import LOAD_METRICS, run_rounds
 from .targets import ApisixStream, nginx_stream_module, start_nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,10 +78,7 @@ def metrics(keys, versions):
                "MB/s", "higher"),
         Metric("t3_cpu_ms_per_gb", "T3 proxy CPU per GB", "ms", "lower", True),
         Metric("errors", "failed connections / handshakes", "count", "lower"),
-        Metric("background_busy_pct", "CPU busy just before the target", "%", "info"),
-        Metric("others_cpu_pct", "CPU used by other processes during the target", "%", "info"),
-        Metric("steal_pct", "CPU stolen by the hypervisor during the target", "%", "info"),
-    ]
+    ] + LOAD_METRICS
     return out
 
 
