@@ -1,6 +1,7 @@
 //! The certificate authorities a verified TLS peer is checked against
 //! (`apisix.ssl.ssl_trusted_certificate`): upstream nodes whose upstream
-//! says `tls.verify: true`, and etcd over TLS with `tls.verify: true`.
+//! says `tls.verify: true`, etcd over TLS with `tls.verify: true`, Vault
+//! over https and `https` health probes that verify.
 //!
 //! As APISIX: unset or `system` means the system's CA bundle (the first of
 //! the usual bundle files that holds certificates; the Mozilla roots
@@ -24,8 +25,10 @@ const CA_BUNDLES: &[&str] = &[
 #[derive(Clone)]
 pub struct Trust {
     roots: Arc<RootCertStore>,
-    /// The certificates of a configured file (empty for the system's).
-    file_certs: Arc<Vec<CertificateDer<'static>>>,
+    /// The certificates the roots were read from (the configured file or
+    /// the system's bundle); empty for the compiled-in Mozilla roots, which
+    /// the HTTP client has built in as well.
+    certs: Arc<Vec<CertificateDer<'static>>>,
     /// What the roots came from, for messages.
     source: Arc<str>,
 }
@@ -57,12 +60,15 @@ impl Trust {
                     };
                     let mut roots = RootCertStore::empty();
                     let mut reader = pem.as_slice();
-                    let (added, _) = roots
-                        .add_parsable_certificates(rustls_pemfile::certs(&mut reader).flatten());
-                    if added > 0 {
+                    // The certificates the verifier takes (others are skipped).
+                    let certs: Vec<_> = rustls_pemfile::certs(&mut reader)
+                        .flatten()
+                        .filter(|c| roots.add(c.clone()).is_ok())
+                        .collect();
+                    if !certs.is_empty() {
                         return Trust {
                             roots: Arc::new(roots),
-                            file_certs: Arc::default(),
+                            certs: Arc::new(certs),
                             source: Arc::from(format!("system ({path})")),
                         };
                     }
@@ -72,7 +78,7 @@ impl Trust {
                 };
                 Trust {
                     roots: Arc::new(roots),
-                    file_certs: Arc::default(),
+                    certs: Arc::default(),
                     source: Arc::from("system (built-in Mozilla roots)"),
                 }
             })
@@ -111,7 +117,7 @@ impl Trust {
         }
         Ok(Trust {
             roots: Arc::new(roots),
-            file_certs: Arc::new(certs),
+            certs: Arc::new(certs),
             source: Arc::from(source),
         })
     }
@@ -121,25 +127,19 @@ impl Trust {
         Arc::clone(&self.roots)
     }
 
-    /// The certificates of a configured file; empty when the system's
-    /// roots are in force (clients keep their own built-in roots then).
-    pub fn file_certs(&self) -> &[CertificateDer<'static>] {
-        &self.file_certs
-    }
-
     /// What the roots came from (a path, or `system (...)`).
     pub fn source(&self) -> &str {
         &self.source
     }
 
-    /// An HTTP client builder (Vault, etcd) that trusts these roots: the
-    /// configured file's CAs only, or, for the system's roots, the client's
-    /// own defaults.
+    /// An HTTP client builder (Vault, etcd) that trusts exactly these
+    /// roots: the file's or the system bundle's certificates in place of
+    /// the client's built-in ones (which are the compiled-in roots).
     pub fn http_client(&self) -> Result<reqwest::ClientBuilder, String> {
         let mut builder = reqwest::Client::builder().use_rustls_tls().no_proxy();
-        if !self.file_certs.is_empty() {
+        if !self.certs.is_empty() {
             builder = builder.tls_built_in_root_certs(false);
-            for c in self.file_certs.iter() {
+            for c in self.certs.iter() {
                 let cert = reqwest::Certificate::from_der(c.as_ref())
                     .map_err(|e| format!("{}: {e}", self.source))?;
                 builder = builder.add_root_certificate(cert);
@@ -158,8 +158,13 @@ mod tests {
         for s in [None, Some("system"), Some("")] {
             let t = Trust::from_setting(s).expect("system roots");
             assert!(t.source().starts_with("system"), "{}", t.source());
-            assert!(t.file_certs().is_empty());
             assert!(!t.roots().is_empty());
+            // A system bundle's certificates go to HTTP clients too; the
+            // compiled-in roots are theirs already.
+            let built_in = t.source().contains("built-in");
+            let expected = if built_in { 0 } else { t.roots().len() };
+            assert_eq!(t.certs.len(), expected, "{}", t.source());
+            assert!(t.http_client().is_ok());
         }
     }
 
@@ -178,7 +183,7 @@ mod tests {
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, ca.cert.pem()).expect("write");
         let t = Trust::from_setting(good.to_str()).expect("a CA file");
-        assert_eq!(t.file_certs().len(), 1);
+        assert_eq!(t.certs.len(), 1);
         assert_eq!(t.roots().len(), 1);
         assert_eq!(t.source(), good.to_str().expect("utf-8"));
     }

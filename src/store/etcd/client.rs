@@ -181,13 +181,12 @@ pub(super) async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Ho
         }
     };
     // `verify` (the default) checks the server against
-    // `apisix.ssl.ssl_trusted_certificate` when one is configured.
+    // `apisix.ssl.ssl_trusted_certificate` (the system's bundle when unset).
     let verifying = tls.is_none_or(|t| t.verify);
-    let trusted = match conf.trusted_ca.as_deref() {
-        Some(setting) if verifying => {
-            Some(crate::tls::Trust::from_setting(Some(setting)).map_err(unavailable)?)
-        }
-        _ => None,
+    let trusted = if verifying {
+        Some(crate::tls::Trust::from_setting(conf.trusted_ca.as_deref()).map_err(unavailable)?)
+    } else {
+        None
     };
     let mut hosts = Vec::new();
     for url in &conf.host {
