@@ -326,19 +326,9 @@ impl Checker {
     /// A checker for `backends` with the `checks` object `source`. Targets
     /// equal to one of `prev` (same host, port and hostname) are shared
     /// with it — counters and state included — when `prev` has the same
-    /// `checks`.
-    pub fn new(
-        name: &str,
-        source: &Value,
-        backends: &[Backend],
-        prev: Option<&Checker>,
-    ) -> Checker {
-        Checker::trusting(name, source, backends, prev, &tls::Trust::system())
-    }
-
-    /// [`Checker::new`] whose `https` probes verify node certificates (with
+    /// `checks`. `https` probes verify node certificates (with
     /// `https_verify_certificate`) against `trust`.
-    pub fn trusting(
+    pub fn new(
         name: &str,
         source: &Value,
         backends: &[Backend],
@@ -390,7 +380,7 @@ impl Checker {
         trust: &tls::Trust,
     ) -> Option<Checker> {
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Checker::trusting(name, source, backends, prev, trust)
+            Checker::new(name, source, backends, prev, trust)
         }));
         match built {
             Ok(c) => Some(c),

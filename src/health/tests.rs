@@ -14,6 +14,11 @@ use super::*;
 use crate::balancer::Balancer;
 use crate::model::{LbType, Node};
 
+/// A checker whose https probes trust the system's roots.
+fn checker(name: &str, source: &Value, backends: &[Backend], prev: Option<&Checker>) -> Checker {
+    Checker::new(name, source, backends, prev, &crate::tls::Trust::system())
+}
+
 fn nodes(list: &[(&str, u16, i32)]) -> Vec<Node> {
     list.iter()
         .map(|&(host, port, priority)| Node {
@@ -153,7 +158,7 @@ fn targets_follow_nodes_and_overrides() {
         ("127.0.0.1", 1995, 1),
         ("::1", 80, 0),
     ]);
-    let c = Checker::new("upstreams/1", &tcp_checks(1), &b, None);
+    let c = checker("upstreams/1", &tcp_checks(1), &b, None);
     assert_eq!(c.targets().len(), 2, "a repeated node is one target");
     let t = &c.targets()[1];
     assert_eq!(
@@ -161,7 +166,7 @@ fn targets_follow_nodes_and_overrides() {
         ("::1", 80, "::1")
     );
     let over = json!({"active": {"type": "tcp", "port": 9000, "host": "probe.local"}});
-    let c = Checker::new("upstreams/1", &over, &b, None);
+    let c = checker("upstreams/1", &over, &b, None);
     let t = &c.targets()[0];
     assert_eq!(
         (t.ip.as_str(), t.port, t.hostname.as_str()),
@@ -182,15 +187,15 @@ fn targets_follow_nodes_and_overrides() {
 #[test]
 fn unchanged_targets_keep_their_state_only_with_the_same_checks() {
     let b1 = backends(&[("127.0.0.1", 1, 0), ("127.0.0.1", 2, 0)]);
-    let c1 = Checker::new("upstreams/1", &tcp_checks(1), &b1, None);
+    let c1 = checker("upstreams/1", &tcp_checks(1), &b1, None);
     c1.targets()[0].record(Report::TcpFailure, 1, "t", "test");
     assert!(!c1.healthy(0));
     let b2 = backends(&[("127.0.0.1", 1, 0), ("127.0.0.1", 3, 0)]);
-    let c2 = Checker::new("upstreams/1", &tcp_checks(1), &b2, Some(&c1));
+    let c2 = checker("upstreams/1", &tcp_checks(1), &b2, Some(&c1));
     assert!(Arc::ptr_eq(&c1.targets()[0], &c2.targets()[0]));
     assert!(!c2.healthy(0), "state kept");
     assert!(c2.healthy(1), "new target starts healthy");
-    let c3 = Checker::new("upstreams/1", &tcp_checks(2), &b2, Some(&c2));
+    let c3 = checker("upstreams/1", &tcp_checks(2), &b2, Some(&c2));
     assert!(c3.healthy(0), "other checks: fresh targets");
 }
 
@@ -199,7 +204,7 @@ fn retry_and_session_reports_use_passive_thresholds() {
     let b = backends(&[("127.0.0.1", 1, 0), ("127.0.0.1", 2, 0)]);
     // No `passive`: failed tries still count (default threshold 2),
     // failed sessions do not.
-    let c = Checker::new("stream_routes/1", &tcp_checks(254), &b, None);
+    let c = checker("stream_routes/1", &tcp_checks(254), &b, None);
     c.report_session_failure(0);
     assert_eq!(c.targets()[0].state(), TargetState::default());
     c.report_try_failure(0, false);
@@ -211,7 +216,7 @@ fn retry_and_session_reports_use_passive_thresholds() {
     // With `passive`, a failed session counts as a TCP failure.
     let mut checks = tcp_checks(254);
     checks["passive"] = json!({"type": "tcp", "unhealthy": {"tcp_failures": 1}});
-    let c = Checker::new("stream_routes/1", &checks, &b, None);
+    let c = checker("stream_routes/1", &checks, &b, None);
     c.report_session_failure(1);
     assert!(c.healthy(0) && !c.healthy(1));
     assert_eq!(c.targets()[1].state().counter.tcp_failure, 1);
@@ -220,7 +225,7 @@ fn retry_and_session_reports_use_passive_thresholds() {
 #[test]
 fn report_has_apisix_shape() {
     let b = backends(&[("127.0.0.1", 1995, 0)]);
-    let c = Checker::new("stream_routes/1", &tcp_checks(2), &b, None);
+    let c = checker("stream_routes/1", &tcp_checks(2), &b, None);
     assert_eq!(
         c.report("/apisix"),
         json!({"name": "/apisix/stream_routes/1", "type": "tcp",
@@ -239,7 +244,7 @@ fn balancer_skips_unhealthy_nodes_and_falls_back_to_all() {
         ("10.0.0.3", 80, 0),
     ]);
     let b = Balancer::new(&LbType::RoundRobin, &n);
-    let c = Checker::new("upstreams/1", &tcp_checks(1), b.backends(), None);
+    let c = checker("upstreams/1", &tcp_checks(1), b.backends(), None);
     c.targets()[0].record(Report::TcpFailure, 1, "t", "test");
     let hook = |i: usize| c.healthy(i);
     for _ in 0..10 {
@@ -258,7 +263,7 @@ fn balancer_skips_unhealthy_nodes_and_falls_back_to_all() {
         &LbType::Chash,
         &nodes(&[("10.0.0.1", 80, 0), ("10.0.0.2", 80, 0)]),
     );
-    let c = Checker::new("upstreams/2", &tcp_checks(1), ring.backends(), None);
+    let c = checker("upstreams/2", &tcp_checks(1), ring.backends(), None);
     let hook = |i: usize| c.healthy(i);
     let key = b"client-7";
     let first = ring.pick(Some(key), &[], &hook).expect("a node").index;
@@ -327,7 +332,7 @@ async fn probes_classify_outcomes() {
         probe::probe(&http.active, None, &target(up)).await,
         Outcome::Status(500)
     );
-    let c = Checker::new(
+    let c = checker(
         "upstreams/1",
         &json!({"active": {"unhealthy": {"http_failures": 1}}}),
         &backends(&[("127.0.0.1", up.port(), 0)]),

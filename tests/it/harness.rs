@@ -361,6 +361,16 @@ impl TestServer {
         .await
     }
 
+    /// [`TestServer::standalone_yaml`] on an `apisix.yaml` holding `text`,
+    /// with one plain TCP listener; also returns the file's path.
+    pub async fn standalone_text(text: &str) -> (TestServer, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("apisix.yaml");
+        std::fs::write(&file, text).expect("write apisix.yaml");
+        let plain = ListenSpec::new("127.0.0.1:0".parse().expect("addr"));
+        (Self::standalone_yaml(dir, &file, vec![plain]).await, file)
+    }
+
     /// The Prometheus endpoint's text.
     pub async fn metrics_text(&self) -> String {
         self.metrics_text_accepting(None).await

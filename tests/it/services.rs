@@ -486,24 +486,13 @@ async fn unknown_plugins_are_refused_by_the_admin_api_and_fail_closed_from_yaml(
 
     // From apisix.yaml: the route stays, refusing its clients; the others serve.
     let a = Backend::start("a", Mode::Greet).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("apisix.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "stream_routes:\n  - id: custom\n    upstream_id: 1\n    plugins: {{x-auth: {{}}}}\n  \
-             - id: open\n    upstream_id: 1\n    remote_addr: 127.0.0.2\n  \
-             - id: orphan\n    service_id: nope\n    remote_addr: 127.0.0.3\n\
-             upstreams:\n  - id: 1\n    nodes: {{\"{}\": 1}}\n#END\n",
-            a.addr
-        ),
-    )
-    .expect("write");
-    let s = TestServer::standalone_yaml(
-        dir,
-        &file,
-        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
-    )
+    let (s, _file) = TestServer::standalone_text(&format!(
+        "stream_routes:\n  - id: custom\n    upstream_id: 1\n    plugins: {{x-auth: {{}}}}\n  \
+         - id: open\n    upstream_id: 1\n    remote_addr: 127.0.0.2\n  \
+         - id: orphan\n    service_id: nope\n    remote_addr: 127.0.0.3\n\
+         upstreams:\n  - id: 1\n    nodes: {{\"{}\": 1}}\n#END\n",
+        a.addr
+    ))
     .await;
     let skipped = s.skipped().await;
     assert_eq!(

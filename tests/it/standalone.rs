@@ -105,15 +105,7 @@ plugin_attr:
 async fn traditional_yaml_serves_reloads_and_refuses_admin_writes() {
     let a = Backend::start("a", Mode::Greet).await;
     let b = Backend::start("b", Mode::Greet).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("apisix.yaml");
-    write_file(&file, &yaml_route_to(&a.addr.to_string()));
-    let mut s = TestServer::standalone_yaml(
-        dir,
-        &file,
-        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
-    )
-    .await;
+    let (mut s, file) = TestServer::standalone_text(&yaml_route_to(&a.addr.to_string())).await;
     let proxy = s.tcp[0];
     assert_eq!(greeting(proxy).await, "a");
 
@@ -340,24 +332,14 @@ fn serve_stops_on_a_missing_or_broken_file() {
 #[tokio::test]
 async fn unservable_route_in_file_refuses_its_clients_instead_of_falling_through() {
     let wide = Backend::start("wide", Mode::Greet).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("apisix.yaml");
     // Route "narrow" has a map-form node without a port (refused by the
     // Admin API); route "wide" catches every other client.
-    write_file(
-        &file,
-        &format!(
-            "stream_routes:\n  - id: narrow\n    remote_addr: 127.0.0.1\n    upstream:\n      \
-             nodes:\n        \"127.0.0.1\": 1\n  - id: wide\n    upstream:\n      nodes:\n        \
-             \"{}\": 1\n#END\n",
-            wide.addr
-        ),
-    );
-    let s = TestServer::standalone_yaml(
-        dir,
-        &file,
-        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
-    )
+    let (s, _file) = TestServer::standalone_text(&format!(
+        "stream_routes:\n  - id: narrow\n    remote_addr: 127.0.0.1\n    upstream:\n      \
+         nodes:\n        \"127.0.0.1\": 1\n  - id: wide\n    upstream:\n      nodes:\n        \
+         \"{}\": 1\n#END\n",
+        wide.addr
+    ))
     .await;
     let proxy = s.tcp[0];
     // A client the narrow route filters for is closed, never sent to the

@@ -537,22 +537,11 @@ async fn limit_bandwidth_on_a_protocol_route_is_refused_not_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_protocol_in_apisix_yaml_refuses_its_clients() {
     let redis = Redis::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("apisix.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "stream_routes:\n  - id: r\n    protocol: {{name: redis}}\n    \
-             upstream: {{nodes: {{\"{}\": 1}}}}\n#END\n",
-            redis.addr
-        ),
-    )
-    .expect("write");
-    let s = TestServer::standalone_yaml(
-        dir,
-        &file,
-        vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
-    )
+    let (s, _file) = TestServer::standalone_text(&format!(
+        "stream_routes:\n  - id: r\n    protocol: {{name: redis}}\n    \
+         upstream: {{nodes: {{\"{}\": 1}}}}\n#END\n",
+        redis.addr
+    ))
     .await;
     let skipped = s.skipped().await;
     assert_eq!(
