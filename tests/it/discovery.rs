@@ -53,15 +53,8 @@ impl Dnsmasq {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hosts");
         std::fs::write(&file, hosts).expect("hosts file");
-        // dnsmasq binds the port for UDP and TCP: take one free for both.
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp port");
-        let port = udp.local_addr().expect("addr").port();
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        drop(udp);
-        if tcp.is_err() {
-            return None;
-        }
-        drop(tcp);
+        // dnsmasq binds the port for UDP and TCP.
+        let port = crate::harness::free_port();
         let child = Command::new("dnsmasq")
             .args([
                 "-k",

@@ -501,13 +501,29 @@ pub async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A free loopback TCP port (for child processes, whose bound port we cannot ask).
+/// Ports [`free_port`] hands out: below the kernel's ephemeral range
+/// (32768 and up by default), so no outgoing connection of another test and
+/// no bind to port 0 can be given one between the pick and the child's bind.
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port free for TCP and UDP (for child processes, whose bound
+/// port we cannot ask). Each call in this process gets another port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    // Test processes running at once start at different places.
+    let start = std::process::id() * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PICKED_PORTS.start + u16::try_from((start + n) % span).expect("in range");
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PICKED_PORTS:?}");
 }
 
 /// A child `apisix-stream` process, killed when dropped.

@@ -486,19 +486,10 @@ impl Child {
     }
 }
 
-/// A free loopback UDP port.
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test]
 async fn sigterm_delivers_a_udp_reply_still_on_its_way_then_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
+    let port = free_port();
     let mut child = Child::start(dir.path(), &[], &[port]);
     // A node that answers one second after it is asked.
     let node = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
