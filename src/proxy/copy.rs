@@ -139,29 +139,57 @@ pub(super) enum PumpError {
     Write(io::Error),
 }
 
-/// One read of at most `cap` bytes from any byte stream (TLS) into a
-/// buffer from the worker's pool (a large one past [`pool::BUF`]), taken
-/// only while the read is tried: it goes straight back when nothing is
-/// there, so a direction waiting for bytes holds none.
-async fn read_pooled_io<R>(src: &mut R, cap: usize) -> io::Result<(pool::Buffer, usize)>
+/// Read at most `cap` bytes from any byte stream (TLS) into a buffer from
+/// the worker's pool (a large one past [`pool::BUF`]), taken only while
+/// the read is tried: it goes straight back when nothing is there, so a
+/// direction waiting for bytes holds none.
+///
+/// Once bytes came, it keeps reading what is already there (never
+/// waiting) until `cap` is filled: a TLS stream hands out one record per
+/// read, so this gathers the records a burst brought and the write that
+/// follows sends them in one call, waking the receiver once. An error met
+/// after some bytes is kept in `held` and returned by the next call, after
+/// those bytes have been written.
+async fn read_pooled_io<R>(
+    src: &mut R,
+    cap: usize,
+    held: &mut Option<io::Error>,
+) -> io::Result<(pool::Buffer, usize)>
 where
     R: AsyncRead + Unpin,
 {
     std::future::poll_fn(|cx| {
+        if let Some(e) = held.take() {
+            return Poll::Ready(Err(e));
+        }
         let mut buf = if cap > pool::BUF {
             pool::big_buffer()
         } else {
             pool::buffer()
         };
         let cap = cap.min(buf.len());
-        let mut rb = ReadBuf::new(&mut buf[..cap]);
-        let polled = Pin::new(&mut *src).poll_read(cx, &mut rb);
-        let n = rb.filled().len();
-        match polled {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => Poll::Ready(Ok((buf, n))),
+        let mut filled = 0;
+        while filled < cap {
+            let mut rb = ReadBuf::new(&mut buf[filled..cap]);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending if filled == 0 => return Poll::Pending,
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => {
+                    *held = Some(e);
+                    break;
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        // EOF: reported by the next call, which reads it again.
+                        break;
+                    }
+                    filled += n;
+                }
+            }
         }
+        Poll::Ready(Ok((buf, filled)))
     })
     .await
 }
@@ -198,12 +226,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut held = None;
     loop {
         let cap = match pace {
             None => step,
             Some(_) => granted(pace, pool::BUF.min(step)).await,
         };
-        let (buf, n) = match read_pooled_io(src, cap).await {
+        let (buf, n) = match read_pooled_io(src, cap, &mut held).await {
             Ok(read) => read,
             // A TLS peer that closes its socket without a close_notify
             // alert (most clients do) has finished, as nginx reads it.
@@ -332,13 +361,18 @@ pub struct Steps {
 
 impl Steps {
     /// Steps for a relay whose client and/or upstream side speaks TLS:
-    /// [`pool::BIG`] towards a TLS side (records encrypted in a batch),
-    /// [`pool::BUF`] towards a plain one.
+    /// [`pool::BIG`] from or towards a TLS side (records encrypted in a
+    /// batch, or decrypted records gathered into one write), [`pool::BUF`]
+    /// between two plain sides.
     pub fn tls(client_tls: bool, upstream_tls: bool) -> Steps {
-        let step = |dst_tls: bool| if dst_tls { pool::BIG } else { pool::BUF };
+        let step = if client_tls || upstream_tls {
+            pool::BIG
+        } else {
+            pool::BUF
+        };
         Steps {
-            up: step(upstream_tls),
-            down: step(client_tls),
+            up: step,
+            down: step,
         }
     }
 }
@@ -412,13 +446,15 @@ mod tests {
     }
 
     #[test]
-    fn steps_are_large_towards_tls_and_one_record_towards_plain() {
+    fn steps_are_large_from_and_towards_tls() {
         let terminated = Steps::tls(true, false);
-        assert_eq!((terminated.up, terminated.down), (pool::BUF, pool::BIG));
+        assert_eq!((terminated.up, terminated.down), (pool::BIG, pool::BIG));
         let originated = Steps::tls(false, true);
-        assert_eq!((originated.up, originated.down), (pool::BIG, pool::BUF));
+        assert_eq!((originated.up, originated.down), (pool::BIG, pool::BIG));
         let both = Steps::tls(true, true);
         assert_eq!((both.up, both.down), (pool::BIG, pool::BIG));
+        let plain = Steps::tls(false, false);
+        assert_eq!((plain.up, plain.down), (pool::BUF, pool::BUF));
     }
 
     /// What a test relay stops on: 30 s idle, and an operator close and a
@@ -591,6 +627,58 @@ mod tests {
             .await
             .expect("the client sees the end");
         assert!(read.is_err(), "a reset, not a clean EOF (got {got:?})");
+    }
+
+    #[tokio::test]
+    async fn records_already_received_are_gathered_into_one_read() {
+        let (mut server, mut client, _backend, _upstream) = tls_session(64 * 1024, 1024).await;
+        // Three records, each flushed on its own.
+        for part in [b"first ", b"secnd ", b"third "] {
+            client.write_all(part).await.expect("write");
+            client.flush().await.expect("flush");
+        }
+        // Wait until the first record can be read, then read once.
+        let mut held = None;
+        let (buf, n) = read_pooled_io(&mut server, pool::BIG, &mut held)
+            .await
+            .expect("read");
+        assert_eq!(&buf[..n], b"first secnd third ");
+        assert!(held.is_none());
+    }
+
+    /// A source that yields `data` once, then fails.
+    struct ThenFails(Option<&'static [u8]>);
+
+    impl tokio::io::AsyncRead for ThenFails {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(data) => {
+                    buf.put_slice(data);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_after_some_bytes_comes_with_the_next_read() {
+        let mut src = ThenFails(Some(b"bytes before the reset"));
+        let mut held = None;
+        let (buf, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
+            .await
+            .expect("the bytes first");
+        assert_eq!(&buf[..n], b"bytes before the reset");
+        drop(buf);
+        let next = read_pooled_io(&mut src, pool::BIG, &mut held).await;
+        assert_eq!(
+            next.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionReset)
+        );
     }
 
     #[tokio::test]
