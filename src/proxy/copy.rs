@@ -147,20 +147,22 @@ pub(super) enum PumpError {
 /// Once bytes came, it keeps reading what is already there (never
 /// waiting) until `cap` is filled: a TLS stream hands out one record per
 /// read, so this gathers the records a burst brought and the write that
-/// follows sends them in one call, waking the receiver once. An error met
-/// after some bytes is kept in `held` and returned by the next call, after
-/// those bytes have been written.
+/// follows sends them in one call, waking the receiver once. EOF or an
+/// error met after some bytes is kept in `held` and returned by the next
+/// call (without reading again), after those bytes have been written.
 async fn read_pooled_io<R>(
     src: &mut R,
     cap: usize,
-    held: &mut Option<io::Error>,
+    held: &mut Option<Held>,
 ) -> io::Result<(pool::Buffer, usize)>
 where
     R: AsyncRead + Unpin,
 {
     std::future::poll_fn(|cx| {
-        if let Some(e) = held.take() {
-            return Poll::Ready(Err(e));
+        match held.take() {
+            Some(Held::Eof) => return Poll::Ready(Ok((pool::buffer(), 0))),
+            Some(Held::Err(e)) => return Poll::Ready(Err(e)),
+            None => {}
         }
         let mut buf = if cap > pool::BUF {
             pool::big_buffer()
@@ -176,13 +178,15 @@ where
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
                 Poll::Ready(Err(e)) => {
-                    *held = Some(e);
+                    *held = Some(Held::Err(e));
                     break;
                 }
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     if n == 0 {
-                        // EOF: reported by the next call, which reads it again.
+                        if filled > 0 {
+                            *held = Some(Held::Eof);
+                        }
                         break;
                     }
                     filled += n;
@@ -192,6 +196,12 @@ where
         Poll::Ready(Ok((buf, filled)))
     })
     .await
+}
+
+/// What a gathering read met after its bytes, for the next read.
+enum Held {
+    Eof,
+    Err(io::Error),
 }
 
 /// How many of `want` bytes a direction may move now: all of them unless
@@ -663,6 +673,39 @@ mod tests {
                 None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
             }
         }
+    }
+
+    /// A source that yields `data`, then EOF, counting the reads tried.
+    struct ThenEof(Option<&'static [u8]>, usize);
+
+    impl tokio::io::AsyncRead for ThenEof {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.1 += 1;
+            if let Some(data) = self.0.take() {
+                buf.put_slice(data);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_after_some_bytes_is_reported_next_without_reading_again() {
+        let mut src = ThenEof(Some(b"last reply"), 0);
+        let mut held = None;
+        let (buf, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
+            .await
+            .expect("the bytes first");
+        assert_eq!(&buf[..n], b"last reply");
+        drop(buf);
+        let (_, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
+            .await
+            .expect("then EOF");
+        assert_eq!(n, 0);
+        assert_eq!(src.1, 2, "one read for the bytes, one that met EOF");
     }
 
     #[tokio::test]
