@@ -313,6 +313,15 @@ async fn drive(
         tokio::select! {
             r = to_up.as_mut(), if !up_done => match r {
                 Ok(()) => up_done = true,
+                // Everything for the client has been delivered and its
+                // write side shut: a client that now closes with bytes
+                // unread (a TLS close_notify, say) answers with a reset,
+                // which ends its direction as EOF would, as nginx reads it.
+                Err(PumpError::Read(e))
+                    if down_done && e.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    up_done = true
+                }
                 Err(PumpError::Read(e)) => return End::Client(e),
                 Err(PumpError::Write(e)) => return End::Upstream(e),
             },
@@ -618,6 +627,39 @@ mod tests {
             .expect("the relay ends")
             .expect("join");
         assert!(matches!(end, End::Clean), "ended {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_resetting_after_the_whole_reply_ends_the_session_cleanly() {
+        let (mut client, mut backend, relay) = relayed_request().await;
+        backend.write_all(b"reply").await.expect("reply");
+        backend.shutdown().await.expect("fin");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("EOF reaches the client")
+            .expect("clean EOF");
+        assert_eq!(got, b"reply");
+        // The client closes with a reset (as one does with bytes unread).
+        set_reset_on_close(&client);
+        drop(client);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("join");
+        assert!(matches!(end, End::Clean), "ended {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_resetting_before_the_reply_is_a_client_error() {
+        let (client, _backend, relay) = relayed_request().await;
+        set_reset_on_close(&client);
+        drop(client);
+        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("join");
+        assert!(matches!(end, End::Client(_)), "ended {end:?}");
     }
 
     #[tokio::test]

@@ -186,14 +186,6 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
         _ => None,
     });
     let node_label = node.map_or("-", |n| n.label);
-    let message;
-    let end_text = match end.label() {
-        Some(l) => l,
-        None => {
-            message = error.map(ToString::to_string).unwrap_or_default();
-            message.as_str()
-        }
-    };
     let route_id = facts.route.map_or("-", |r| r.id.as_str());
 
     if let Some(e) = error {
@@ -216,6 +208,16 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
         }
     }
     if let Some(log) = &ctx.access_log {
+        // The error's text is made only for the access log (tracing
+        // formats its own fields only when their level is on).
+        let message;
+        let end_text = match end.label() {
+            Some(l) => l,
+            None => {
+                message = error.map(ToString::to_string).unwrap_or_default();
+                message.as_str()
+            }
+        };
         log.record(&Record {
             client: facts.client,
             server: facts.conn.map_or(facts.listener.local, |c| {
@@ -279,7 +281,7 @@ pub fn finish(ctx: &ProxyCtx, facts: &Facts<'_>, end: &SessionEnd) {
         None => tracing::debug!(
             node = node_label,
             status,
-            end = end_text,
+            end = end.label().unwrap_or_default(),
             bytes_in = facts.bytes.0,
             bytes_out = facts.bytes.1,
             "session finished"

@@ -553,3 +553,67 @@ async fn sigterm_ends_a_session_whose_upstream_finished_although_the_client_stay
     drop(c);
     serve.abort();
 }
+
+/// A TLS client that has read the whole reply and closes with the server's
+/// close_notify unread answers with a reset: that session was served (200,
+/// as nginx logs it), not a client error.
+#[tokio::test]
+async fn a_tls_client_resetting_after_the_whole_reply_was_served() {
+    use crate::tls::{put_ssl, server_cert, tls_connect, tls_listener, Ca};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("logs/access_stream.log");
+    let extra = format!(
+        "nginx_config:\n  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n",
+        log.display(),
+        apisix_stream::access_log::DETAILED_FORMAT
+    );
+    let adjust = |c: &mut Config| {
+        if let Some(sp) = c.apisix.stream_proxy.as_mut() {
+            sp.tcp = vec![tls_listener()];
+        }
+    };
+    let s = TestServer::start_full(dir, move |y| format!("{y}{extra}"), adjust).await;
+    let ca = Ca::new("reply ca");
+    put_ssl(
+        &s,
+        "1",
+        &server_cert(&ca, &["r.test"]),
+        &["r.test"],
+        json!({}),
+    )
+    .await;
+    // A backend that answers once and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let answers = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let _ = c.write_all(b"ok\n").await;
+        }
+    });
+    s.put_route(
+        "1",
+        &json!({"upstream": {"nodes": {backend.to_string(): 1}}}),
+    )
+    .await;
+    for _ in 0..3 {
+        let (_, mut tls) = tls_connect(s.tcp[0], "r.test", None)
+            .await
+            .expect("handshake");
+        let mut got = [0u8; 3];
+        within(5, tls.read_exact(&mut got)).await.expect("reply");
+        assert_eq!(&got, b"ok\n");
+        // The proxy has sent everything and its close_notify by now; the
+        // client closes with a reset.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (tcp, _) = tls.into_inner();
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(tcp);
+    }
+    let lines = access_until(&log, |l| l.len() >= 3).await;
+    answers.abort();
+    for line in &lines {
+        assert_eq!(line.status, 200, "{line:?}");
+    }
+}

@@ -131,7 +131,7 @@ fn key_der(pem: &str) -> PrivateKeyDer<'static> {
 }
 
 /// Handshake with `sni`; the certificate the proxy presented, and the stream.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     client_cert: Option<&Pem>,
