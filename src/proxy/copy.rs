@@ -609,44 +609,49 @@ mod tests {
         (client, backend, relay)
     }
 
-    #[tokio::test]
-    async fn a_reply_and_its_fin_in_one_segment_arrive_whole_then_eof() {
-        let (mut client, mut backend, relay) = relayed_request().await;
-        // The reply and the FIN leave together.
-        backend.write_all(b"the whole reply").await.expect("reply");
+    /// The backend sends `reply` with its FIN; the client reads all of it
+    /// and then a clean EOF.
+    async fn reply_reaches_the_client(
+        client: &mut TcpStream,
+        backend: &mut TcpStream,
+        reply: &[u8],
+    ) {
+        backend.write_all(reply).await.expect("reply");
         backend.shutdown().await.expect("fin");
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
             .await
             .expect("EOF reaches the client")
             .expect("clean EOF");
-        assert_eq!(got, b"the whole reply");
-        drop(client);
-        let end = tokio::time::timeout(Duration::from_secs(5), relay)
+        assert_eq!(got, reply);
+    }
+
+    /// How the relay ended (it must within 5 s).
+    async fn ended(relay: tokio::task::JoinHandle<End>) -> End {
+        tokio::time::timeout(Duration::from_secs(5), relay)
             .await
             .expect("the relay ends")
-            .expect("join");
+            .expect("join")
+    }
+
+    #[tokio::test]
+    async fn a_reply_and_its_fin_in_one_segment_arrive_whole_then_eof() {
+        let (mut client, mut backend, relay) = relayed_request().await;
+        // The reply and the FIN leave together.
+        reply_reaches_the_client(&mut client, &mut backend, b"the whole reply").await;
+        drop(client);
+        let end = ended(relay).await;
         assert!(matches!(end, End::Clean), "ended {end:?}");
     }
 
     #[tokio::test]
     async fn a_client_resetting_after_the_whole_reply_ends_the_session_cleanly() {
         let (mut client, mut backend, relay) = relayed_request().await;
-        backend.write_all(b"reply").await.expect("reply");
-        backend.shutdown().await.expect("fin");
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-            .await
-            .expect("EOF reaches the client")
-            .expect("clean EOF");
-        assert_eq!(got, b"reply");
+        reply_reaches_the_client(&mut client, &mut backend, b"reply").await;
         // The client closes with a reset (as one does with bytes unread).
         set_reset_on_close(&client);
         drop(client);
-        let end = tokio::time::timeout(Duration::from_secs(5), relay)
-            .await
-            .expect("the relay ends")
-            .expect("join");
+        let end = ended(relay).await;
         assert!(matches!(end, End::Clean), "ended {end:?}");
     }
 
@@ -655,10 +660,7 @@ mod tests {
         let (client, _backend, relay) = relayed_request().await;
         set_reset_on_close(&client);
         drop(client);
-        let end = tokio::time::timeout(Duration::from_secs(5), relay)
-            .await
-            .expect("the relay ends")
-            .expect("join");
+        let end = ended(relay).await;
         assert!(matches!(end, End::Client(_)), "ended {end:?}");
     }
 
@@ -669,10 +671,7 @@ mod tests {
         // The backend dies: its close sends a reset.
         set_reset_on_close(&backend);
         drop(backend);
-        let end = tokio::time::timeout(Duration::from_secs(5), relay)
-            .await
-            .expect("the relay ends")
-            .expect("join");
+        let end = ended(relay).await;
         assert!(matches!(end, End::Upstream(_)), "ended {end:?}");
         let mut got = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))

@@ -219,6 +219,16 @@ pub struct TestServer {
 }
 
 /// `GET` `url` (with `accept` when given) and its body as text.
+/// `nginx_config:` with `nginx` lines (each indented two spaces) and the
+/// stream access log at `log` in the detailed format.
+pub fn detailed_access_log(log: &Path, nginx: &str) -> String {
+    format!(
+        "nginx_config:\n{nginx}  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n",
+        log.display(),
+        apisix_stream::access_log::DETAILED_FORMAT
+    )
+}
+
 pub async fn get_text(url: &str, accept: Option<&str>) -> String {
     within(5, async {
         let mut req = reqwest::Client::new().get(url);

@@ -208,11 +208,7 @@ async fn prometheus_agrees_with_the_control_api() {
 async fn access_log_has_one_line_per_session() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("logs/access_stream.log");
-    let extra = format!(
-        "nginx_config:\n  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n",
-        log.display(),
-        apisix_stream::access_log::DETAILED_FORMAT
-    );
+    let extra = crate::harness::detailed_access_log(&log, "");
     let s = TestServer::with_tcp_specs(
         vec![ListenSpec::new("127.0.0.1:0".parse().expect("addr"))],
         &extra,

@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::backend::{closed_without_data, roundtrip, Backend, Mode};
 use crate::harness::{
-    call, eventually_some, free_port, spawn_serve, wait_exit, wait_listening, within, ChildConfig,
-    TestServer, KEY,
+    call, detailed_access_log, eventually_some, free_port, spawn_serve, wait_exit, wait_listening,
+    within, ChildConfig, TestServer, KEY,
 };
 use crate::plugins::{metrics_until, parse_syslog};
 
@@ -29,10 +29,8 @@ async fn observed(tcp: usize, udp: usize, nginx: &str) -> (TestServer, PathBuf) 
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("logs/access_stream.log");
     let extra = format!(
-        "nginx_config:\n{nginx}  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n\
-         stream_plugins:\n  - ip-restriction\n  - limit-conn\n  - prometheus\n  - syslog\n",
-        log.display(),
-        apisix_stream::access_log::DETAILED_FORMAT
+        "{}stream_plugins:\n  - ip-restriction\n  - limit-conn\n  - prometheus\n  - syslog\n",
+        detailed_access_log(&log, nginx)
     );
     let specs = |n: usize| -> Vec<ListenSpec> {
         (0..n)
@@ -562,11 +560,7 @@ async fn a_tls_client_resetting_after_the_whole_reply_was_served() {
     use crate::tls::{put_ssl, server_cert, tls_connect, tls_listener, Ca};
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("logs/access_stream.log");
-    let extra = format!(
-        "nginx_config:\n  stream:\n    enable_access_log: true\n    access_log: \"{}\"\n    access_log_format: '{}'\n",
-        log.display(),
-        apisix_stream::access_log::DETAILED_FORMAT
-    );
+    let extra = detailed_access_log(&log, "");
     let adjust = |c: &mut Config| {
         if let Some(sp) = c.apisix.stream_proxy.as_mut() {
             sp.tcp = vec![tls_listener()];
