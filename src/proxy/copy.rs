@@ -66,6 +66,11 @@ pub enum End {
     /// The server drains and the upstream had finished (all its bytes
     /// delivered); the client's side was not waited for.
     Drained,
+    /// The client reset its connection after everything owed to it had
+    /// been delivered and its write side shut (it closed with bytes
+    /// unread, such as a TLS close_notify): served. The reset still
+    /// reaches the upstream, whose side may not have finished.
+    ClientReset,
 }
 
 /// Which side gets a reset when a session ended in error.
@@ -81,7 +86,7 @@ impl End {
     /// The peer to reset so an error is passed on, never a clean close.
     pub fn reset_target(&self) -> Option<ResetTarget> {
         match self {
-            End::Client(_) => Some(ResetTarget::Upstream),
+            End::Client(_) | End::ClientReset => Some(ResetTarget::Upstream),
             End::Upstream(_) => Some(ResetTarget::Client),
             _ => None,
         }
@@ -315,12 +320,12 @@ async fn drive(
                 Ok(()) => up_done = true,
                 // Everything for the client has been delivered and its
                 // write side shut: a client that now closes with bytes
-                // unread (a TLS close_notify, say) answers with a reset,
-                // which ends its direction as EOF would, as nginx reads it.
+                // unread (a TLS close_notify, say) answers with a reset.
+                // It was served, as nginx reads it.
                 Err(PumpError::Read(e))
                     if down_done && e.kind() == io::ErrorKind::ConnectionReset =>
                 {
-                    up_done = true
+                    return End::ClientReset
                 }
                 Err(PumpError::Read(e)) => return End::Client(e),
                 Err(PumpError::Write(e)) => return End::Upstream(e),
@@ -652,7 +657,8 @@ mod tests {
         set_reset_on_close(&client);
         drop(client);
         let end = ended(relay).await;
-        assert!(matches!(end, End::Clean), "ended {end:?}");
+        assert!(matches!(end, End::ClientReset), "ended {end:?}");
+        assert_eq!(end.reset_target(), Some(ResetTarget::Upstream));
     }
 
     #[tokio::test]

@@ -54,6 +54,8 @@ pub enum SessionEnd {
     /// The server is shutting down and the upstream had finished: its
     /// bytes were delivered, so the session did not wait for the client.
     Drained,
+    /// The client reset its connection after its whole reply: served.
+    ClientReset,
     /// It could not be served, or failed mid-way.
     Failed(ProxyError),
 }
@@ -65,6 +67,7 @@ impl From<End> for SessionEnd {
             End::IdleTimeout => SessionEnd::IdleTimeout,
             End::Closed => SessionEnd::ByOperator,
             End::Drained => SessionEnd::Drained,
+            End::ClientReset => SessionEnd::ClientReset,
             End::Client(e) => SessionEnd::Failed(Kind::ClientIo(e).into()),
             End::Upstream(e) => SessionEnd::Failed(Kind::UpstreamIo(e).into()),
         }
@@ -108,6 +111,7 @@ impl SessionEnd {
             SessionEnd::IdleTimeout => "idle timeout",
             SessionEnd::ByOperator => "closed by operator",
             SessionEnd::Drained => "closed at shutdown",
+            SessionEnd::ClientReset => "reset by client after its reply",
             SessionEnd::Failed(_) => return None,
         })
     }
@@ -324,6 +328,7 @@ mod tests {
         assert_eq!(SessionEnd::from(End::IdleTimeout).status(), 200);
         assert_eq!(SessionEnd::from(End::Closed).status(), 200);
         assert_eq!(SessionEnd::from(End::Drained).status(), 200);
+        assert_eq!(SessionEnd::from(End::ClientReset).status(), 200);
         let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
         assert_eq!(SessionEnd::from(End::Client(reset())).status(), 400);
         assert_eq!(SessionEnd::from(End::Upstream(reset())).status(), 502);

@@ -609,5 +609,6 @@ async fn a_tls_client_resetting_after_the_whole_reply_was_served() {
     answers.abort();
     for line in &lines {
         assert_eq!(line.status, 200, "{line:?}");
+        assert_eq!(line.end, "reset by client after its reply", "{line:?}");
     }
 }
