@@ -650,7 +650,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_resetting_after_the_whole_reply_ends_the_session_cleanly() {
+    async fn a_client_resetting_after_the_whole_reply_was_served() {
         let (mut client, mut backend, relay) = relayed_request().await;
         reply_reaches_the_client(&mut client, &mut backend, b"reply").await;
         // The client closes with a reset (as one does with bytes unread).
