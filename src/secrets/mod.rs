@@ -423,9 +423,7 @@ impl Resolver {
         }
         e.value = Arc::new(v);
     }
-}
 
-impl Resolver {
     /// A resolver whose secret managers are reached over https with
     /// certificates checked against `trust`.
     pub fn trusting(trust: crate::tls::Trust) -> Resolver {

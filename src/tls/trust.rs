@@ -136,7 +136,7 @@ impl Trust {
     /// roots: the file's or the system bundle's certificates in place of
     /// the client's built-in ones (which are the compiled-in roots).
     pub fn http_client(&self) -> Result<reqwest::ClientBuilder, String> {
-        let mut builder = reqwest::Client::builder().use_rustls_tls().no_proxy();
+        let mut builder = http_builder();
         if !self.certs.is_empty() {
             builder = builder.tls_built_in_root_certs(false);
             for c in self.certs.iter() {
@@ -147,6 +147,12 @@ impl Trust {
         }
         Ok(builder)
     }
+}
+
+/// The base of every HTTP client the server makes (Vault, etcd): rustls,
+/// no proxy from the environment. [`Trust::http_client`] adds the roots.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().use_rustls_tls().no_proxy()
 }
 
 #[cfg(test)]

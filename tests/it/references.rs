@@ -33,6 +33,12 @@ async fn skipped(control: SocketAddr, kind: &str, id: &str) -> Option<String> {
     })
 }
 
+/// The reason an object is skipped, once it is (within `secs`).
+async fn skip_reason(control: SocketAddr, kind: &str, id: &str, secs: u64) -> String {
+    let what = format!("{kind}/{id} skipped");
+    crate::harness::eventually_some(secs, &what, async || skipped(control, kind, id).await).await
+}
+
 /// `apisix-stream serve` with extra environment variables, its log in `log`.
 fn serve_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
     let stderr = std::fs::File::create(log).expect("log file");
@@ -407,10 +413,7 @@ async fn certificates_come_from_vault_through_a_secrets_object() {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let reason = crate::harness::eventually_some(5, "ssl 1 skipped", async || {
-        skipped(control, "ssls", "1").await
-    })
-    .await;
+    let reason = skip_reason(control, "ssls", "1", 5).await;
     assert!(
         reason.contains("$secret://vault/1/apisix/tls/cert")
             && reason.contains("permission denied"),
@@ -468,10 +471,7 @@ async fn vault_over_https_is_checked_against_the_trusted_certificate() {
     // not issue: not read, the SSL object is left out with the reason.
     let (st, v) = put("/apisix/admin/secrets/vault/1", secret(stranger_vault)).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let reason = crate::harness::eventually_some(10, "ssl 1 skipped", async || {
-        skipped(s.control(), "ssls", "1").await
-    })
-    .await;
+    let reason = skip_reason(s.control(), "ssls", "1", 10).await;
     assert!(
         reason.contains("$secret://vault/1/apisix/tls/cert")
             && reason.contains("failed to retrieve data from vault"),

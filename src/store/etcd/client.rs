@@ -194,7 +194,7 @@ pub(super) async fn build_hosts(conf: &Etcd, timeout: Duration) -> Result<Vec<Ho
         let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let base_builder = match (&trusted, parsed.scheme()) {
             (Some(trust), "https") => trust.http_client().map_err(unavailable)?,
-            _ => reqwest::Client::builder().use_rustls_tls().no_proxy(),
+            _ => crate::tls::trust::http_builder(),
         };
         let mut builder = base_builder
             .connect_timeout(timeout)
