@@ -703,71 +703,73 @@ mod tests {
         assert!(held.is_none());
     }
 
-    /// A source that yields `data` once, then fails.
-    struct ThenFails(Option<&'static [u8]>);
+    /// A source that yields `data` once, then `end` on every later read
+    /// (EOF when `None`, else that error), counting the reads tried.
+    struct Scripted {
+        data: Option<&'static [u8]>,
+        end: Option<io::ErrorKind>,
+        reads: usize,
+    }
 
-    impl tokio::io::AsyncRead for ThenFails {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            match self.0.take() {
-                Some(data) => {
-                    buf.put_slice(data);
-                    Poll::Ready(Ok(()))
-                }
-                None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+    impl Scripted {
+        fn new(data: &'static [u8], end: Option<io::ErrorKind>) -> Self {
+            Scripted {
+                data: Some(data),
+                end,
+                reads: 0,
             }
         }
     }
 
-    /// A source that yields `data`, then EOF, counting the reads tried.
-    struct ThenEof(Option<&'static [u8]>, usize);
-
-    impl tokio::io::AsyncRead for ThenEof {
+    impl tokio::io::AsyncRead for Scripted {
         fn poll_read(
             mut self: Pin<&mut Self>,
             _cx: &mut std::task::Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            self.1 += 1;
-            if let Some(data) = self.0.take() {
-                buf.put_slice(data);
+            self.reads += 1;
+            match (self.data.take(), self.end) {
+                (Some(data), _) => buf.put_slice(data),
+                (None, Some(kind)) => return Poll::Ready(Err(kind.into())),
+                (None, None) => {}
             }
             Poll::Ready(Ok(()))
         }
     }
 
-    #[tokio::test]
-    async fn eof_after_some_bytes_is_reported_next_without_reading_again() {
-        let mut src = ThenEof(Some(b"last reply"), 0);
+    /// Two gathering reads of `src`: the bytes, then what came after them.
+    async fn two_reads(src: &mut Scripted) -> (Vec<u8>, io::Result<usize>) {
         let mut held = None;
-        let (buf, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
+        let (buf, n) = read_pooled_io(src, pool::BIG, &mut held)
             .await
             .expect("the bytes first");
-        assert_eq!(&buf[..n], b"last reply");
+        let first = buf[..n].to_vec();
         drop(buf);
-        let (_, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
+        let next = read_pooled_io(src, pool::BIG, &mut held)
             .await
-            .expect("then EOF");
-        assert_eq!(n, 0);
-        assert_eq!(src.1, 2, "one read for the bytes, one that met EOF");
+            .map(|(_, n)| n);
+        (first, next)
+    }
+
+    #[tokio::test]
+    async fn eof_after_some_bytes_is_reported_next_without_reading_again() {
+        let mut src = Scripted::new(b"last reply", None);
+        let (first, next) = two_reads(&mut src).await;
+        assert_eq!(first, b"last reply");
+        assert_eq!(next.expect("then EOF"), 0);
+        assert_eq!(src.reads, 2, "one read for the bytes, one that met EOF");
     }
 
     #[tokio::test]
     async fn an_error_after_some_bytes_comes_with_the_next_read() {
-        let mut src = ThenFails(Some(b"bytes before the reset"));
-        let mut held = None;
-        let (buf, n) = read_pooled_io(&mut src, pool::BIG, &mut held)
-            .await
-            .expect("the bytes first");
-        assert_eq!(&buf[..n], b"bytes before the reset");
-        drop(buf);
-        let next = read_pooled_io(&mut src, pool::BIG, &mut held).await;
+        let reset = io::ErrorKind::ConnectionReset;
+        let mut src = Scripted::new(b"bytes before the reset", Some(reset));
+        let (first, next) = two_reads(&mut src).await;
+        assert_eq!(first, b"bytes before the reset");
+        assert_eq!(next.err().map(|e| e.kind()), Some(reset));
         assert_eq!(
-            next.err().map(|e| e.kind()),
-            Some(io::ErrorKind::ConnectionReset)
+            src.reads, 2,
+            "one read for the bytes, one that met the error"
         );
     }
 
