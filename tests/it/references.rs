@@ -199,6 +199,18 @@ async fn certificates_and_plugin_settings_come_from_the_environment() {
 /// Secrets a fake Vault serves: path (after `/v1/`) -> data.
 type VaultData = Arc<Mutex<HashMap<String, Value>>>;
 
+/// Vault data holding each leaf's certificate and key (`cert`, `key`) at
+/// its path.
+fn certificates_at(entries: &[(&str, &crate::trust::Leaf)]) -> VaultData {
+    let data: VaultData = Arc::default();
+    for (path, leaf) in entries {
+        data.lock()
+            .expect("data")
+            .insert((*path).into(), json!({"cert": leaf.cert, "key": leaf.key}));
+    }
+    data
+}
+
 /// An HTTP server answering `GET /v1/<path>` as Vault's KV version 2 engine
 /// does (`{"data": {"data": {...}, "metadata": {...}}}`) for `token`, 403
 /// `{"errors": ["permission denied"]}` for any other token and 404
@@ -315,15 +327,10 @@ async fn certificates_come_from_vault_through_a_secrets_object() {
     let ca = TestCa::new("vault ca");
     let first = ca.issue(&["vault.test"]);
     let second = ca.issue(&["vault.test"]);
-    let data: VaultData = Arc::default();
-    data.lock().expect("data").insert(
-        "secret/data/apisix/tls".into(),
-        json!({"cert": first.cert, "key": first.key}),
-    );
-    data.lock().expect("data").insert(
-        "kv2/data/apisix/tls".into(),
-        json!({"cert": second.cert, "key": second.key}),
-    );
+    let data = certificates_at(&[
+        ("secret/data/apisix/tls", &first),
+        ("kv2/data/apisix/tls", &second),
+    ]);
     let (vault, _task) = fake_vault("s.root-token", data.clone()).await;
     let (backend, _b) = hello_backend(&ca.issue(&["backend.test"])).await;
 
@@ -427,11 +434,7 @@ async fn vault_over_https_is_checked_against_the_trusted_certificate() {
     let ca = TestCa::new("private vault ca");
     let other_ca = TestCa::new("some other ca");
     let leaf = ca.issue(&["vault.test"]);
-    let data: VaultData = Arc::default();
-    data.lock().expect("data").insert(
-        "secret/data/apisix/tls".into(),
-        json!({"cert": leaf.cert, "key": leaf.key}),
-    );
+    let data = certificates_at(&[("secret/data/apisix/tls", &leaf)]);
     // Two Vaults with the same secrets over https: one with a certificate
     // from the trusted CA, one from another CA.
     let (trusted_vault, _t1) = fake_vault_over(
@@ -484,11 +487,7 @@ async fn vault_over_https_is_checked_against_the_trusted_certificate() {
 async fn standalone_files_carry_secrets_and_unresolvable_routes_refuse_their_clients() {
     let ca = TestCa::new("yaml ca");
     let leaf = ca.issue(&["yaml.test"]);
-    let data: VaultData = Arc::default();
-    data.lock().expect("data").insert(
-        "kv/apisix/front".into(),
-        json!({"cert": leaf.cert, "key": leaf.key}),
-    );
+    let data = certificates_at(&[("kv/apisix/front", &leaf)]);
     let (vault, _task) = fake_vault("yaml-token", data).await;
     let wide = crate::backend::Backend::start("wide", crate::backend::Mode::Greet).await;
 
