@@ -98,6 +98,11 @@ impl Cluster {
             .args(["--initial-cluster", &initial.join(",")])
             .args(["--initial-cluster-token", "apisix-stream-test"])
             .args(["--initial-cluster-state", "new"])
+            // Elections within about half a second (defaults: 100 ms
+            // heartbeats, 1 s election timeout), so a new leader is there
+            // well inside the proxies' 3 s write timeout even while the
+            // rest of the suite loads both CPUs.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
